@@ -1,0 +1,174 @@
+"""CWRU recordings: find them, label them, split each by time, and cut windows.
+
+Every recording is split by time into train / validation / test segments, so no
+window can straddle two segments or be shared by two. Training windows are drawn at
+random offsets inside the train segment (they may overlap); evaluation windows are
+cut back to back (they never overlap).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+# Output order of the classifier; the service and the model card use these strings.
+CLASSES: tuple[str, ...] = (
+    "normal",
+    "inner_race_007",
+    "ball_007",
+    "outer_race_007",
+    "inner_race_014",
+    "ball_014",
+    "outer_race_014",
+    "inner_race_021",
+    "ball_021",
+    "outer_race_021",
+)
+SAMPLE_RATE_HZ = 12_000
+# Fractions of each recording, in time order.
+SPLIT = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "cwru"
+DATA_DIR_ENV = "DRSN_CWRU_DIR"
+
+_FAULTS = {"IR": "inner_race", "B": "ball", "OR": "outer_race"}
+_FAULT_RE = re.compile(r"_(IR|B|OR)(\d{3})(?:@\d+)?_(\d)_(\d+)\.mat$")
+_NORMAL_RE = re.compile(r"^normal_(\d)_(\d+)\.mat$")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The CWRU folder is missing or holds no recognisable recordings."""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One drive-end channel of one CWRU file."""
+
+    path: Path
+    label: str
+    load_hp: int
+    file_number: int
+    signal: np.ndarray  # float32, shape (n,)
+
+    @property
+    def class_index(self) -> int:
+        return CLASSES.index(self.label)
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """The CWRU folder: the argument, else $DRSN_CWRU_DIR, else ../shared/data/cwru."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else DEFAULT_DATA_DIR
+
+
+def parse_name(name: str) -> tuple[str, int, int] | None:
+    """(label, load in hp, file number) from a CWRU 12k drive-end file name, or None."""
+    m = _FAULT_RE.search(name)
+    if m:
+        kind, size, load, num = m.groups()
+        return f"{_FAULTS[kind]}_{size}", int(load), int(num)
+    m = _NORMAL_RE.match(name)
+    if m:
+        load, num = m.groups()
+        return "normal", int(load), int(num)
+    return None
+
+
+def load_drive_end(path: Path, file_number: int) -> np.ndarray:
+    """The drive-end accelerometer variable (X<num>_DE_time) of a CWRU .mat file."""
+    mat = scipy.io.loadmat(path, variable_names=None)
+    key = f"X{file_number:03d}_DE_time"
+    if key not in mat:
+        candidates = [k for k in mat if k.endswith("_DE_time")]
+        if len(candidates) != 1:
+            raise ValueError(f"{path}: no variable {key} and no single *_DE_time variable")
+        key = candidates[0]
+    return np.asarray(mat[key], dtype=np.float32).reshape(-1)
+
+
+def load_recordings(directory: str | os.PathLike | None = None) -> list[Recording]:
+    """Every recognisable recording below the CWRU folder, sorted by path."""
+    root = data_dir(directory)
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"CWRU data not found at {root}. Download the 12 kHz drive-end files from the CWRU "
+            "Bearing Data Center (engineering.case.edu/bearingdatacenter), laid out as "
+            "<dir>/<load>HP/*.mat, and pass --data-dir <dir> or set DRSN_CWRU_DIR."
+        )
+    recordings = []
+    for path in sorted(root.rglob("*.mat")):
+        parsed = parse_name(path.name)
+        if parsed is None:
+            continue
+        label, load, num = parsed
+        recordings.append(Recording(path, label, load, num, load_drive_end(path, num)))
+    if not recordings:
+        raise DataNotFoundError(f"no CWRU 12k drive-end .mat files below {root}")
+    return recordings
+
+
+def segment_bounds(n: int, split: str) -> tuple[int, int]:
+    """Sample range [start, stop) of one split of an n-sample recording."""
+    lo, hi = SPLIT[split]
+    return round(n * lo), round(n * hi)
+
+
+def segment(signal: np.ndarray, split: str) -> np.ndarray:
+    start, stop = segment_bounds(len(signal), split)
+    return signal[start:stop]
+
+
+def contiguous_windows(signal: np.ndarray, window: int) -> np.ndarray:
+    """Back-to-back, non-overlapping windows, shape (k, window); the tail is dropped."""
+    k = len(signal) // window
+    return signal[: k * window].reshape(k, window)
+
+
+def split_windows(recordings: list[Recording], split: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping windows of one split of every recording, with class indices."""
+    xs, ys = [], []
+    for rec in recordings:
+        w = contiguous_windows(segment(rec.signal, split), window)
+        xs.append(w)
+        ys.append(np.full(len(w), rec.class_index, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+class RandomWindows:
+    """Draws overlapping training windows at random offsets inside each train segment.
+
+    Each epoch draws about len(segment) / hop windows per recording, so recordings
+    contribute in proportion to their length.
+    """
+
+    def __init__(self, recordings: list[Recording], window: int, hop: int):
+        self.window = window
+        self.segments = [segment(r.signal, "train") for r in recordings]
+        self.labels = [r.class_index for r in recordings]
+        self.counts = [max(1, (len(s) - window) // hop + 1) for s in self.segments]
+        for s in self.segments:
+            if len(s) < window:
+                raise ValueError(f"a train segment of {len(s)} samples is shorter than the window")
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        x = np.empty((len(self), self.window), dtype=np.float32)
+        y = np.empty(len(self), dtype=np.int64)
+        i = 0
+        for seg, label, count in zip(self.segments, self.labels, self.counts, strict=True):
+            starts = rng.integers(0, len(seg) - self.window + 1, size=count)
+            idx = starts[:, None] + np.arange(self.window)
+            x[i : i + count] = seg[idx]
+            y[i : i + count] = label
+            i += count
+        return x, y

@@ -1,0 +1,125 @@
+"""Ship one trained model: ONNX file, PyTorch checkpoint, model card and golden file."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import CLASSES, SAMPLE_RATE_HZ, SPLIT, Recording, split_windows
+from .export import (
+    INPUT_NAME,
+    OPSET,
+    export_onnx,
+    output_names,
+    parity,
+    save_checkpoint,
+    sha256,
+    write_card,
+    write_golden,
+)
+from .model import ARCH_NAMES, DRSN, parameter_count
+from .train import noisy_copies
+
+MODEL_VERSION = "1.0.0"
+# A window's worth of hop halves the latency between results at 2x the compute.
+DEFAULT_HOP_FRACTION = 0.5
+PARITY_TOLERANCE = 1e-4
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree beyond the tolerance."""
+
+
+def golden_windows(recordings: list[Recording], window: int, per_class: int = 2) -> tuple[np.ndarray, ...]:
+    """Per class: `per_class` clean test windows and one at Gaussian -6 dB (NaN SNR = clean)."""
+    x, y = split_windows(recordings, "test", window)
+    picks = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in np.unique(y)])
+    noisy_idx = np.array([np.flatnonzero(y == c)[0] for c in np.unique(y)])
+    noisy = noisy_copies(x[noisy_idx], "gaussian", -6.0, seed=20_200)
+    windows = np.concatenate([x[picks], noisy])
+    labels = np.concatenate([y[picks], y[noisy_idx]])
+    snr = np.concatenate([np.full(len(picks), np.nan), np.full(len(noisy_idx), -6.0)])
+    return windows, labels, snr
+
+
+def ship(
+    model: DRSN,
+    name: str,
+    out_dir: Path,
+    recordings: list[Recording],
+    evaluation: dict,
+    training: dict,
+) -> dict:
+    """Write <stem>.onnx, <stem>.pt, <stem>.json (card) and <stem>.golden.npz; return the card."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = name.replace("-", "_")
+    onnx_path = out_dir / f"{stem}.onnx"
+    cfg = model.config
+    export_onnx(model, onnx_path, metadata={"name": name, "version": MODEL_VERSION, "classes": ",".join(CLASSES)})
+
+    x_test, _ = split_windows(recordings, "test", cfg.window)
+    check = parity(model, onnx_path, x_test)
+    if check["max_abs_diff"] > PARITY_TOLERANCE or not check["argmax_equal"]:
+        raise ParityError(f"ONNX export disagrees with PyTorch on test windows: {check}")
+
+    save_checkpoint(model, out_dir / f"{stem}.pt")
+    windows, labels, snr = golden_windows(recordings, cfg.window)
+    golden = out_dir / f"{stem}.golden.npz"
+    write_golden(onnx_path, windows, labels, snr, golden)
+
+    names = output_names(model)
+    card = {
+        "name": name,
+        "version": MODEL_VERSION,
+        "architecture": {
+            "type": ARCH_NAMES[cfg.shrinkage],
+            "shrinkage": cfg.shrinkage,
+            "stem_channels": cfg.stem_channels,
+            "stages": [{"channels": c, "units": n} for c, n in cfg.stages],
+            "units": cfg.units,
+            "parameters": parameter_count(model),
+            "in_graph_preprocessing": (
+                f"per-window standardisation (x - mean) / sqrt(var + {cfg.standardize_eps:g}), "
+                "so the server sends raw samples"
+            ),
+            "reference": "Zhao et al., Deep Residual Shrinkage Networks for Fault Diagnosis, IEEE TII 16(7), 2020",
+        },
+        "onnx": onnx_path.name,
+        "sha256": sha256(onnx_path),
+        "opset": OPSET,
+        "input": {
+            "name": INPUT_NAME,
+            "channels": 1,
+            "window": cfg.window,
+            "sample_rate_hz": SAMPLE_RATE_HZ,
+            "dtype": "float32",
+            "shape": ["batch", 1, cfg.window],
+            "units": "raw accelerometer samples (CWRU: g)",
+        },
+        "normalization": "none",
+        "outputs": {
+            "logits": "logits",
+            "shrinkage": "shrinkage" if "shrinkage" in names else None,
+        },
+        "shrinkage_units": cfg.units if "shrinkage" in names else 0,
+        "classes": list(CLASSES),
+        "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
+        "evaluation": evaluation,
+        "training": {
+            "data": {
+                "source": "CWRU Bearing Data Center, 12 kHz drive-end accelerometer (X<num>_DE_time)",
+                "recordings": [f"{r.path.parent.name}/{r.path.name}" for r in recordings],
+            },
+            "split": {"by": "time within each recording", "fractions": {k: list(v) for k, v in SPLIT.items()}},
+            **training,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "golden": golden.name,
+        "parity": check,
+    }
+    write_card(out_dir / f"{stem}.json", card)
+    return card

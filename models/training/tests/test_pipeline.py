@@ -1,0 +1,34 @@
+"""A tiny end-to-end run of the training command on the committed CWRU excerpt."""
+
+import json
+
+import numpy as np
+import onnx
+
+from drsntrain.__main__ import main
+from drsntrain.data import CLASSES
+from drsntrain.export import ort_outputs, ort_session, sha256
+
+from .conftest import FIXTURE_DIR
+
+
+def test_tiny_training_run_exports_a_loadable_model(tmp_path, capsys):
+    args = ["train", "--data-dir", str(FIXTURE_DIR), "--window", "512", "--width", "1", "--units", "1"]
+    args += ["--epochs", "3", "--hop", "128", "--threads", "1", "--name", "tiny", "--out", str(tmp_path)]
+    assert main(args) == 0
+    card = json.loads((tmp_path / "tiny.json").read_text())
+    onnx_file = tmp_path / card["onnx"]
+    assert sha256(onnx_file) == card["sha256"]
+    assert card["classes"] == list(CLASSES)
+    assert card["input"]["window"] == 512
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert onnx.load(str(onnx_file)).ir_version <= 10
+    logits, shrink = ort_outputs(ort_session(onnx_file), np.random.default_rng(0).normal(size=(3, 512)))
+    assert logits.shape == (3, len(CLASSES)) and shrink.shape == (3, 3)
+    assert set(card["evaluation"]["accuracy"]) == {"clean", "gaussian", "laplacian", "pink"}
+    assert json.loads(capsys.readouterr().out)["onnx"] == "tiny.onnx"
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
+    assert "CWRU data not found" in capsys.readouterr().err
