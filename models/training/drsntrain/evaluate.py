@@ -11,6 +11,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from torch import nn
 
+from .data import CLASSES
 from .noise import NOISE_TYPES
 from .train import noisy_copies, predict
 
@@ -42,7 +43,7 @@ def evaluate_grid(
     Returns {"accuracy": {"clean": a, "gaussian": {"-8": a, ...}, ...},
     "confusion": {type: matrix at confusion_snr}, "shrinkage": {...} or None}.
     """
-    classes = int(y.max()) + 1
+    classes = len(CLASSES)
     if cells is None:
         cells = [(t, s) for t in NOISE_TYPES for s in SNR_GRID_DB]
     out: dict = {"accuracy": {}, "confusion": {}, "windows": len(y), "repeats": repeats}

@@ -191,6 +191,19 @@ def shrinkage_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def shrinkage_direction(summary: dict) -> str:
+    rhos = {t: summary["types"][t]["spearman_mean_of_units"] for t in NOISE_TYPES}
+    if all(r > 0 for r in rhos.values()):
+        return (
+            "The correlation is positive for every noise type: the mean alpha *falls* as the noise rises, so a low "
+            "score means a noisy window. A plausible reading, not tested here: tau is alpha times the mean feature "
+            "magnitude, which noise inflates, so a smaller fraction of it already removes the noise."
+        )
+    if all(r < 0 for r in rhos.values()):
+        return "The correlation is negative for every noise type: the mean alpha rises with the noise."
+    return "The sign of the correlation differs between noise types, so the score is no reliable noise gauge alone."
+
+
 def bench_table(bench: dict, params: dict[str, int]) -> str:
     lines = [
         "| architecture | parameters | windows/s (batch 64, 1 thread) | ms per batch |",
@@ -239,6 +252,7 @@ def write_report(
         paper=paper_table(results),
         bench=bench_table(bench, params),
         shrinkage=shrinkage_table(shipped["test"]["shrinkage"]),
+        shrinkage_direction=shrinkage_direction(shipped["test"]["shrinkage"]),
         windows=shipped["test"]["windows"],
         window=card["input"]["window"],
         repeats=shipped["test"]["repeats"],
@@ -321,7 +335,7 @@ correlation between the injected SNR and the score, over all test windows and SN
 
 {shrinkage}
 
-A negative rho means the score rises as the signal gets noisier.
+{shrinkage_direction}
 
 ![shrinkage against SNR](shrinkage_vs_snr.png)
 
