@@ -32,3 +32,26 @@ def test_tiny_training_run_exports_a_loadable_model(tmp_path, capsys):
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 2
     assert "CWRU data not found" in capsys.readouterr().err
+
+
+def test_tiny_study_writes_the_report_and_resumes(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["reproduce", "--data-dir", str(FIXTURE_DIR), "--window", "512", "--width", "1", "--units", "1"]
+    args += ["--epochs", "2", "--hop", "256", "--seeds", "2", "--paper-epochs", "1", "--paper-seeds", "1"]
+    args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs)]
+    assert main(args) == 0
+    report = (tmp_path / "reports" / "README.md").read_text()
+    for heading in ("## Targets", "## Accuracy", "DRSN-CW against ResNet", "paper's protocol", "## Noise score"):
+        assert heading in report
+    for png in ("accuracy_vs_snr.png", "confusion_-8dB.png", "shrinkage_vs_snr.png"):
+        assert (tmp_path / "reports" / png).read_bytes()[:4] == b"\x89PNG"
+    results = json.loads((tmp_path / "reports" / "results.json").read_text())
+    assert len(results["runs"]) == 2 * 3 + 3 * 3
+    assert set(results["bench"]) == {"none", "cs", "cw"}
+    card = json.loads((tmp_path / "drsn_cw_cwru.json").read_text())
+    assert card["training"]["seed"] in (0, 1)
+
+    # A second invocation reuses every finished run instead of training again.
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}
+    assert main(args) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}
