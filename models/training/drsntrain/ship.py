@@ -97,7 +97,7 @@ def ship(
             "sample_rate_hz": SAMPLE_RATE_HZ,
             "dtype": "float32",
             "shape": ["batch", 1, cfg.window],
-            "units": "raw accelerometer samples (CWRU: g)",
+            "scale": "raw accelerometer samples at any gain: the graph standardises each window",
         },
         "normalization": "none",
         "outputs": {
