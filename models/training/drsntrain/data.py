@@ -84,7 +84,7 @@ def parse_name(name: str) -> tuple[str, int, int] | None:
 
 def load_drive_end(path: Path, file_number: int) -> np.ndarray:
     """The drive-end accelerometer variable (X<num>_DE_time) of a CWRU .mat file."""
-    mat = scipy.io.loadmat(path, variable_names=None)
+    mat = scipy.io.loadmat(path)
     key = f"X{file_number:03d}_DE_time"
     if key not in mat:
         candidates = [k for k in mat if k.endswith("_DE_time")]
@@ -153,10 +153,10 @@ class RandomWindows:
         self.window = window
         self.segments = [segment(r.signal, "train") for r in recordings]
         self.labels = [r.class_index for r in recordings]
-        self.counts = [max(1, (len(s) - window) // hop + 1) for s in self.segments]
         for s in self.segments:
             if len(s) < window:
-                raise ValueError(f"a train segment of {len(s)} samples is shorter than the window")
+                raise ValueError(f"a train segment of {len(s)} samples is shorter than the window of {window}")
+        self.counts = [(len(s) - window) // hop + 1 for s in self.segments]
 
     def __len__(self) -> int:
         return sum(self.counts)

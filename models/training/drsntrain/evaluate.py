@@ -12,8 +12,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from .data import CLASSES
-from .noise import NOISE_TYPES
-from .train import noisy_copies, predict
+from .noise import NOISE_TYPES, noisy_copies
+from .train import predict
 
 SNR_GRID_DB: tuple[float, ...] = (4.0, 0.0, -4.0, -6.0, -8.0, -10.0)
 CLEAN = "clean"

@@ -7,6 +7,7 @@ average. Pink noise has a 1/f power spectrum (slope -1 on a log-log PSD).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NOISE_TYPES: tuple[str, ...] = ("gaussian", "laplacian", "pink")
@@ -68,3 +69,14 @@ def measured_snr_db(signal: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
     """Per-row SNR of noisy against the clean signal."""
     noise = noisy - signal
     return 10 * torch.log10(signal.pow(2).mean(-1) / noise.pow(2).mean(-1))
+
+
+def noisy_copies(
+    x: np.ndarray, noise_type: str | None, snr_db: float | None, seed: int, repeats: int = 1
+) -> np.ndarray:
+    """repeats noisy copies of x (stacked), reproducible from seed; clean if noise_type is None."""
+    clean = torch.as_tensor(x, dtype=torch.float32)
+    if noise_type is None:
+        return clean.repeat(repeats, 1).numpy()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([add_noise(clean, noise_type, snr_db, gen) for _ in range(repeats)]).numpy()

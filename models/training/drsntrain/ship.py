@@ -21,7 +21,7 @@ from .export import (
     write_golden,
 )
 from .model import ARCH_NAMES, DRSN, parameter_count
-from .train import noisy_copies
+from .noise import noisy_copies
 
 MODEL_VERSION = "1.0.0"
 # A window's worth of hop halves the latency between results at 2x the compute.

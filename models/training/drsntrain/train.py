@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .data import RandomWindows, Recording, split_windows
 from .model import DRSN, ModelConfig
-from .noise import NOISE_TYPES, add_mixed_noise, add_noise
+from .noise import NOISE_TYPES, add_mixed_noise, add_noise, noisy_copies
 
 
 @dataclass(frozen=True)
@@ -88,17 +88,6 @@ def predict(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 512) ->
         if sh is not None:
             shrink.append(sh)
     return torch.cat(logits).numpy(), (torch.cat(shrink).numpy() if shrink else None)
-
-
-def noisy_copies(
-    x: np.ndarray, noise_type: str | None, snr_db: float | None, seed: int, repeats: int = 1
-) -> np.ndarray:
-    """repeats noisy copies of x (stacked), reproducible from seed; clean if noise_type is None."""
-    clean = torch.as_tensor(x, dtype=torch.float32)
-    if noise_type is None:
-        return clean.repeat(repeats, 1).numpy()
-    gen = torch.Generator().manual_seed(seed)
-    return torch.cat([add_noise(clean, noise_type, snr_db, gen) for _ in range(repeats)]).numpy()
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
