@@ -38,7 +38,8 @@ DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "cwru"
 DATA_DIR_ENV = "DRSN_CWRU_DIR"
 
 _FAULTS = {"IR": "inner_race", "B": "ball", "OR": "outer_race"}
-_FAULT_RE = re.compile(r"_(IR|B|OR)(\d{3})(?:@\d+)?_(\d)_(\d+)\.mat$")
+# 12 kHz drive-end fault files only; outer-race faults at @6:00 (the position CWRU recorded at every size).
+_FAULT_RE = re.compile(r"^12k_Drive_End_(IR|B|OR)(\d{3})(?:@6)?_(\d)_(\d+)\.mat$")
 _NORMAL_RE = re.compile(r"^normal_(\d)_(\d+)\.mat$")
 
 
@@ -71,7 +72,7 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
 
 def parse_name(name: str) -> tuple[str, int, int] | None:
     """(label, load in hp, file number) from a CWRU 12k drive-end file name, or None."""
-    m = _FAULT_RE.search(name)
+    m = _FAULT_RE.match(name)
     if m:
         kind, size, load, num = m.groups()
         return f"{_FAULTS[kind]}_{size}", int(load), int(num)

@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -36,6 +36,10 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.protocol}/{self.model.shrinkage}-s{self.train.seed}"
+
+    def settings(self) -> dict:
+        """What a stored result must have been trained with to be reused for this run."""
+        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "noise": asdict(self.noise)}
 
 
 def study_runs(
@@ -106,8 +110,10 @@ def run_all(runs: list[Run], data_dir: str | None, runs_dir: Path, jobs: int) ->
     results, todo = {}, []
     for run in runs:
         path = runs_dir / run.name / "result.json"
-        if path.exists():
-            results[run.name] = json.loads(path.read_text())
+        stored = json.loads(path.read_text()) if path.exists() else None
+        # A result trained with other settings (epochs, width, ...) is stale: train again.
+        if stored is not None and all(stored.get(k) == v for k, v in run.settings().items()):
+            results[run.name] = stored
         else:
             todo.append(run)
     if todo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import onnxruntime
 
 from .data import CLASSES
 from .evaluate import CLEAN, SNR_GRID_DB
@@ -282,6 +284,8 @@ def write_report(
         noise=shipped["noise"],
         parity=card["parity"],
         wall_min=timing["wall_seconds"] / 60,
+        cores=os.cpu_count(),
+        ort_version=onnxruntime.__version__,
         run_min=timing["run_seconds"] / 60,
         jobs=timing["jobs"],
         command=command,
@@ -302,7 +306,7 @@ played no part in the choice).
 Reproduce from a fresh clone with `make reproduce` (it creates `.venv` and runs `{command}` in
 `models/training`; see `models/training/README.md`).
 
-It took {wall_min:.0f} min of wall time on this project's 2-core machine ({run_min:.0f} min of training and
+It took {wall_min:.0f} min of wall time on a {cores}-core machine ({run_min:.0f} min of training and
 evaluation summed over {runs} runs, {jobs} runs at a time, one thread each).
 
 ## Targets (test segments, mean over seeds)
@@ -363,7 +367,7 @@ correlation between the injected SNR and the score, over all test windows and SN
 
 ![shrinkage against SNR](shrinkage_vs_snr.png)
 
-## CPU inference cost (ONNX Runtime 1.31.1, CPU provider)
+## CPU inference cost (ONNX Runtime {ort_version}, CPU provider)
 
 Seed-0 model of each architecture, batch 64 of real test windows, one intra-op thread:
 

@@ -101,3 +101,40 @@ def test_model_is_invariant_to_input_gain_and_offset():
         a, _ = model(x)
         b, _ = model(7.5 * x + 0.3)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["cw", "cs"])
+def test_thresholds_follow_abs_gap_fc_bn_relu_fc_sigmoid(mode):
+    torch.manual_seed(1)
+    t = Thresholds(5, mode).eval()
+    t.bn.running_mean.uniform_(-0.5, 0.5)
+    t.bn.running_var.uniform_(0.5, 2.0)
+    r = torch.randn(4, 5, 33)
+    a = r.abs().mean(2)
+    alpha = torch.sigmoid(t.fc2(torch.relu(t.bn(t.fc1(a)))))
+    scale = a if mode == "cw" else a.mean(1, keepdim=True)
+    tau, got_alpha = t(r)
+    assert torch.allclose(got_alpha, alpha)
+    assert torch.allclose(tau.squeeze(2), alpha * scale)
+
+
+def test_unit_is_pre_activation_with_shrinkage_and_no_relu_after_the_sum():
+    torch.manual_seed(2)
+    unit = RSBU(4, 6, 2, "cw").eval()
+    x = torch.randn(3, 4, 40)
+    r = unit.conv1(torch.relu(unit.bn1(x)))
+    r = unit.conv2(torch.relu(unit.bn2(r)))
+    tau, _ = unit.thresholds(r)
+    want = soft_threshold(r, tau) + shortcut(x, 6, 2)
+    got, _ = unit(x)
+    assert torch.allclose(got, want)
+    assert (got < 0).any()
+
+
+def test_shrinkage_output_is_each_units_mean_alpha():
+    model = DRSN(ModelConfig(stages=((4, 2), (8, 2)))).eval()
+    alphas = []
+    for u in model.units:
+        u.register_forward_hook(lambda m, i, o: alphas.append(o[1].mean(1)))
+    _, shrink = model(torch.randn(3, 1, 512))
+    assert torch.allclose(shrink, torch.stack(alphas, 1))
