@@ -22,10 +22,10 @@ RUNS_DIR = REPO_ROOT / "models" / "training" / "runs"
 SHIPPED_NAME = "drsn-cw-cwru"
 
 
-def model_config(args) -> ModelConfig:
-    w = args.width
-    stages = tuple((c * w, args.units) for c in (4, 8, 16))
-    return ModelConfig(shrinkage=args.arch, stem_channels=4 * w, stages=stages, window=args.window)
+def model_config(args, arch: str, width: int) -> ModelConfig:
+    """The paper's 4-8-16 network, `width` times wider, with `--units` units per stage."""
+    stages = tuple((c * width, args.units) for c in (4, 8, 16))
+    return ModelConfig(shrinkage=arch, stem_channels=4 * width, stages=stages, window=args.window)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -42,8 +42,8 @@ def cmd_reproduce(args) -> None:
     started = time.perf_counter()
     recordings = load_recordings(args.data_dir)
     models_dir, runs_dir = Path(args.out), Path(args.runs_dir)
-    base = model_config(argparse.Namespace(**{**vars(args), "arch": "cw"}))
-    paper = model_config(argparse.Namespace(**{**vars(args), "arch": "cw", "width": args.paper_width}))
+    base = model_config(args, "cw", args.width)
+    paper = model_config(args, "cw", args.paper_width)
     runs = study_runs(args.seeds, args.epochs, base, args.hop, paper, args.paper_epochs, args.paper_seeds)
     results = run_all(runs, args.data_dir, runs_dir, args.jobs)
     # Wall time spent running the study, summed over resumed invocations.
@@ -118,7 +118,7 @@ def cmd_train(args) -> None:
     recordings = load_recordings(args.data_dir)
     run = Run(
         "mixed",
-        model_config(args),
+        model_config(args, args.arch, args.width),
         TrainConfig(epochs=args.epochs, seed=args.seed, train_hop=args.hop, threads=args.threads),
         NoiseProtocol(),
     )

@@ -47,18 +47,7 @@ def pct(mean: float, std: float | None = None) -> str:
 
 
 def grid_table(groups: dict[str, list[dict]]) -> str:
-    cols = [(CLEAN, None)] + [(t, s) for t in NOISE_TYPES for s in SNR_GRID_DB]
-    head = "| architecture | " + " | ".join(CLEAN if t == CLEAN else f"{t} {s:g} dB" for t, s in cols) + " |"
-    lines = [head, "|---" * (len(cols) + 1) + "|"]
-    for arch in ARCHS:
-        if groups[arch]:
-            row = [pct(*aggregate(groups[arch], t, s)) for t, s in cols]
-            lines.append(f"| {ARCH_NAMES[arch]} (n={len(groups[arch])}) | " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def transposed_grid_table(groups: dict[str, list[dict]]) -> str:
-    """Rows are cells, columns are architectures: easier to read than one wide row."""
+    """Accuracy per cell (rows) and architecture (columns), mean ± std over seeds."""
     archs = [a for a in ARCHS if groups[a]]
     lines = [
         "| noise | SNR (dB) | " + " | ".join(f"{ARCH_NAMES[a]} (n={len(groups[a])})" for a in archs) + " |",
@@ -268,7 +257,7 @@ def write_report(
         params=card["architecture"]["parameters"],
         shipped_seed=shipped["seed"],
         targets=targets_table(groups),
-        grid=transposed_grid_table(groups),
+        grid=grid_table(groups),
         verdict=verdict,
         comparison=comparison,
         paper=paper_table(results),
