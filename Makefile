@@ -3,13 +3,45 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 REQS := models/training/requirements.txt
+ORT_VERSION := 1.31.1
+ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
+BIN := target/release/drsn-serve
+# Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
+WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help test lint pytest reproduce venv
+.PHONY: help serve test lint pytest rust-test build bench ort ort-gpu reproduce venv
 
 help:
-	@echo "make test       lint and run every test (what CI runs)"
+	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
+	@echo "make test       lint and run every test, Python and Rust (what CI runs)"
+	@echo "make bench      raw ONNX Runtime vs end-to-end service throughput, side by side"
+	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
+	@echo "make ort-gpu    the CUDA build (onnxruntime-gpu) into .ort/gpu, for --device cuda"
 	@echo "make reproduce  retrain every model of the study, ship the DRSN and rewrite models/reports/"
-	@echo "make venv       create .venv with the pinned Python requirements"
+
+# ONNX Runtime: download the pinned wheel (pip checks its sha256), keep only the shared libraries.
+ort: .ort/cpu/$(ORT_LIB)
+ort-gpu: .ort/gpu/$(ORT_LIB)
+
+.ort/%/$(ORT_LIB): deploy/ort/onnxruntime-%.txt
+	rm -rf .ort/$*.download && mkdir -p .ort/$*.download
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check $(WHEEL_TARGET) --require-hashes \
+		-r $< -d .ort/$*.download
+	cd .ort/$*.download && $(PYTHON) -m zipfile -e *.whl unpacked
+	mkdir -p .ort/$* && cp .ort/$*.download/unpacked/onnxruntime/capi/lib*.so* .ort/$*/
+	rm -rf .ort/$*.download
+	@test -f $@ && echo "ONNX Runtime $(ORT_VERSION) ($*) installed in .ort/$*"
+
+.ort/gpu/$(ORT_LIB): deploy/ort/onnxruntime-gpu.txt
+
+build:
+	cargo build --release --locked
+
+serve: ort build
+	$(BIN) serve $(ARGS)
+
+bench: ort build
+	$(BIN) bench $(ARGS)
 
 venv: $(VENV)/.installed
 
@@ -22,11 +54,16 @@ $(VENV)/.installed: $(REQS)
 lint: venv
 	$(VENV)/bin/ruff check models/training
 	$(VENV)/bin/ruff format --check models/training
+	cargo fmt --check
+	cargo clippy --release --locked --all-targets -- -D warnings
 
 pytest: venv
 	cd models/training && ../../$(PY) -m pytest -q
 
-test: lint pytest
+rust-test: ort
+	cargo test --release --locked
+
+test: lint pytest rust-test
 
 reproduce: venv
 	cd models/training && ../../$(PY) -m drsntrain reproduce

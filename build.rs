@@ -1,0 +1,13 @@
+//! Compiles proto/drsn/v1 with the vendored protoc, so a build needs no system protoc.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    if std::env::var_os("PROTOC").is_none() {
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("drsn_descriptor.bin"))
+        .compile_protos(&["proto/drsn/v1/diagnosis.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `drsn-serve bench`: raw ONNX Runtime throughput in-process and the service's end-to-end throughput over
+//! loopback gRPC, measured one after the other in one run on the same settings, with their ratio and latencies.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::card::LoadedModel;
+use crate::config::ServeConfig;
+use crate::recording::{ReadOptions, read_recording};
+use crate::replay::{self, StreamPlan, percentile};
+use crate::server;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub serve: ServeConfig,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Concurrent gRPC streams.
+    #[arg(long, default_value_t = 64)]
+    pub streams: usize,
+    /// Folder of CWRU .mat recordings to stream (default: the test fixtures in the repository).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/tests/fixtures/cwru_mini/0HP"))]
+    pub recordings: PathBuf,
+}
+
+/// The measured figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub device: String,
+    pub workers: usize,
+    pub intra_threads: usize,
+    pub max_batch: usize,
+    pub raw_windows_per_s: f64,
+    pub service_windows_per_s: f64,
+    pub ratio: f64,
+    pub saturated_p50_ms: f64,
+    pub saturated_p99_ms: f64,
+    pub realtime_windows_per_s: f64,
+    pub realtime_p50_ms: f64,
+    pub realtime_p99_ms: f64,
+}
+
+fn load_recordings(dir: &std::path::Path) -> anyhow::Result<Vec<Arc<Vec<f32>>>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "mat"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no .mat recordings in {}", dir.display());
+    files
+        .iter()
+        .map(|f| {
+            Ok(Arc::new(
+                read_recording(f, &ReadOptions::default())?.samples,
+            ))
+        })
+        .collect()
+}
+
+/// Runs `workers` sessions flat out on batches of `max_batch` real windows; returns windows/s.
+async fn raw_throughput(
+    config: &ServeConfig,
+    recordings: &[Arc<Vec<f32>>],
+    seconds: f64,
+) -> anyhow::Result<(f64, String, usize, usize)> {
+    let model = Arc::new(LoadedModel::load(&config.model)?);
+    let (models, placement, settings) = server::open_models(config, model.clone()).await?;
+    let window = model.window_values();
+    let batch: Vec<Vec<f32>> = recordings
+        .iter()
+        .flat_map(|r| {
+            r.chunks_exact(window)
+                .map(<[f32]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .cycle()
+        .take(settings.max_batch)
+        .collect();
+    let batch = Arc::new(batch);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let threads: Vec<_> = models
+        .into_iter()
+        .map(|mut m| {
+            let batch = batch.clone();
+            std::thread::spawn(move || {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    if m.run(batch.iter().map(Vec::as_slice)).is_err() {
+                        break;
+                    }
+                    done += batch.len() as u64;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?;
+    }
+    Ok((
+        total as f64 / started.elapsed().as_secs_f64(),
+        placement.to_string(),
+        settings.workers,
+        settings.max_batch,
+    ))
+}
+
+/// Streams recordings on `streams` concurrent streams for `seconds`; returns (windows/s, sorted latencies in us).
+async fn service_throughput(
+    addr: &str,
+    recordings: &[Arc<Vec<f32>>],
+    streams: usize,
+    seconds: f64,
+    realtime: bool,
+) -> anyhow::Result<(f64, Vec<u64>)> {
+    let channel = replay::connect(addr).await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..streams)
+        .map(|i| {
+            let mut plan = StreamPlan::new(12_000.0, u64::MAX);
+            plan.sensor_id = format!("bench-{i}");
+            plan.realtime = realtime;
+            plan.until = Some(until);
+            plan.keep_windows = false;
+            tokio::spawn(replay::stream_samples(
+                channel.clone(),
+                recordings[i % recordings.len()].clone(),
+                plan,
+                |_| {},
+            ))
+        })
+        .collect();
+    let mut windows = 0;
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let out = t.await??;
+        if let Some(status) = out.status {
+            anyhow::bail!("a benchmark stream failed: {status}");
+        }
+        windows += out.window_count;
+        latencies.extend(out.latencies_us);
+    }
+    latencies.sort_unstable();
+    Ok((windows as f64 / started.elapsed().as_secs_f64(), latencies))
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    let recordings = load_recordings(&args.recordings)?;
+    let mut config = args.serve.clone();
+    config.grpc_addr = "127.0.0.1:0".parse()?;
+    config.metrics_addr = "127.0.0.1:0".parse()?;
+
+    eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
+    let (raw, device, workers, max_batch) =
+        raw_throughput(&config, &recordings, args.seconds).await?;
+
+    let running = server::start(config.clone()).await?;
+    let addr = format!("http://{}", running.grpc_addr);
+    eprintln!(
+        "measuring the service with {} streams for {} s ...",
+        args.streams, args.seconds
+    );
+    let (service, saturated) =
+        service_throughput(&addr, &recordings, args.streams, args.seconds, false).await?;
+    eprintln!(
+        "measuring latency at real-time pace with {} streams for {} s ...",
+        args.streams, args.seconds
+    );
+    let (realtime, paced) =
+        service_throughput(&addr, &recordings, args.streams, args.seconds, true).await?;
+    running.shutdown();
+    running.stopped().await;
+
+    let ms = |v: &[u64], p| percentile(v, p) as f64 / 1e3;
+    Ok(BenchReport {
+        device,
+        workers,
+        intra_threads: config.intra_threads,
+        max_batch,
+        raw_windows_per_s: raw,
+        service_windows_per_s: service,
+        ratio: service / raw,
+        saturated_p50_ms: ms(&saturated, 50.0),
+        saturated_p99_ms: ms(&saturated, 99.0),
+        realtime_windows_per_s: realtime,
+        realtime_p50_ms: ms(&paced, 50.0),
+        realtime_p99_ms: ms(&paced, 99.0),
+    })
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "device {}, {} worker(s) x {} intra-op thread(s), max batch {}",
+            self.device, self.workers, self.intra_threads, self.max_batch
+        )?;
+        writeln!(
+            f,
+            "raw ONNX Runtime, in-process:        {:>9.0} windows/s",
+            self.raw_windows_per_s
+        )?;
+        writeln!(
+            f,
+            "service over loopback gRPC:          {:>9.0} windows/s",
+            self.service_windows_per_s
+        )?;
+        writeln!(
+            f,
+            "ratio service / raw:                 {:>9.2}",
+            self.ratio
+        )?;
+        writeln!(
+            f,
+            "window latency, saturated:           p50 {:.1} ms, p99 {:.1} ms",
+            self.saturated_p50_ms, self.saturated_p99_ms
+        )?;
+        write!(
+            f,
+            "window latency, real-time streams:   p50 {:.1} ms, p99 {:.1} ms ({:.0} windows/s)",
+            self.realtime_p50_ms, self.realtime_p99_ms, self.realtime_windows_per_s
+        )
+    }
+}

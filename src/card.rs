@@ -1,0 +1,182 @@
+//! The model card: what the server reads to know the model's input, preprocessing, outputs and classes.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::StartupError;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelCard {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub architecture: serde_json::Value,
+    pub onnx: String,
+    pub sha256: String,
+    pub input: CardInput,
+    pub normalization: String,
+    pub outputs: CardOutputs,
+    pub classes: Vec<String>,
+    pub default_hop: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CardInput {
+    pub name: String,
+    pub channels: usize,
+    pub window: usize,
+    pub sample_rate_hz: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CardOutputs {
+    pub logits: String,
+    #[serde(default)]
+    pub shrinkage: Option<String>,
+}
+
+/// What the server must do to each window before inference, as the card's `normalization` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalization {
+    /// The graph takes raw samples.
+    None,
+    /// Subtract the window's mean and divide by its standard deviation, per channel.
+    Standardize,
+}
+
+impl Normalization {
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(Self::None),
+            "standardize" | "standardise" | "zscore" | "z-score" => Some(Self::Standardize),
+            _ => None,
+        }
+    }
+
+    /// Applies the normalization in place to one window of `channels`-interleaved samples.
+    pub fn apply(self, window: &mut [f32], channels: usize) {
+        if self == Self::None || channels == 0 {
+            return;
+        }
+        for c in 0..channels {
+            let n = (window.len() / channels) as f64;
+            let mean = window
+                .iter()
+                .skip(c)
+                .step_by(channels)
+                .map(|&x| x as f64)
+                .sum::<f64>()
+                / n;
+            let var = window
+                .iter()
+                .skip(c)
+                .step_by(channels)
+                .map(|&x| (x as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let inv = 1.0 / (var + 1e-8).sqrt();
+            for x in window.iter_mut().skip(c).step_by(channels) {
+                *x = ((*x as f64 - mean) * inv) as f32;
+            }
+        }
+    }
+}
+
+/// A card with its ONNX bytes, checked against the card's sha256.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    pub card: ModelCard,
+    pub card_json: String,
+    pub onnx_path: PathBuf,
+    pub onnx: Vec<u8>,
+    pub normalization: Normalization,
+}
+
+impl LoadedModel {
+    /// Reads the card at `path` and the ONNX file it names (relative to the card), and checks the checksum.
+    pub fn load(path: &Path) -> Result<Self, StartupError> {
+        let card_json = std::fs::read_to_string(path).map_err(|source| StartupError::CardRead {
+            path: path.into(),
+            source,
+        })?;
+        let card: ModelCard =
+            serde_json::from_str(&card_json).map_err(|source| StartupError::CardParse {
+                path: path.into(),
+                source,
+            })?;
+        let invalid = |reason: String| StartupError::CardInvalid {
+            path: path.into(),
+            reason,
+        };
+        let normalization = Normalization::parse(&card.normalization).ok_or_else(|| {
+            invalid(format!(
+                "normalization `{}` is not one of: none, standardize",
+                card.normalization
+            ))
+        })?;
+        if card.input.window == 0 || card.input.channels == 0 {
+            return Err(invalid(
+                "input.window and input.channels must be above 0".into(),
+            ));
+        }
+        if !(card.input.sample_rate_hz.is_finite() && card.input.sample_rate_hz > 0.0) {
+            return Err(invalid(format!(
+                "input.sample_rate_hz = {} is not a rate",
+                card.input.sample_rate_hz
+            )));
+        }
+        if card.default_hop == 0 {
+            return Err(invalid("default_hop must be above 0".into()));
+        }
+        if card.classes.is_empty() {
+            return Err(invalid("classes is empty".into()));
+        }
+        let onnx_path = path.parent().unwrap_or(Path::new(".")).join(&card.onnx);
+        let onnx = std::fs::read(&onnx_path).map_err(|source| StartupError::ModelRead {
+            path: onnx_path.clone(),
+            source,
+        })?;
+        let actual = hex::encode(Sha256::digest(&onnx));
+        if !actual.eq_ignore_ascii_case(card.sha256.trim()) {
+            return Err(StartupError::Checksum {
+                path: onnx_path,
+                expected: card.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(Self {
+            card,
+            card_json,
+            onnx_path,
+            onnx,
+            normalization,
+        })
+    }
+
+    pub fn window(&self) -> usize {
+        self.card.input.window
+    }
+
+    pub fn channels(&self) -> usize {
+        self.card.input.channels
+    }
+
+    /// Model-rate samples per window, all channels interleaved.
+    pub fn window_values(&self) -> usize {
+        self.card.input.window * self.card.input.channels
+    }
+
+    pub fn architecture_name(&self) -> String {
+        match &self.card.architecture {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Object(map) => map
+                .get("type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("unknown")
+                .to_owned(),
+            _ => "unknown".to_owned(),
+        }
+    }
+}

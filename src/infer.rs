@@ -1,0 +1,366 @@
+//! Runs the model in ONNX Runtime: finds the library, opens a session on the chosen device, classifies batches.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::card::{LoadedModel, Normalization};
+use crate::error::StartupError;
+
+/// The ONNX Runtime release the project installs and is tested with.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Where inference runs, as asked on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(i32),
+    /// CUDA device 0 when its provider registers, else CPU with a warning.
+    Auto,
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<i32>().ok())
+                .filter(|n| *n >= 0)
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("`{s}` is not a device: use cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+/// Where inference actually runs once sessions are open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    Cuda(i32),
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// The folders searched for the project's ONNX Runtime, in order: the working directory, the folders above the
+/// executable (so `target/release/drsn-serve` finds the checkout's), and the checkout this was built from.
+fn search_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots
+}
+
+/// Finds libonnxruntime: `explicit` (--ort-lib / ORT_DYLIB_PATH) if given, else the project's `.ort/` install
+/// (the GPU build first for CUDA devices).
+pub fn locate_library(explicit: Option<&Path>, device: Device) -> Result<PathBuf, StartupError> {
+    let file = format!("libonnxruntime.so.{ORT_VERSION}");
+    let mut tried = Vec::new();
+    if let Some(path) = explicit {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        tried.push(path.to_path_buf());
+    } else {
+        let flavours: &[&str] = match device {
+            Device::Cpu => &["cpu"],
+            Device::Cuda(_) | Device::Auto => &["gpu", "cpu"],
+        };
+        for root in search_roots() {
+            for flavour in flavours {
+                let candidate = root.join(".ort").join(flavour).join(&file);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+                tried.push(candidate);
+            }
+        }
+    }
+    let tried = tried
+        .iter()
+        .map(|p| format!("  {}", p.display()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(StartupError::OrtMissing { tried })
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime from `library` once per process and returns its environment.
+pub fn environment(library: &Path) -> Result<Environment, StartupError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            ort::init_from(library)
+                .map_err(|e| e.to_string())?
+                .with_name("drsn-serve")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|reason| StartupError::OrtLoad {
+            path: library.to_path_buf(),
+            reason,
+        })
+}
+
+/// Probabilities and shrinkage for a batch, row-major.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub rows: usize,
+    pub classes: usize,
+    /// `rows x classes` softmax probabilities.
+    pub probabilities: Vec<f32>,
+    /// `rows x units` mean shrinkage alpha per unit, when the model has that output.
+    pub shrinkage: Option<(usize, Vec<f32>)>,
+}
+
+/// One ONNX Runtime session and the buffers it runs on. `run` needs `&mut self`: one per inference worker.
+pub struct Model {
+    session: Session,
+    logits: String,
+    shrinkage: Option<String>,
+    window: usize,
+    channels: usize,
+    classes: usize,
+    normalization: Normalization,
+    input: Vec<f32>,
+}
+
+impl Model {
+    /// Opens a session. `Device::Auto` returns `Placement::Cpu` when CUDA does not register (the caller warns).
+    pub fn open(
+        env: &Environment,
+        model: &LoadedModel,
+        device: Device,
+        intra_threads: usize,
+    ) -> Result<(Self, Placement), StartupError> {
+        let (session, placement) = match device {
+            Device::Cpu => (
+                build_session(env, model, intra_threads, None)?,
+                Placement::Cpu,
+            ),
+            Device::Cuda(n) => (
+                build_session(env, model, intra_threads, Some(n))?,
+                Placement::Cuda(n),
+            ),
+            Device::Auto => match build_session(env, model, intra_threads, Some(0)) {
+                Ok(session) => (session, Placement::Cuda(0)),
+                Err(StartupError::Cuda { reason, .. }) => {
+                    tracing::warn!(%reason, "--device auto: CUDA is not available, running on CPU");
+                    (
+                        build_session(env, model, intra_threads, None)?,
+                        Placement::Cpu,
+                    )
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        let card = &model.card;
+        let this = Self {
+            logits: card.outputs.logits.clone(),
+            shrinkage: card.outputs.shrinkage.clone(),
+            window: card.input.window,
+            channels: card.input.channels,
+            classes: card.classes.len(),
+            normalization: model.normalization,
+            input: Vec::new(),
+            session,
+        };
+        this.check_signature(model)?;
+        Ok((this, placement))
+    }
+
+    fn check_signature(&self, model: &LoadedModel) -> Result<(), StartupError> {
+        let inputs: Vec<&str> = self.session.inputs().iter().map(|o| o.name()).collect();
+        if inputs != [model.card.input.name.as_str()] {
+            return Err(StartupError::ModelMismatch {
+                what: "input",
+                reason: format!(
+                    "the graph's inputs are {inputs:?}, the card names `{}`",
+                    model.card.input.name
+                ),
+            });
+        }
+        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        for name in std::iter::once(&self.logits).chain(self.shrinkage.as_ref()) {
+            if !outputs.contains(&name.as_str()) {
+                return Err(StartupError::ModelMismatch {
+                    what: "outputs",
+                    reason: format!("the graph's outputs are {outputs:?}; the card names `{name}`"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Classifies `windows` (each `window x channels` samples, interleaved) as one batch.
+    pub fn run<'a>(
+        &mut self,
+        windows: impl ExactSizeIterator<Item = &'a [f32]>,
+    ) -> Result<BatchOutput, String> {
+        let rows = windows.len();
+        let per = self.window * self.channels;
+        self.input.clear();
+        for w in windows {
+            if w.len() != per {
+                return Err(format!(
+                    "a window of {} samples reached the model, which takes {per}",
+                    w.len()
+                ));
+            }
+            let start = self.input.len();
+            self.input.extend_from_slice(w);
+            self.normalization
+                .apply(&mut self.input[start..], self.channels);
+            // The graph takes channels-first (N x C x L); the wire carries interleaved frames.
+            if self.channels > 1 {
+                let frame: Vec<f32> = self.input[start..].to_vec();
+                for c in 0..self.channels {
+                    for t in 0..self.window {
+                        self.input[start + c * self.window + t] = frame[t * self.channels + c];
+                    }
+                }
+            }
+        }
+        let shape = [rows, self.channels, self.window];
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
+            .map_err(|e| e.to_string())?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| e.to_string())?;
+        let (lshape, logits) = outputs[self.logits.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        if lshape.len() != 2 || lshape[0] as usize != rows || lshape[1] as usize != self.classes {
+            return Err(format!(
+                "logits came out as {lshape:?}, expected [{rows}, {}]",
+                self.classes
+            ));
+        }
+        let mut probabilities = logits.to_vec();
+        for row in probabilities.chunks_mut(self.classes) {
+            softmax(row);
+        }
+        let shrinkage = match &self.shrinkage {
+            Some(name) => {
+                let (shape, values) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| e.to_string())?;
+                let units = shape.get(1).copied().unwrap_or(0) as usize;
+                Some((units, values.to_vec()))
+            }
+            None => None,
+        };
+        Ok(BatchOutput {
+            rows,
+            classes: self.classes,
+            probabilities,
+            shrinkage,
+        })
+    }
+}
+
+fn build_session(
+    env: &Environment,
+    model: &LoadedModel,
+    intra_threads: usize,
+    cuda: Option<i32>,
+) -> Result<Session, StartupError> {
+    let err = |e: ort::Error<_>| StartupError::Session(e.to_string());
+    let mut builder = Session::builder(env)
+        .map_err(|e| StartupError::Session(e.to_string()))?
+        .with_intra_threads(intra_threads)
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)?;
+    if let Some(device) = cuda {
+        builder = builder
+            .with_execution_providers([ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| StartupError::Cuda {
+                device,
+                reason: e.to_string(),
+            })?;
+    }
+    builder
+        .commit_from_memory(&model.onnx)
+        .map_err(|e| StartupError::Session(e.to_string()))
+}
+
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("CUDA".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        assert_eq!("auto".parse(), Ok(Device::Auto));
+        assert!("cuda:-1".parse::<Device>().is_err());
+        assert!(
+            "tpu"
+                .parse::<Device>()
+                .unwrap_err()
+                .contains("cpu, cuda, cuda:N or auto")
+        );
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut row = [1.0, 3.0, -2.0, 9.0];
+        softmax(&mut row);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(row[3] > 0.99 && row[1] > row[0] && row[0] > row[2]);
+        // Large logits do not overflow.
+        let mut big = [1000.0, 999.0];
+        softmax(&mut big);
+        assert!((big[0] - 0.7311).abs() < 1e-3 && big.iter().all(|p| p.is_finite()));
+    }
+
+    #[test]
+    fn missing_library_names_the_paths_and_the_fix() {
+        let err = locate_library(
+            Some(Path::new("/nonexistent/libonnxruntime.so")),
+            Device::Cpu,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("/nonexistent/libonnxruntime.so") && text.contains("make ort"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! The replay client: streams recordings to a server as a sensor gateway would (one stream per recording copy),
+//! prints each window's diagnosis and a summary; with `--streams N` and no pacing it is also a load generator.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::diagnosis_client::DiagnosisClient;
+use crate::proto::stream_diagnose_request::Message;
+use crate::proto::stream_diagnose_response::Event;
+use crate::proto::{
+    Discontinuity, ResultDetail, SampleChunk, StreamDiagnoseRequest, StreamOpen, StreamOpened,
+    WindowResult, sample_chunk,
+};
+use crate::recording::{ReadOptions, read_recording};
+
+/// Opens a client channel tuned like the server: 1 MiB frames, large fixed windows (h2's adaptive window made
+/// servers close connections under many small replies).
+pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(addr.to_owned())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await
+}
+
+/// How to stream one recording.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    pub machine_id: String,
+    pub sensor_id: String,
+    pub sample_rate_hz: f64,
+    /// 0: the model's default hop.
+    pub hop: u32,
+    pub chunk_frames: usize,
+    /// Send at the recording's sample rate instead of as fast as the server takes it.
+    pub realtime: bool,
+    pub detail: ResultDetail,
+    /// Frames to send; past the recording's end it is replayed again with continuing indices.
+    pub frames: u64,
+    /// Stop sending at this instant (load generation).
+    pub until: Option<Instant>,
+    /// Keep every `WindowResult` in the outcome (off for long load runs).
+    pub keep_windows: bool,
+}
+
+impl StreamPlan {
+    pub fn new(sample_rate_hz: f64, frames: u64) -> Self {
+        Self {
+            machine_id: "replay".into(),
+            sensor_id: "0".into(),
+            sample_rate_hz,
+            hop: 0,
+            chunk_frames: 1024,
+            realtime: false,
+            detail: ResultDetail::Compact,
+            frames,
+            until: None,
+            keep_windows: true,
+        }
+    }
+}
+
+/// What one stream got back.
+#[derive(Debug, Default)]
+pub struct StreamOutcome {
+    pub opened: Option<StreamOpened>,
+    pub windows: Vec<WindowResult>,
+    pub window_count: u64,
+    pub class_counts: BTreeMap<String, u64>,
+    pub discontinuities: Vec<Discontinuity>,
+    /// Client-side latency per window: from sending the chunk that completed it to receiving its result.
+    pub latencies_us: Vec<u64>,
+    /// How the stream ended: `Ok` when the server closed it normally.
+    pub status: Option<Status>,
+}
+
+/// Streams `samples` (mono) by `plan`; calls `on_window` for each result as it arrives.
+pub async fn stream_samples(
+    channel: Channel,
+    samples: Arc<Vec<f32>>,
+    plan: StreamPlan,
+    on_window: impl Fn(&WindowResult) + Send,
+) -> Result<StreamOutcome, Status> {
+    if samples.is_empty() {
+        return Err(Status::invalid_argument(
+            "nothing to replay: the recording is empty",
+        ));
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let open = StreamOpen {
+        machine_id: plan.machine_id.clone(),
+        sensor_id: plan.sensor_id.clone(),
+        sample_rate_hz: plan.sample_rate_hz,
+        channels: 1,
+        hop: plan.hop,
+        detail: plan.detail as i32,
+    };
+    tx.send(StreamDiagnoseRequest {
+        message: Some(Message::Open(open)),
+    })
+    .await
+    .map_err(|_| Status::internal("request channel closed"))?;
+    // Send time of each chunk, by chunk number, to time each window from its last sample.
+    let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let sender = tokio::spawn(send_chunks(tx, samples, plan.clone(), sent.clone()));
+    let mut client = DiagnosisClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut inbound = client
+        .stream_diagnose(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut out = StreamOutcome::default();
+    loop {
+        match inbound.message().await {
+            Ok(Some(resp)) => match resp.event {
+                Some(Event::Opened(o)) => out.opened = Some(o),
+                Some(Event::Discontinuity(d)) => out.discontinuities.push(d),
+                Some(Event::Window(w)) => {
+                    let chunk = (w.last_sample_index / plan.chunk_frames as u64) as usize;
+                    let sent_at = sent.lock().ok().and_then(|s| s.get(chunk).copied());
+                    if let Some(t) = sent_at {
+                        out.latencies_us.push(t.elapsed().as_micros() as u64);
+                    }
+                    on_window(&w);
+                    out.window_count += 1;
+                    *out.class_counts.entry(w.label.clone()).or_default() += 1;
+                    if plan.keep_windows {
+                        out.windows.push(w);
+                    }
+                }
+                None => {}
+            },
+            Ok(None) => break,
+            Err(status) => {
+                out.status = Some(status);
+                break;
+            }
+        }
+    }
+    sender.abort();
+    Ok(out)
+}
+
+async fn send_chunks(
+    tx: mpsc::Sender<StreamDiagnoseRequest>,
+    samples: Arc<Vec<f32>>,
+    plan: StreamPlan,
+    sent: Arc<Mutex<Vec<Instant>>>,
+) {
+    let start = Instant::now();
+    let mut at: u64 = 0;
+    let n = samples.len() as u64;
+    while at < plan.frames {
+        if plan.until.is_some_and(|t| Instant::now() >= t) {
+            break;
+        }
+        let end = (at + plan.chunk_frames as u64).min(plan.frames);
+        let mut bytes = Vec::with_capacity((end - at) as usize * 4);
+        for i in at..end {
+            bytes.extend_from_slice(&samples[(i % n) as usize].to_le_bytes());
+        }
+        if plan.realtime {
+            let due = start + Duration::from_secs_f64(end as f64 / plan.sample_rate_hz);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let chunk = SampleChunk {
+            first_sample_index: at,
+            samples: Some(sample_chunk::Samples::F32le(bytes)),
+        };
+        if let Ok(mut s) = sent.lock() {
+            s.push(Instant::now());
+        }
+        if tx
+            .send(StreamDiagnoseRequest {
+                message: Some(Message::Chunk(chunk)),
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        at = end;
+    }
+}
+
+/// `drsn-serve replay` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Recordings: CWRU .mat (drive-end variable), .csv, .npy or .wav.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Server address.
+    #[arg(long, env = "DRSN_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Sample rate of the recordings (default: the .wav header, else 12000).
+    #[arg(long)]
+    pub sample_rate: Option<f64>,
+    /// Window hop in model-rate samples (default: the model's).
+    #[arg(long, default_value_t = 0)]
+    pub hop: u32,
+    /// Frames per chunk.
+    #[arg(long, default_value_t = 1024)]
+    pub chunk: usize,
+    /// Send at real-time speed (the recording's sample rate); default: as fast as the server takes it.
+    #[arg(long)]
+    pub realtime: bool,
+    /// Concurrent copies of each recording (a load generator when large).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// .mat variable to read (default: the one ending in _DE_time).
+    #[arg(long)]
+    pub variable: Option<String>,
+    /// .csv/.npy column or .wav channel (default 0).
+    #[arg(long)]
+    pub column: Option<usize>,
+}
+
+/// Percentile (0..=100) of sorted values.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
+    if json {
+        serde_json::json!({
+            "stream": sensor, "window": w.window_index, "first_sample": w.first_sample_index,
+            "last_sample": w.last_sample_index, "label": w.label, "confidence": w.confidence,
+            "noise_score": w.noise_score, "queue_us": w.queue_us, "inference_us": w.inference_us, "total_us": w.total_us,
+        })
+        .to_string()
+    } else {
+        format!(
+            "{sensor} window {:>5} samples {:>8}..{:<8} {:<15} {:>6.2}%  noise {:.3}  {:>6} us",
+            w.window_index,
+            w.first_sample_index,
+            w.last_sample_index,
+            w.label,
+            100.0 * w.confidence,
+            w.noise_score.unwrap_or(f32::NAN),
+            w.total_us
+        )
+    }
+}
+
+/// Runs `drsn-serve replay`; returns the process exit code.
+pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
+    let opts = ReadOptions {
+        variable: args.variable.clone(),
+        column: args.column,
+    };
+    let mut recordings = Vec::new();
+    for path in &args.files {
+        recordings.push(read_recording(path, &opts)?);
+    }
+    let channel = connect(&args.addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {}: {e}; is `drsn-serve serve` running?",
+            args.addr
+        )
+    })?;
+    let total_frames: u64 = recordings
+        .iter()
+        .map(|r| r.samples.len() as u64)
+        .sum::<u64>()
+        * args.streams as u64;
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {pos} windows ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    // Long replays get a progress bar instead of a scroll of lines.
+    let bar = !(args.quiet || args.json) && total_frames > 10 * 120_000;
+    progress.set_draw_target(if bar {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    });
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for rec in &recordings {
+        let rate = args.sample_rate.or(rec.sample_rate_hz).unwrap_or(12_000.0);
+        let samples = Arc::new(rec.samples.clone());
+        let name = rec
+            .path
+            .file_name()
+            .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
+        for copy in 0..args.streams {
+            let mut plan = StreamPlan::new(rate, samples.len() as u64);
+            plan.sensor_id = if args.streams > 1 {
+                format!("{name}#{copy}")
+            } else {
+                name.clone()
+            };
+            plan.machine_id = "replay".into();
+            plan.hop = args.hop;
+            plan.chunk_frames = args.chunk.max(1);
+            plan.realtime = args.realtime;
+            plan.keep_windows = false;
+            let (json, quiet, label) = (args.json, args.quiet || bar, plan.sensor_id.clone());
+            let progress = progress.clone();
+            let channel = channel.clone();
+            let samples = samples.clone();
+            tasks.push(tokio::spawn(stream_samples(
+                channel,
+                samples,
+                plan,
+                move |w| {
+                    progress.inc(1);
+                    if !quiet {
+                        println!("{}", window_line(&label, w, json));
+                    }
+                },
+            )));
+        }
+    }
+    let mut windows = 0u64;
+    let mut classes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(out) => {
+                windows += out.window_count;
+                for (k, v) in out.class_counts {
+                    *classes.entry(k).or_default() += v;
+                }
+                latencies.extend(out.latencies_us);
+                if let Some(status) = out.status {
+                    failures += 1;
+                    eprintln!(
+                        "stream ended with {:?}: {}",
+                        status.code(),
+                        status.message()
+                    );
+                }
+            }
+            Err(status) => {
+                failures += 1;
+                eprintln!("stream failed: {:?}: {}", status.code(), status.message());
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let summary = serde_json::json!({
+        "summary": {
+            "streams": recordings.len() * args.streams,
+            "windows": windows,
+            "classes": classes,
+            "latency_ms": {
+                "p50": percentile(&latencies, 50.0) as f64 / 1e3,
+                "p90": percentile(&latencies, 90.0) as f64 / 1e3,
+                "p99": percentile(&latencies, 99.0) as f64 / 1e3,
+                "max": latencies.last().copied().unwrap_or(0) as f64 / 1e3,
+            },
+            "seconds": elapsed,
+            "windows_per_s": windows as f64 / elapsed.max(1e-9),
+            "failed_streams": failures,
+        }
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "\n{} windows from {} stream(s) in {:.2} s ({:.0} windows/s); failed streams: {}",
+            windows,
+            recordings.len() * args.streams,
+            elapsed,
+            windows as f64 / elapsed.max(1e-9),
+            failures
+        );
+        for (class, n) in &classes {
+            println!(
+                "  {class:<15} {n:>7}  ({:.1}%)",
+                100.0 * *n as f64 / windows.max(1) as f64
+            );
+        }
+        println!(
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            percentile(&latencies, 50.0) as f64 / 1e3,
+            percentile(&latencies, 90.0) as f64 / 1e3,
+            percentile(&latencies, 99.0) as f64 / 1e3,
+            latencies.last().copied().unwrap_or(0) as f64 / 1e3
+        );
+    }
+    Ok(if failures > 0 { 1 } else { 0 })
+}
