@@ -125,6 +125,8 @@ pub fn environment(library: &Path) -> Result<Environment, StartupError> {
 pub struct BatchOutput {
     pub rows: usize,
     pub classes: usize,
+    /// `rows x classes` raw model outputs.
+    pub logits: Vec<f32>,
     /// `rows x classes` softmax probabilities.
     pub probabilities: Vec<f32>,
     /// `rows x units` mean shrinkage alpha per unit, when the model has that output.
@@ -255,7 +257,8 @@ impl Model {
                 self.classes
             ));
         }
-        let mut probabilities = logits.to_vec();
+        let logits = logits.to_vec();
+        let mut probabilities = logits.clone();
         for row in probabilities.chunks_mut(self.classes) {
             softmax(row);
         }
@@ -272,6 +275,7 @@ impl Model {
         Ok(BatchOutput {
             rows,
             classes: self.classes,
+            logits,
             probabilities,
             shrinkage,
         })

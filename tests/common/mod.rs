@@ -1,0 +1,111 @@
+//! Shared test set-up: a real server on loopback, the shipped model, real CWRU recordings.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use drsn_serve::config::ServeConfig;
+use drsn_serve::recording::{ReadOptions, read_recording};
+use drsn_serve::server::{self, Running};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn model_card() -> PathBuf {
+    Path::new(ROOT).join("models/drsn_cw_cwru.json")
+}
+
+/// Server settings for tests: loopback, ephemeral ports, the shipped model on CPU. `extra` are CLI flags.
+pub fn config(extra: &[&str]) -> ServeConfig {
+    let card = model_card();
+    let mut args = vec![
+        "serve".to_owned(),
+        "--model".into(),
+        card.to_string_lossy().into_owned(),
+        "--grpc-addr".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--workers".into(),
+        "2".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    <ServeConfig as clap::Parser>::try_parse_from(args).expect("test flags parse")
+}
+
+pub async fn start(extra: &[&str]) -> Running {
+    server::start(config(extra)).await.expect("server starts")
+}
+
+pub fn addr(running: &Running) -> String {
+    format!("http://{}", running.grpc_addr)
+}
+
+/// The CWRU data: `DRSN_CWRU_DIR`, else `../shared/data/cwru`; `None` when neither exists.
+pub fn cwru_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("DRSN_CWRU_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join("../shared/data/cwru"));
+    dir.join("0HP").is_dir().then_some(dir)
+}
+
+/// One 0 hp recording per class: (class label, samples). The whole file's test segment (its last 20%, which the
+/// model never trained on) from the CWRU data when present, else the committed 4096-sample excerpts.
+pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
+    let (dir, test_segment) = match cwru_dir() {
+        Some(d) => (d.join("0HP"), true),
+        None => {
+            eprintln!("CWRU data not found (set DRSN_CWRU_DIR); using the committed excerpts");
+            (Path::new(ROOT).join("models/training/tests/fixtures/cwru_mini/0HP"), false)
+        }
+    };
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("data dir").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "mat")) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let label = label_of(&name);
+        let mut samples = read_recording(f, &ReadOptions::default()).expect("recording").samples;
+        if test_segment {
+            let n = samples.len();
+            samples = samples[n - n / 5..].to_vec();
+        }
+        out.push((label, Arc::new(samples)));
+    }
+    assert_eq!(out.len(), 10, "one recording per class in {}", dir.display());
+    out
+}
+
+/// The class label a CWRU file name stands for.
+pub fn label_of(name: &str) -> String {
+    if name.starts_with("normal") {
+        return "normal".into();
+    }
+    let code = name.split('_').nth(3).expect("12k_Drive_End_<code>_...");
+    let (kind, size) = code.split_at(code.find(|c: char| c.is_ascii_digit()).expect("size"));
+    let kind = match kind {
+        "IR" => "inner_race",
+        "B" => "ball",
+        "OR" => "outer_race",
+        other => panic!("unknown fault code {other}"),
+    };
+    format!("{kind}_{}", &size[..3])
+}
+
+/// Fetches the Prometheus exposition from a running server.
+pub async fn scrape(running: &Running) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(running.metrics_addr).await.expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let (head, body) = body.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// Value of the sample `name` (with exactly these labels, e.g. `{api="stream"}` or empty) in an exposition.
+pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}

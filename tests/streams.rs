@@ -1,0 +1,282 @@
+//! End to end over loopback gRPC with real CWRU recordings: every window once, in order, with the right sample
+//! ranges and the right class; many concurrent streams kept apart; gaps reported; bad input refused per stream.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drsn_serve::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::proto::stream_diagnose_request::Message;
+use drsn_serve::proto::stream_diagnose_response::Event;
+use drsn_serve::proto::{FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk};
+use drsn_serve::replay::{self, StreamPlan};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
+    StreamDiagnoseRequest {
+        message: Some(Message::Open(StreamOpen {
+            machine_id: "m".into(),
+            sensor_id: "s".into(),
+            sample_rate_hz: rate,
+            channels,
+            hop: 0,
+            detail,
+        })),
+    }
+}
+
+fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
+    StreamDiagnoseRequest {
+        message: Some(Message::Chunk(SampleChunk {
+            first_sample_index: first,
+            samples: Some(sample_chunk::Samples::Values(FloatSamples { values })),
+        })),
+    }
+}
+
+/// Sends `messages` on a stream kept open, and returns the status the server ends it with.
+async fn status_of(addr: String, messages: Vec<StreamDiagnoseRequest>) -> tonic::Status {
+    let (tx, rx) = mpsc::channel(16);
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    let mut client = DiagnosisClient::connect(addr).await.unwrap();
+    let result = match client.stream_diagnose(ReceiverStream::new(rx)).await {
+        Err(status) => status,
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(20), inbound.message()).await.expect("server answers") {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break tonic::Status::ok("stream ended without an error"),
+                    Err(status) => break status,
+                }
+            }
+        }
+    };
+    drop(tx);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_recordings_get_every_window_once_in_order_and_right() {
+    let running = common::start(&[]).await;
+    let channel = replay::connect(&common::addr(&running)).await.unwrap();
+    for (label, samples) in common::recordings() {
+        let mut plan = StreamPlan::new(12_000.0, samples.len() as u64);
+        // Back-to-back windows, as the model card's accuracy was measured; odd chunk sizes straddle windows.
+        plan.hop = 2048;
+        plan.chunk_frames = 1000;
+        let out = replay::stream_samples(channel.clone(), samples.clone(), plan, |_| {}).await.unwrap();
+        assert!(out.status.is_none(), "{label}: {:?}", out.status);
+        let expected = (samples.len() - 2048) / 2048 + 1;
+        assert_eq!(out.windows.len(), expected, "{label}: every window exactly once");
+        for (k, w) in out.windows.iter().enumerate() {
+            assert_eq!(w.window_index, k as u64, "{label}: in order");
+            assert_eq!((w.first_sample_index, w.last_sample_index), (k as u64 * 2048, k as u64 * 2048 + 2047));
+            assert_eq!(w.model_name, "drsn-cw-cwru");
+        }
+        let right = out.windows.iter().filter(|w| w.label == label).count();
+        // The card's clean accuracy is 100%.
+        assert_eq!(right, expected, "{label}: {right}/{expected} windows classified right");
+        assert_eq!(out.opened.as_ref().map(|o| o.hop), Some(2048));
+    }
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_streams_never_see_each_others_results() {
+    let running = common::start(&[]).await;
+    let channel = replay::connect(&common::addr(&running)).await.unwrap();
+    let recs = common::recordings();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (label, samples) = recs[i % recs.len()].clone();
+            // Cap each stream at 30 windows; stream i starts its indices at i * 1e9, so a foreign result shows.
+            let frames = (samples.len() as u64).min(2048 + 29 * 1024);
+            let samples = Arc::new(samples[..frames as usize].to_vec());
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                let plan = StreamPlan::new(12_000.0, frames);
+                let base = i as u64 * 1_000_000_000;
+                // Shift indices by re-basing: send with an offset through a gap-free stream starting at `base`.
+                let out = stream_from(channel, samples, plan, base).await;
+                (label, frames, base, out)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (label, frames, base, windows) = t.await.unwrap();
+        let expected = (frames as usize - 2048) / 1024 + 1;
+        assert_eq!(windows.len(), expected);
+        for (k, w) in windows.iter().enumerate() {
+            assert_eq!(w.window_index, k as u64);
+            assert_eq!(w.first_sample_index, base + k as u64 * 1024, "a result from another stream");
+        }
+        let right = windows.iter().filter(|w| w.label == label).count();
+        assert!(right * 10 >= expected * 9, "{label}: {right}/{expected}");
+    }
+    running.shutdown();
+    running.stopped().await;
+}
+
+/// Streams `samples` with sample indices starting at `base`; returns the window results.
+async fn stream_from(
+    channel: tonic::transport::Channel,
+    samples: Arc<Vec<f32>>,
+    plan: StreamPlan,
+    base: u64,
+) -> Vec<drsn_serve::proto::WindowResult> {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(open(plan.sample_rate_hz, 1, 0)).await.unwrap();
+    let sender = tokio::spawn(async move {
+        for (k, c) in samples.chunks(plan.chunk_frames).enumerate() {
+            if tx.send(chunk(base + (k * plan.chunk_frames) as u64, c.to_vec())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut client = DiagnosisClient::new(channel);
+    let mut inbound = client.stream_diagnose(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut windows = Vec::new();
+    while let Some(m) = inbound.message().await.unwrap() {
+        if let Some(Event::Window(w)) = m.event {
+            windows.push(w);
+        }
+    }
+    sender.await.unwrap();
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_reported_and_windowing_restarts() {
+    let running = common::start(&[]).await;
+    let (_, samples) = common::recordings().remove(3);
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(open(12_000.0, 1, 0)).await.unwrap();
+    tx.send(chunk(0, samples[..3000].to_vec())).await.unwrap(); // window 0 at 0..2047
+    tx.send(chunk(5000, samples[..2048].to_vec())).await.unwrap(); // gap: restart at 5000
+    tx.send(chunk(6000, samples[..100].to_vec())).await.unwrap(); // overlap (expected 7048): restart at 6000
+    tx.send(chunk(6100, samples[..2000].to_vec())).await.unwrap();
+    drop(tx);
+    let mut client = DiagnosisClient::connect(common::addr(&running)).await.unwrap();
+    let mut inbound = client.stream_diagnose(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = inbound.message().await.unwrap() {
+        match m.event.unwrap() {
+            Event::Window(w) => events.push(format!("w{} {}..{}", w.window_index, w.first_sample_index, w.last_sample_index)),
+            Event::Discontinuity(d) => events.push(format!("gap {}->{} -{}", d.expected, d.received, d.samples_discarded)),
+            Event::Opened(_) => {}
+        }
+    }
+    assert_eq!(
+        events,
+        ["w0 0..2047", "gap 3000->5000 -1976", "w1 5000..7047", "gap 7048->6000 -1024", "w2 6000..8047"],
+    );
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_48khz_stream_is_resampled_and_classified() {
+    let running = common::start(&[]).await;
+    let (label, samples) = common::recordings().remove(0);
+    // Upsample the 12 kHz recording 4x by linear interpolation: the server must bring it back to 12 kHz.
+    let up: Vec<f32> = samples
+        .windows(2)
+        .flat_map(|p| (0..4).map(move |k| p[0] + (p[1] - p[0]) * k as f32 / 4.0))
+        .collect();
+    let frames = up.len().min(4 * (2048 + 9 * 1024) + 4 * 1024);
+    let channel = replay::connect(&common::addr(&running)).await.unwrap();
+    let plan = StreamPlan::new(48_000.0, frames as u64);
+    let out = replay::stream_samples(channel, Arc::new(up[..frames].to_vec()), plan, |_| {}).await.unwrap();
+    assert!(out.opened.as_ref().unwrap().resampled);
+    assert!(out.windows.len() >= 10, "{} windows", out.windows.len());
+    for (k, w) in out.windows.iter().enumerate() {
+        assert_eq!(w.first_sample_index, k as u64 * 4096, "window {k} maps back to 48 kHz indices");
+    }
+    let right = out.windows.iter().filter(|w| w.label == label).count();
+    assert!(right * 10 >= out.windows.len() * 9, "{label}: {right}/{}", out.windows.len());
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_only_its_own_stream() {
+    let running = common::start(&["--max-chunk-frames", "4096"]).await;
+    let addr = common::addr(&running);
+    // A good stream runs the whole time.
+    let recs = common::recordings();
+    let good_samples = recs[5].1.clone();
+    let good = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let channel = replay::connect(&addr).await.unwrap();
+            let mut plan = StreamPlan::new(12_000.0, good_samples.len() as u64);
+            plan.realtime = false;
+            replay::stream_samples(channel, good_samples, plan, |_| {}).await.unwrap()
+        })
+    };
+    let good_chunk = || chunk(0, vec![0.1; 512]);
+    let cases: Vec<(&str, Vec<StreamDiagnoseRequest>, &str)> = vec![
+        ("no open", vec![good_chunk()], "first message of a stream must be `open`"),
+        ("channels", vec![open(12_000.0, 2, 0), good_chunk()], "channels = 2"),
+        ("non-finite", vec![open(12_000.0, 1, 0), chunk(0, vec![0.0, 1.0, f32::INFINITY])], "must be finite"),
+        ("rate zero", vec![open(0.0, 1, 0)], "sample_rate_hz = 0"),
+        ("rate negative", vec![open(-12_000.0, 1, 0)], "above 0"),
+        ("rate unservable", vec![open(1_000.0, 1, 0)], "lacks the band"),
+        ("chunk too large", vec![open(12_000.0, 1, 0), chunk(0, vec![0.0; 5000])], "over the limit of 4096"),
+        ("unknown enum", vec![open(12_000.0, 1, 99)], "detail = 99"),
+        ("open twice", vec![open(12_000.0, 1, 0), open(12_000.0, 1, 0)], "`open` was sent twice"),
+    ];
+    let checks: Vec<_> = cases
+        .into_iter()
+        .map(|(name, msgs, text)| {
+            let addr = addr.clone();
+            tokio::spawn(async move { (name, text, status_of(addr, msgs).await) })
+        })
+        .collect();
+    for c in checks {
+        let (name, text, status) = c.await.unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+        assert!(status.message().contains(text), "{name}: message `{}` does not say `{text}`", status.message());
+    }
+    let good = good.await.unwrap();
+    assert!(good.status.is_none(), "the good stream was harmed: {:?}", good.status);
+    assert_eq!(good.window_count as usize, (recs[5].1.len() - 2048) / 1024 + 1);
+    let scrape = common::scrape(&running).await;
+    assert!(
+        common::metric(&scrape, r#"drsn_errors_total{reason="non_finite",code="INVALID_ARGUMENT"}"#).unwrap_or(0.0) >= 1.0,
+        "errors are counted by reason and code"
+    );
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_refuses_bad_windows_and_a_full_queue() {
+    let running = common::start(&["--queue-capacity", "4", "--max-unary-windows", "16"]).await;
+    let mut client = DiagnosisClient::connect(common::addr(&running)).await.unwrap();
+    let win = |n: usize| drsn_serve::proto::Window {
+        samples: Some(drsn_serve::proto::window::Samples::Values(FloatSamples { values: vec![0.5; n] })),
+    };
+    let req = |windows| drsn_serve::proto::DiagnoseRequest { windows, detail: 0 };
+    let e = client.diagnose(req(vec![win(2048), win(100)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("window 1 has 100 samples"), "{}", e.message());
+    let e = client.diagnose(req(vec![])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    // More windows than the queue holds at once: RESOURCE_EXHAUSTED, retry later.
+    let e = client.diagnose(req((0..8).map(|_| win(2048)).collect())).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let ok = client.diagnose(req((0..3).map(|_| win(2048)).collect())).await.unwrap().into_inner();
+    assert_eq!(ok.results.len(), 3);
+    let info = client.get_model(drsn_serve::proto::GetModelRequest {}).await.unwrap().into_inner();
+    assert_eq!((info.name.as_str(), info.window, info.classes.len(), info.device.as_str()), ("drsn-cw-cwru", 2048, 10, "cpu"));
+    running.shutdown();
+    running.stopped().await;
+}
