@@ -45,12 +45,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
                 .map_err(|e| e.to_string())?
                 .build_recorder();
             let handle = recorder.handle();
-            metrics::set_global_recorder(recorder)
-                .map_err(|_| "another metrics recorder is already installed in this process".to_owned())?;
+            metrics::set_global_recorder(recorder).map_err(|_| {
+                "another metrics recorder is already installed in this process".to_owned()
+            })?;
             describe();
             Ok(handle)
         })

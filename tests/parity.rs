@@ -7,7 +7,9 @@ use std::path::Path;
 
 use drsn_serve::card::LoadedModel;
 use drsn_serve::infer::{self, Device, Model};
-use drsn_serve::proto::{DiagnoseRequest, ResultDetail, Window, diagnosis_client::DiagnosisClient, window};
+use drsn_serve::proto::{
+    DiagnoseRequest, ResultDetail, Window, diagnosis_client::DiagnosisClient, window,
+};
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
@@ -31,7 +33,10 @@ fn golden() -> Golden {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -41,7 +46,12 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
     let lib = infer::locate_library(None, Device::Cpu).unwrap();
     let env = infer::environment(&lib).unwrap();
     let (mut session, _) = Model::open(&env, &model, Device::Cpu, 1).unwrap();
-    let rows: Vec<&[f32]> = g.windows.rows().into_iter().map(|r| r.to_slice().unwrap()).collect();
+    let rows: Vec<&[f32]> = g
+        .windows
+        .rows()
+        .into_iter()
+        .map(|r| r.to_slice().unwrap())
+        .collect();
     for batch in [1, 7, rows.len()] {
         for (start, chunk) in rows.chunks(batch).enumerate() {
             let out = session.run(chunk.iter().copied()).unwrap();
@@ -49,7 +59,9 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
             let want = g.logits.slice(ndarray::s![first..first + chunk.len(), ..]);
             let d = max_abs_diff(&out.logits, want.as_standard_layout().as_slice().unwrap());
             assert!(d <= 1e-4, "batch {batch}: logits differ by {d}");
-            let want = g.shrinkage.slice(ndarray::s![first..first + chunk.len(), ..]);
+            let want = g
+                .shrinkage
+                .slice(ndarray::s![first..first + chunk.len(), ..]);
             let (units, got) = out.shrinkage.unwrap();
             assert_eq!(units, 12);
             let d = max_abs_diff(&got, want.as_standard_layout().as_slice().unwrap());
@@ -62,7 +74,9 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
 async fn diagnose_over_grpc_matches_golden() {
     let g = golden();
     let running = common::start(&[]).await;
-    let mut client = DiagnosisClient::connect(common::addr(&running)).await.unwrap();
+    let mut client = DiagnosisClient::connect(common::addr(&running))
+        .await
+        .unwrap();
     let windows = g
         .windows
         .rows()
@@ -78,20 +92,32 @@ async fn diagnose_over_grpc_matches_golden() {
         })
         .collect();
     let resp = client
-        .diagnose(DiagnoseRequest { windows, detail: ResultDetail::Full as i32 })
+        .diagnose(DiagnoseRequest {
+            windows,
+            detail: ResultDetail::Full as i32,
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(resp.results.len(), 30);
-    let classes = LoadedModel::load(&common::model_card()).unwrap().card.classes;
+    let classes = LoadedModel::load(&common::model_card())
+        .unwrap()
+        .card
+        .classes;
     for (i, r) in resp.results.iter().enumerate() {
         let logits = g.logits.row(i).to_vec();
         let max = logits.iter().copied().fold(f32::MIN, f32::max);
         let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         let want: Vec<f32> = logits.iter().map(|l| (l - max).exp() / sum).collect();
         assert!(max_abs_diff(&r.probabilities, &want) <= 1e-4, "window {i}");
-        assert!(max_abs_diff(&r.shrinkage, g.shrinkage.row(i).as_slice().unwrap()) <= 1e-4, "window {i}");
-        let argmax = want.iter().enumerate().fold(0, |b, (k, p)| if *p > want[b] { k } else { b });
+        assert!(
+            max_abs_diff(&r.shrinkage, g.shrinkage.row(i).as_slice().unwrap()) <= 1e-4,
+            "window {i}"
+        );
+        let argmax = want
+            .iter()
+            .enumerate()
+            .fold(0, |b, (k, p)| if *p > want[b] { k } else { b });
         assert_eq!(r.class_index as usize, argmax);
         assert_eq!(r.label, classes[argmax]);
         // Clean golden windows (the first 20) are all classified right.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use drsn_serve::proto::diagnosis_client::DiagnosisClient;
 use drsn_serve::proto::stream_diagnose_request::Message;
 use drsn_serve::proto::stream_diagnose_response::Event;
-use drsn_serve::proto::{FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk};
+use drsn_serve::proto::{
+    FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk,
+};
 use drsn_serve::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -49,7 +51,10 @@ async fn status_of(addr: String, messages: Vec<StreamDiagnoseRequest>) -> tonic:
         Ok(resp) => {
             let mut inbound = resp.into_inner();
             loop {
-                match tokio::time::timeout(Duration::from_secs(20), inbound.message()).await.expect("server answers") {
+                match tokio::time::timeout(Duration::from_secs(20), inbound.message())
+                    .await
+                    .expect("server answers")
+                {
                     Ok(Some(_)) => continue,
                     Ok(None) => break tonic::Status::ok("stream ended without an error"),
                     Err(status) => break status,
@@ -70,18 +75,30 @@ async fn replayed_recordings_get_every_window_once_in_order_and_right() {
         // Back-to-back windows, as the model card's accuracy was measured; odd chunk sizes straddle windows.
         plan.hop = 2048;
         plan.chunk_frames = 1000;
-        let out = replay::stream_samples(channel.clone(), samples.clone(), plan, |_| {}).await.unwrap();
+        let out = replay::stream_samples(channel.clone(), samples.clone(), plan, |_| {})
+            .await
+            .unwrap();
         assert!(out.status.is_none(), "{label}: {:?}", out.status);
         let expected = (samples.len() - 2048) / 2048 + 1;
-        assert_eq!(out.windows.len(), expected, "{label}: every window exactly once");
+        assert_eq!(
+            out.windows.len(),
+            expected,
+            "{label}: every window exactly once"
+        );
         for (k, w) in out.windows.iter().enumerate() {
             assert_eq!(w.window_index, k as u64, "{label}: in order");
-            assert_eq!((w.first_sample_index, w.last_sample_index), (k as u64 * 2048, k as u64 * 2048 + 2047));
+            assert_eq!(
+                (w.first_sample_index, w.last_sample_index),
+                (k as u64 * 2048, k as u64 * 2048 + 2047)
+            );
             assert_eq!(w.model_name, "drsn-cw-cwru");
         }
         let right = out.windows.iter().filter(|w| w.label == label).count();
         // The card's clean accuracy is 100%.
-        assert_eq!(right, expected, "{label}: {right}/{expected} windows classified right");
+        assert_eq!(
+            right, expected,
+            "{label}: {right}/{expected} windows classified right"
+        );
         assert_eq!(out.opened.as_ref().map(|o| o.hop), Some(2048));
     }
     running.shutdown();
@@ -115,7 +132,11 @@ async fn sixty_four_streams_never_see_each_others_results() {
         assert_eq!(windows.len(), expected);
         for (k, w) in windows.iter().enumerate() {
             assert_eq!(w.window_index, k as u64);
-            assert_eq!(w.first_sample_index, base + k as u64 * 1024, "a result from another stream");
+            assert_eq!(
+                w.first_sample_index,
+                base + k as u64 * 1024,
+                "a result from another stream"
+            );
         }
         let right = windows.iter().filter(|w| w.label == label).count();
         assert!(right * 10 >= expected * 9, "{label}: {right}/{expected}");
@@ -135,13 +156,21 @@ async fn stream_from(
     tx.send(open(plan.sample_rate_hz, 1, 0)).await.unwrap();
     let sender = tokio::spawn(async move {
         for (k, c) in samples.chunks(plan.chunk_frames).enumerate() {
-            if tx.send(chunk(base + (k * plan.chunk_frames) as u64, c.to_vec())).await.is_err() {
+            if tx
+                .send(chunk(base + (k * plan.chunk_frames) as u64, c.to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     let mut client = DiagnosisClient::new(channel);
-    let mut inbound = client.stream_diagnose(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut inbound = client
+        .stream_diagnose(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let mut windows = Vec::new();
     while let Some(m) = inbound.message().await.unwrap() {
         if let Some(Event::Window(w)) = m.event {
@@ -159,23 +188,45 @@ async fn a_gap_is_reported_and_windowing_restarts() {
     let (tx, rx) = mpsc::channel(8);
     tx.send(open(12_000.0, 1, 0)).await.unwrap();
     tx.send(chunk(0, samples[..3000].to_vec())).await.unwrap(); // window 0 at 0..2047
-    tx.send(chunk(5000, samples[..2048].to_vec())).await.unwrap(); // gap: restart at 5000
+    tx.send(chunk(5000, samples[..2048].to_vec()))
+        .await
+        .unwrap(); // gap: restart at 5000
     tx.send(chunk(6000, samples[..100].to_vec())).await.unwrap(); // overlap (expected 7048): restart at 6000
-    tx.send(chunk(6100, samples[..2000].to_vec())).await.unwrap();
+    tx.send(chunk(6100, samples[..2000].to_vec()))
+        .await
+        .unwrap();
     drop(tx);
-    let mut client = DiagnosisClient::connect(common::addr(&running)).await.unwrap();
-    let mut inbound = client.stream_diagnose(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut client = DiagnosisClient::connect(common::addr(&running))
+        .await
+        .unwrap();
+    let mut inbound = client
+        .stream_diagnose(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let mut events = Vec::new();
     while let Some(m) = inbound.message().await.unwrap() {
         match m.event.unwrap() {
-            Event::Window(w) => events.push(format!("w{} {}..{}", w.window_index, w.first_sample_index, w.last_sample_index)),
-            Event::Discontinuity(d) => events.push(format!("gap {}->{} -{}", d.expected, d.received, d.samples_discarded)),
+            Event::Window(w) => events.push(format!(
+                "w{} {}..{}",
+                w.window_index, w.first_sample_index, w.last_sample_index
+            )),
+            Event::Discontinuity(d) => events.push(format!(
+                "gap {}->{} -{}",
+                d.expected, d.received, d.samples_discarded
+            )),
             Event::Opened(_) => {}
         }
     }
     assert_eq!(
         events,
-        ["w0 0..2047", "gap 3000->5000 -1976", "w1 5000..7047", "gap 7048->6000 -1024", "w2 6000..8047"],
+        [
+            "w0 0..2047",
+            "gap 3000->5000 -1976",
+            "w1 5000..7047",
+            "gap 7048->6000 -1024",
+            "w2 6000..8047"
+        ],
     );
     running.shutdown();
     running.stopped().await;
@@ -193,14 +244,24 @@ async fn a_48khz_stream_is_resampled_and_classified() {
     let frames = up.len().min(4 * (2048 + 9 * 1024) + 4 * 1024);
     let channel = replay::connect(&common::addr(&running)).await.unwrap();
     let plan = StreamPlan::new(48_000.0, frames as u64);
-    let out = replay::stream_samples(channel, Arc::new(up[..frames].to_vec()), plan, |_| {}).await.unwrap();
+    let out = replay::stream_samples(channel, Arc::new(up[..frames].to_vec()), plan, |_| {})
+        .await
+        .unwrap();
     assert!(out.opened.as_ref().unwrap().resampled);
     assert!(out.windows.len() >= 10, "{} windows", out.windows.len());
     for (k, w) in out.windows.iter().enumerate() {
-        assert_eq!(w.first_sample_index, k as u64 * 4096, "window {k} maps back to 48 kHz indices");
+        assert_eq!(
+            w.first_sample_index,
+            k as u64 * 4096,
+            "window {k} maps back to 48 kHz indices"
+        );
     }
     let right = out.windows.iter().filter(|w| w.label == label).count();
-    assert!(right * 10 >= out.windows.len() * 9, "{label}: {right}/{}", out.windows.len());
+    assert!(
+        right * 10 >= out.windows.len() * 9,
+        "{label}: {right}/{}",
+        out.windows.len()
+    );
     running.shutdown();
     running.stopped().await;
 }
@@ -218,20 +279,49 @@ async fn bad_input_ends_only_its_own_stream() {
             let channel = replay::connect(&addr).await.unwrap();
             let mut plan = StreamPlan::new(12_000.0, good_samples.len() as u64);
             plan.realtime = false;
-            replay::stream_samples(channel, good_samples, plan, |_| {}).await.unwrap()
+            replay::stream_samples(channel, good_samples, plan, |_| {})
+                .await
+                .unwrap()
         })
     };
     let good_chunk = || chunk(0, vec![0.1; 512]);
     let cases: Vec<(&str, Vec<StreamDiagnoseRequest>, &str)> = vec![
-        ("no open", vec![good_chunk()], "first message of a stream must be `open`"),
-        ("channels", vec![open(12_000.0, 2, 0), good_chunk()], "channels = 2"),
-        ("non-finite", vec![open(12_000.0, 1, 0), chunk(0, vec![0.0, 1.0, f32::INFINITY])], "must be finite"),
+        (
+            "no open",
+            vec![good_chunk()],
+            "first message of a stream must be `open`",
+        ),
+        (
+            "channels",
+            vec![open(12_000.0, 2, 0), good_chunk()],
+            "channels = 2",
+        ),
+        (
+            "non-finite",
+            vec![
+                open(12_000.0, 1, 0),
+                chunk(0, vec![0.0, 1.0, f32::INFINITY]),
+            ],
+            "must be finite",
+        ),
         ("rate zero", vec![open(0.0, 1, 0)], "sample_rate_hz = 0"),
         ("rate negative", vec![open(-12_000.0, 1, 0)], "above 0"),
-        ("rate unservable", vec![open(1_000.0, 1, 0)], "lacks the band"),
-        ("chunk too large", vec![open(12_000.0, 1, 0), chunk(0, vec![0.0; 5000])], "over the limit of 4096"),
+        (
+            "rate unservable",
+            vec![open(1_000.0, 1, 0)],
+            "lacks the band",
+        ),
+        (
+            "chunk too large",
+            vec![open(12_000.0, 1, 0), chunk(0, vec![0.0; 5000])],
+            "over the limit of 4096",
+        ),
         ("unknown enum", vec![open(12_000.0, 1, 99)], "detail = 99"),
-        ("open twice", vec![open(12_000.0, 1, 0), open(12_000.0, 1, 0)], "`open` was sent twice"),
+        (
+            "open twice",
+            vec![open(12_000.0, 1, 0), open(12_000.0, 1, 0)],
+            "`open` was sent twice",
+        ),
     ];
     let checks: Vec<_> = cases
         .into_iter()
@@ -243,14 +333,30 @@ async fn bad_input_ends_only_its_own_stream() {
     for c in checks {
         let (name, text, status) = c.await.unwrap();
         assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
-        assert!(status.message().contains(text), "{name}: message `{}` does not say `{text}`", status.message());
+        assert!(
+            status.message().contains(text),
+            "{name}: message `{}` does not say `{text}`",
+            status.message()
+        );
     }
     let good = good.await.unwrap();
-    assert!(good.status.is_none(), "the good stream was harmed: {:?}", good.status);
-    assert_eq!(good.window_count as usize, (recs[5].1.len() - 2048) / 1024 + 1);
+    assert!(
+        good.status.is_none(),
+        "the good stream was harmed: {:?}",
+        good.status
+    );
+    assert_eq!(
+        good.window_count as usize,
+        (recs[5].1.len() - 2048) / 1024 + 1
+    );
     let scrape = common::scrape(&running).await;
     assert!(
-        common::metric(&scrape, r#"drsn_errors_total{reason="non_finite",code="INVALID_ARGUMENT"}"#).unwrap_or(0.0) >= 1.0,
+        common::metric(
+            &scrape,
+            r#"drsn_errors_total{reason="non_finite",code="INVALID_ARGUMENT"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "errors are counted by reason and code"
     );
     running.shutdown();
@@ -260,23 +366,53 @@ async fn bad_input_ends_only_its_own_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_refuses_bad_windows_and_a_full_queue() {
     let running = common::start(&["--queue-capacity", "4", "--max-unary-windows", "16"]).await;
-    let mut client = DiagnosisClient::connect(common::addr(&running)).await.unwrap();
+    let mut client = DiagnosisClient::connect(common::addr(&running))
+        .await
+        .unwrap();
     let win = |n: usize| drsn_serve::proto::Window {
-        samples: Some(drsn_serve::proto::window::Samples::Values(FloatSamples { values: vec![0.5; n] })),
+        samples: Some(drsn_serve::proto::window::Samples::Values(FloatSamples {
+            values: vec![0.5; n],
+        })),
     };
     let req = |windows| drsn_serve::proto::DiagnoseRequest { windows, detail: 0 };
-    let e = client.diagnose(req(vec![win(2048), win(100)])).await.unwrap_err();
+    let e = client
+        .diagnose(req(vec![win(2048), win(100)]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("window 1 has 100 samples"), "{}", e.message());
+    assert!(
+        e.message().contains("window 1 has 100 samples"),
+        "{}",
+        e.message()
+    );
     let e = client.diagnose(req(vec![])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     // More windows than the queue holds at once: RESOURCE_EXHAUSTED, retry later.
-    let e = client.diagnose(req((0..8).map(|_| win(2048)).collect())).await.unwrap_err();
+    let e = client
+        .diagnose(req((0..8).map(|_| win(2048)).collect()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
-    let ok = client.diagnose(req((0..3).map(|_| win(2048)).collect())).await.unwrap().into_inner();
+    let ok = client
+        .diagnose(req((0..3).map(|_| win(2048)).collect()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(ok.results.len(), 3);
-    let info = client.get_model(drsn_serve::proto::GetModelRequest {}).await.unwrap().into_inner();
-    assert_eq!((info.name.as_str(), info.window, info.classes.len(), info.device.as_str()), ("drsn-cw-cwru", 2048, 10, "cpu"));
+    let info = client
+        .get_model(drsn_serve::proto::GetModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            info.name.as_str(),
+            info.window,
+            info.classes.len(),
+            info.device.as_str()
+        ),
+        ("drsn-cw-cwru", 2048, 10, "cpu")
+    );
     running.shutdown();
     running.stopped().await;
 }

@@ -57,23 +57,39 @@ pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
         Some(d) => (d.join("0HP"), true),
         None => {
             eprintln!("CWRU data not found (set DRSN_CWRU_DIR); using the committed excerpts");
-            (Path::new(ROOT).join("models/training/tests/fixtures/cwru_mini/0HP"), false)
+            (
+                Path::new(ROOT).join("models/training/tests/fixtures/cwru_mini/0HP"),
+                false,
+            )
         }
     };
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("data dir").filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("data dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.sort();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|x| x == "mat")) {
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|x| x == "mat"))
+    {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         let label = label_of(&name);
-        let mut samples = read_recording(f, &ReadOptions::default()).expect("recording").samples;
+        let mut samples = read_recording(f, &ReadOptions::default())
+            .expect("recording")
+            .samples;
         if test_segment {
             let n = samples.len();
             samples = samples[n - n / 5..].to_vec();
         }
         out.push((label, Arc::new(samples)));
     }
-    assert_eq!(out.len(), 10, "one recording per class in {}", dir.display());
+    assert_eq!(
+        out.len(),
+        10,
+        "one recording per class in {}",
+        dir.display()
+    );
     out
 }
 
@@ -96,16 +112,27 @@ pub fn label_of(name: &str) -> String {
 /// Fetches the Prometheus exposition from a running server.
 pub async fn scrape(running: &Running) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(running.metrics_addr).await.expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(running.metrics_addr)
+        .await
+        .expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
     let (head, body) = body.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     body.to_owned()
 }
 
 /// Value of the sample `name` (with exactly these labels, e.g. `{api="stream"}` or empty) in an exposition.
 pub fn metric(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    exposition.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

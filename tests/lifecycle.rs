@@ -1,0 +1,284 @@
+//! Stream and process lifecycle: a client that disconnects frees its stream; a real scrape passes
+//! `promtool check metrics`; SIGTERM drains the binary: queued windows delivered, streams end with a status, the
+//! process exits in time.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drsn_serve::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::proto::stream_diagnose_request::Message;
+use drsn_serve::proto::stream_diagnose_response::Event;
+use drsn_serve::proto::{SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk};
+use drsn_serve::replay::{self, StreamPlan};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn open() -> StreamDiagnoseRequest {
+    StreamDiagnoseRequest {
+        message: Some(Message::Open(StreamOpen {
+            machine_id: "m".into(),
+            sensor_id: "s".into(),
+            sample_rate_hz: 12_000.0,
+            channels: 1,
+            hop: 0,
+            detail: 0,
+        })),
+    }
+}
+
+fn chunk(first: u64, samples: &[f32]) -> StreamDiagnoseRequest {
+    StreamDiagnoseRequest {
+        message: Some(Message::Chunk(SampleChunk {
+            first_sample_index: first,
+            samples: Some(sample_chunk::Samples::F32le(
+                samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )),
+        })),
+    }
+}
+
+async fn wait_for_gauge(running: &drsn_serve::server::Running, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = common::metric(&common::scrape(running).await, "drsn_active_streams")
+            .unwrap_or(f64::NAN);
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
+    let running = common::start(&[]).await;
+    let (_, samples) = common::recordings().remove(2);
+
+    // Traffic first, so every metric family has samples.
+    let channel = replay::connect(&common::addr(&running)).await.unwrap();
+    let out = replay::stream_samples(
+        channel,
+        samples.clone(),
+        StreamPlan::new(12_000.0, 20_000),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(out.window_count > 0);
+
+    // A client that opens a stream, gets a result, then vanishes without closing: its own runtime (and with it
+    // the TCP connection) is torn down mid-stream, as when a gateway dies.
+    let addr = common::addr(&running);
+    let (got_window_tx, got_window_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
+    let first = samples[..4096].to_vec();
+    let client_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (tx, rx) = mpsc::channel(8);
+            tx.send(open()).await.unwrap();
+            tx.send(chunk(0, &first)).await.unwrap();
+            let mut client = DiagnosisClient::connect(addr).await.unwrap();
+            let mut inbound = client
+                .stream_diagnose(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(m) = inbound.message().await.unwrap() {
+                if matches!(m.event, Some(Event::Window(_))) {
+                    got_window_tx.send(()).unwrap();
+                    break;
+                }
+            }
+            // Hold the stream open until told to die, then drop the runtime with everything in it.
+            tokio::task::spawn_blocking(move || die_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            std::mem::forget(tx);
+        });
+        drop(rt);
+    });
+    got_window_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the client got a window");
+    assert_eq!(
+        wait_for_gauge(&running, 1.0).await,
+        1.0,
+        "the open stream is counted"
+    );
+    die_tx.send(()).unwrap();
+    client_thread.join().unwrap();
+    assert_eq!(
+        wait_for_gauge(&running, 0.0).await,
+        0.0,
+        "the stream was not freed"
+    );
+
+    let exposition = common::scrape(&running).await;
+    for family in [
+        "drsn_samples_received_total",
+        "drsn_windows_diagnosed_total",
+        "drsn_predictions_total",
+        "drsn_batch_size_bucket",
+        "drsn_queue_wait_seconds_bucket",
+        "drsn_inference_seconds_bucket",
+        "drsn_window_latency_seconds_bucket",
+        "drsn_queue_depth",
+        "drsn_model_info",
+    ] {
+        assert!(
+            exposition.contains(family),
+            "{family} missing from the scrape"
+        );
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect(
+            "promtool (Debian package `prometheus`) must be installed: apt-get install prometheus",
+        );
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let result = promtool.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&result.stdout).to_string()
+        + &String::from_utf8_lossy(&result.stderr);
+    assert!(
+        result.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_queued_windows_and_exits_in_time() {
+    let card = common::model_card();
+    // A slow server: one worker, batch 1, a long queue, so windows are still queued when SIGTERM comes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .args([
+            "--max-batch",
+            "1",
+            "--drain-timeout",
+            "20s",
+            "--log-format",
+            "json",
+        ])
+        .arg("--model")
+        .arg(&card)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let grpc = loop {
+        let line = lines.next().expect("server log").unwrap();
+        if line.contains("SERVING") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            break v["fields"]["grpc_addr"].as_str().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    let (_, samples) = common::recordings().remove(4);
+    let samples = Arc::new(samples[..(2048 + 199 * 1024).min(samples.len())].to_vec());
+    let windows = (samples.len() - 2048) / 1024 + 1;
+    let (tx, rx) = mpsc::channel(1024);
+    tx.send(open()).await.unwrap();
+    for (k, c) in samples.chunks(4096).enumerate() {
+        tx.send(chunk(k as u64 * 4096, c)).await.unwrap();
+    }
+    let mut client = DiagnosisClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut inbound = client
+        .stream_diagnose(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait for the first result: by then the reader has queued the windows of the chunks sent.
+    loop {
+        if let Some(Event::Window(_)) = inbound.message().await.unwrap().unwrap().event {
+            break;
+        }
+    }
+    let sigterm = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut received = 1;
+    let mut last_index = 0;
+    let status = loop {
+        match inbound.message().await {
+            Ok(Some(m)) => {
+                if let Some(Event::Window(w)) = m.event {
+                    assert_eq!(w.window_index, last_index + 1, "in order, none lost");
+                    last_index = w.window_index;
+                    received += 1;
+                }
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("resume from sample"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        received > 1 && received <= windows,
+        "{received} of {windows} windows delivered"
+    );
+    // Every window cut before SIGTERM was delivered: the status says where the client should resume.
+    let resume: u64 = status
+        .message()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        resume,
+        received as u64 * 1024,
+        "windows up to the resume point were all delivered"
+    );
+    drop(tx);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sigterm.elapsed() < Duration::from_secs(25),
+            "the process did not exit within the drain timeout"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit}");
+}
