@@ -30,23 +30,23 @@ pub struct ServeConfig {
     /// ONNX Runtime intra-op threads per worker (parallelism scales better across workers than within one).
     #[arg(long, env = "DRSN_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
-    /// Largest batch, in windows. Default: 64 on cpu, 1024 on cuda.
+    /// Largest batch, in windows. Default: 32 on cpu, 1024 on cuda.
     #[arg(long, env = "DRSN_MAX_BATCH")]
     pub max_batch: Option<usize>,
     /// Longest a window waits for its batch to fill, e.g. `5ms`. Default: 5ms on cpu, 2ms on cuda.
     #[arg(long, env = "DRSN_MAX_QUEUE_DELAY", value_parser = humantime::parse_duration)]
     pub max_queue_delay: Option<Duration>,
     /// Windows the batch queue holds, from all streams; when full, readers pause and unary calls are refused.
-    #[arg(long, env = "DRSN_QUEUE_CAPACITY", default_value_t = 4096)]
+    #[arg(long, env = "DRSN_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
     /// Windows one stream may have in flight before its reader pauses.
-    #[arg(long, env = "DRSN_STREAM_BUFFER", default_value_t = 256)]
+    #[arg(long, env = "DRSN_STREAM_BUFFER", default_value_t = 64)]
     pub stream_buffer: usize,
     /// Largest chunk, in frames.
     #[arg(long, env = "DRSN_MAX_CHUNK_FRAMES", default_value_t = 1 << 18)]
     pub max_chunk_frames: usize,
     /// Most windows in one Diagnose call.
-    #[arg(long, env = "DRSN_MAX_UNARY_WINDOWS", default_value_t = 1024)]
+    #[arg(long, env = "DRSN_MAX_UNARY_WINDOWS", default_value_t = 256)]
     pub max_unary_windows: usize,
     /// On SIGTERM/SIGINT: how long open streams get to receive their queued windows before they are ended.
     #[arg(long, env = "DRSN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]

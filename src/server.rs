@@ -164,7 +164,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
 
     let drain_timeout = config.drain_timeout;
     let draining = shutdown.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    // Small replies on many streams: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms per reply.
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
         let signal = {
             let draining = draining.clone();
@@ -185,7 +186,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             .max_frame_size(Some(1 << 20))
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(16 << 20))
-            .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(diagnosis)
