@@ -32,7 +32,6 @@ ort-gpu: .ort/gpu/$(ORT_LIB)
 	rm -rf .ort/$*.download
 	@test -f $@ && echo "ONNX Runtime $(ORT_VERSION) ($*) installed in .ort/$*"
 
-.ort/gpu/$(ORT_LIB): deploy/ort/onnxruntime-gpu.txt
 
 build:
 	cargo build --release --locked

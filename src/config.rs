@@ -75,7 +75,7 @@ impl ServeConfig {
                 .max(1),
             max_batch: self
                 .max_batch
-                .unwrap_or(if on_gpu { 1024 } else { 64 })
+                .unwrap_or(if on_gpu { 1024 } else { 32 })
                 .max(1),
             max_queue_delay: self
                 .max_queue_delay

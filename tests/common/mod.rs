@@ -25,11 +25,12 @@ pub fn config(extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0".into(),
         "--metrics-addr".into(),
         "127.0.0.1:0".into(),
-        "--device".into(),
-        "cpu".into(),
         "--workers".into(),
         "2".into(),
     ];
+    if !extra.contains(&"--device") {
+        args.extend(["--device".into(), "cpu".into()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     <ServeConfig as clap::Parser>::try_parse_from(args).expect("test flags parse")
 }
