@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{gauge, histogram};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ServeError;
 use crate::infer::{BatchOutput, Model};
@@ -71,6 +72,7 @@ impl Queue {
             .send(job)
             .await
             .map_err(|_| ServeError::WorkersGone)?;
+        self.record_depth();
         Ok(rx)
     }
 
@@ -88,12 +90,21 @@ impl Queue {
             },
             mpsc::error::TrySendError::Closed(_) => ServeError::WorkersGone,
         })?;
+        self.record_depth();
         Ok(rx)
     }
 
     /// Free places in the queue.
     pub fn room(&self) -> usize {
         self.tx.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
+    fn record_depth(&self) {
+        gauge!(m::QUEUE_DEPTH).set((self.tx.max_capacity() - self.tx.capacity()) as f64);
     }
 }
 
@@ -103,7 +114,7 @@ pub struct BatchConfig {
     pub max_delay: Duration,
 }
 
-/// The running batcher: its inference threads end when every [`Queue`] is dropped and the queue is empty.
+/// The running batcher and its inference threads.
 pub struct Batcher {
     workers: Vec<JoinHandle<()>>,
 }
@@ -123,8 +134,14 @@ struct Batch {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Starts one inference thread per runner and the batching task on the current tokio runtime.
-pub fn spawn<R: Runner>(rx: QueueReceiver, config: BatchConfig, runners: Vec<R>) -> Batcher {
+/// Starts one inference thread per runner and the batching task on the current tokio runtime. The batcher stops
+/// when every [`Queue`] is dropped and the queue is empty, or at once when `stop` fires.
+pub fn spawn<R: Runner>(
+    rx: QueueReceiver,
+    config: BatchConfig,
+    runners: Vec<R>,
+    stop: CancellationToken,
+) -> Batcher {
     let idle = Arc::new(Semaphore::new(runners.len()));
     let (batch_tx, batch_rx) = crossbeam_channel::bounded::<Batch>(runners.len().max(1));
     let workers = runners
@@ -143,7 +160,12 @@ pub fn spawn<R: Runner>(rx: QueueReceiver, config: BatchConfig, runners: Vec<R>)
         })
         .filter_map(Result::ok)
         .collect();
-    tokio::spawn(form_batches(rx.0, config, idle, batch_tx));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = form_batches(rx.0, config, idle, batch_tx) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
     Batcher { workers }
 }
 

@@ -7,7 +7,11 @@ use std::time::Duration;
 use crate::infer::{Device, Placement};
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "drsn-serve serve", about = "Serve the model over gRPC")]
+#[command(
+    name = "drsn-serve serve",
+    about = "Serve the model over gRPC",
+    args_override_self = true
+)]
 pub struct ServeConfig {
     /// Model card (JSON) to serve; the ONNX file it names is read from the same folder.
     #[arg(long, env = "DRSN_MODEL", default_value = "models/drsn_cw_cwru.json")]
@@ -48,6 +52,12 @@ pub struct ServeConfig {
     /// Most windows in one Diagnose call.
     #[arg(long, env = "DRSN_MAX_UNARY_WINDOWS", default_value_t = 256)]
     pub max_unary_windows: usize,
+    /// Open streams allowed at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "DRSN_MAX_STREAMS", default_value_t = 10_000)]
+    pub max_streams: usize,
+    /// How long a new stream may take to send its `open` message.
+    #[arg(long, env = "DRSN_OPEN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub open_timeout: Duration,
     /// On SIGTERM/SIGINT: how long open streams get to receive their queued windows before they are ended.
     #[arg(long, env = "DRSN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub drain_timeout: Duration,

@@ -65,6 +65,18 @@ pub enum ServeError {
         "the server is shutting down and its drain timeout passed before window {window_index} was diagnosed"
     )]
     DrainTimeout { window_index: u64 },
+    #[error("no `open` message within {after:?} of the stream starting")]
+    OpenTimeout { after: std::time::Duration },
+    #[error("the server already has {max} open streams; retry later or on another replica")]
+    TooManyStreams { max: usize },
+    #[error("a message over the size limit: {0}; send smaller chunks")]
+    MessageTooLarge(String),
+    #[error("a message that is not a valid StreamDiagnoseRequest: {0}")]
+    Malformed(String),
+    #[error("the client went away: {0}")]
+    ClientGone(String),
+    #[error("{0}")]
+    Resample(String),
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("the inference workers have stopped")]
@@ -94,6 +106,12 @@ impl ServeError {
             Self::QueueFull { .. } => "queue_full",
             Self::ShuttingDown { .. } => "shutting_down",
             Self::DrainTimeout { .. } => "drain_timeout",
+            Self::OpenTimeout { .. } => "open_timeout",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::MessageTooLarge(_) => "message_too_large",
+            Self::Malformed(_) => "malformed",
+            Self::ClientGone(_) => "client_gone",
+            Self::Resample(_) => "resample",
             Self::Inference(_) => "inference",
             Self::WorkersGone => "workers_gone",
         }
@@ -101,12 +119,26 @@ impl ServeError {
 
     pub fn code(&self) -> Code {
         match self {
-            Self::QueueFull { .. } => Code::ResourceExhausted,
+            Self::QueueFull { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::OpenTimeout { .. } => Code::DeadlineExceeded,
+            Self::ClientGone(_) => Code::Cancelled,
             Self::ShuttingDown { .. } | Self::DrainTimeout { .. } | Self::WorkersGone => {
                 Code::Unavailable
             }
-            Self::Inference(_) => Code::Internal,
+            Self::Inference(_) | Self::Resample(_) => Code::Internal,
             _ => Code::InvalidArgument,
+        }
+    }
+}
+
+impl ServeError {
+    /// Classifies an error tonic reported while reading the client's messages.
+    pub fn from_transport(status: Status) -> Self {
+        let text = status.message().to_owned();
+        match status.code() {
+            Code::OutOfRange | Code::ResourceExhausted => Self::MessageTooLarge(text),
+            Code::Internal if text.contains("decode") => Self::Malformed(text),
+            _ => Self::ClientGone(text),
         }
     }
 }

@@ -267,8 +267,12 @@ impl Model {
                 let (shape, values) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
                     .map_err(|e| e.to_string())?;
-                let units = shape.get(1).copied().unwrap_or(0) as usize;
-                Some((units, values.to_vec()))
+                if shape.len() != 2 || shape[0] as usize != rows {
+                    return Err(format!(
+                        "shrinkage came out as {shape:?}, expected [{rows}, units]"
+                    ));
+                }
+                Some((shape[1] as usize, values.to_vec()))
             }
             None => None,
         };

@@ -69,10 +69,16 @@ impl StreamSpec {
     }
 
     /// A resampler for this stream, when it needs one.
-    pub fn resampler(&self) -> Option<StreamResampler> {
-        // `plan` already accepted these rates, so construction only fails on rubato internals.
-        self.resample
-            .and_then(|(a, b)| StreamResampler::new(a, b, self.channels).ok())
+    pub fn resampler(&self) -> Result<Option<StreamResampler>, ServeError> {
+        let Some((a, b)) = self.resample else {
+            return Ok(None);
+        };
+        StreamResampler::new(a, b, self.channels)
+            .map(Some)
+            .map_err(|reason| ServeError::UnservableRate {
+                rate: self.sample_rate_hz,
+                reason,
+            })
     }
 }
 
@@ -106,15 +112,12 @@ pub fn decode_chunk(
 /// Decodes one unary window; it must hold exactly `want` values.
 pub fn decode_window(w: proto::Window, index: usize, want: usize) -> Result<Vec<f32>, ServeError> {
     let samples = match w.samples {
+        Some(window::Samples::F32le(bytes)) if bytes.len() % 4 == 0 => f32le_to_vec(&bytes),
         Some(window::Samples::F32le(bytes)) => {
-            if bytes.len() != want * 4 {
-                return Err(ServeError::WindowLength {
-                    index,
-                    got: bytes.len() / 4,
-                    want,
-                });
-            }
-            f32le_to_vec(&bytes)
+            return Err(ServeError::Misaligned {
+                len: bytes.len(),
+                frame_bytes: 4,
+            });
         }
         Some(window::Samples::Values(v)) => v.values,
         None => return Err(ServeError::NoSamples),

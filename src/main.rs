@@ -56,6 +56,11 @@ fn main() -> std::process::ExitCode {
                 let running = server::start(config).await?;
                 server::termination_signal().await;
                 running.shutdown();
+                tokio::spawn(async {
+                    server::termination_signal().await;
+                    eprintln!("second signal: exiting without waiting for the drain");
+                    std::process::exit(130);
+                });
                 running.stopped().await;
                 Ok(0)
             }
@@ -71,6 +76,8 @@ fn main() -> std::process::ExitCode {
             }
         }
     });
+    // Tasks still tied to connections the drain abandoned must not hold the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(code) => std::process::ExitCode::from(code as u8),

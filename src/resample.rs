@@ -89,26 +89,27 @@ impl StreamResampler {
     }
 
     /// Resamples `input` (interleaved), appending every output frame that is ready to `out`.
-    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) {
+    pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), String> {
         self.frames_in += (input.len() / self.channels) as u64;
         self.pending.extend_from_slice(input);
-        self.drain(out, None);
+        self.drain(out, None)
     }
 
     /// Flushes the filter at the end of the stream: appends the output still owed for the input received.
-    pub fn finish(&mut self, out: &mut Vec<f32>) {
+    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), String> {
         let owed = (self.frames_in as f64 * self.ratio()).floor() as u64;
         let mut guard = 0;
         while self.frames_out < owed && guard < 64 {
             let have = self.pending.len() / self.channels;
             self.pending
                 .resize(self.inner.input_frames_next() * self.channels, 0.0);
-            self.drain(out, Some(have));
+            self.drain(out, Some(have))?;
             guard += 1;
         }
         let excess = self.frames_out.saturating_sub(owed) as usize * self.channels;
         out.truncate(out.len().saturating_sub(excess));
         self.frames_out = self.frames_out.min(owed);
+        Ok(())
     }
 
     /// Forgets all state, as at a discontinuity.
@@ -120,33 +121,31 @@ impl StreamResampler {
         self.frames_out = 0;
     }
 
-    fn drain(&mut self, out: &mut Vec<f32>, partial: Option<usize>) {
+    fn drain(&mut self, out: &mut Vec<f32>, partial: Option<usize>) -> Result<(), String> {
         let ch = self.channels;
         loop {
             let need = self.inner.input_frames_next();
             if self.pending.len() / ch < need {
-                return;
+                return Ok(());
             }
             let frames_out = self.inner.output_frames_next();
             let indexing = partial.map(|n| rubato::Indexing::new().partial_len(n));
-            let result = match (
-                InterleavedSlice::new(&self.pending[..need * ch], ch, need),
-                InterleavedSlice::new_mut(&mut self.scratch[..frames_out * ch], ch, frames_out),
-            ) {
-                (Ok(input), Ok(mut output)) => {
-                    self.inner
-                        .process_into_buffer(&input, &mut output, indexing.as_ref())
-                }
-                _ => return,
-            };
-            let Ok((used, written)) = result else { return };
+            let input = InterleavedSlice::new(&self.pending[..need * ch], ch, need)
+                .map_err(|e| e.to_string())?;
+            let mut output =
+                InterleavedSlice::new_mut(&mut self.scratch[..frames_out * ch], ch, frames_out)
+                    .map_err(|e| e.to_string())?;
+            let (used, written) = self
+                .inner
+                .process_into_buffer(&input, &mut output, indexing.as_ref())
+                .map_err(|e| format!("resampling failed: {e}"))?;
             self.pending.drain(..used * ch);
             let skip = self.delay_left.min(written);
             self.delay_left -= skip;
             out.extend_from_slice(&self.scratch[skip * ch..written * ch]);
             self.frames_out += (written - skip) as u64;
             if partial.is_some() {
-                return;
+                return Ok(());
             }
         }
     }
@@ -207,9 +206,9 @@ mod tests {
             let mut out = Vec::new();
             // Uneven chunks, as a gateway sends them.
             for chunk in x.chunks(777) {
-                rs.push(chunk, &mut out);
+                rs.push(chunk, &mut out).unwrap();
             }
-            rs.finish(&mut out);
+            rs.finish(&mut out).unwrap();
             assert_eq!(
                 out.len(),
                 12_000,

@@ -13,7 +13,7 @@ use tonic::Status;
 use crate::batch::{Diagnosis, Reply};
 use crate::card::LoadedModel;
 use crate::error::ServeError;
-use crate::metrics::{self as m, StreamGauge};
+use crate::metrics as m;
 use crate::proto::{
     ResultDetail, StreamDiagnoseResponse, WindowResult, stream_diagnose_response::Event,
 };
@@ -98,7 +98,8 @@ struct Responder {
     detail: ResultDetail,
     drain_expired: CancellationToken,
     done: bool,
-    _gauge: Arc<StreamGauge>,
+    /// Held until the response stream is dropped, however the stream ends (the active-streams gauge, its slot).
+    _guard: Box<dyn Send + Sync>,
 }
 
 /// The response stream of one StreamDiagnose call: items in the reader's order, each window once its diagnosis
@@ -108,7 +109,7 @@ pub fn ordered(
     ctx: Arc<ResultContext>,
     detail: ResultDetail,
     drain_expired: CancellationToken,
-    gauge: Arc<StreamGauge>,
+    guard: Box<dyn Send + Sync>,
 ) -> ResponseStream {
     let state = Responder {
         rx,
@@ -116,7 +117,7 @@ pub fn ordered(
         detail,
         drain_expired,
         done: false,
-        _gauge: gauge,
+        _guard: guard,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if st.done {

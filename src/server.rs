@@ -91,6 +91,12 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 
 /// Starts the server; returns once it is SERVING.
 pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
+    if config.max_unary_windows > config.queue_capacity {
+        return Err(StartupError::Config(format!(
+            "--max-unary-windows ({}) is larger than --queue-capacity ({}): such requests could never be queued",
+            config.max_unary_windows, config.queue_capacity
+        )));
+    }
     let handle = m::install().map_err(StartupError::Config)?;
     gauge!(m::SERVING).set(0.0);
     let model = Arc::new(LoadedModel::load(&config.model)?);
@@ -116,6 +122,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         })?;
 
     let (queue, queue_rx) = batch::queue(config.queue_capacity);
+    let stop_batcher = CancellationToken::new();
     let batcher = batch::spawn(
         queue_rx,
         BatchConfig {
@@ -123,6 +130,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_delay: settings.max_queue_delay,
         },
         models,
+        stop_batcher.clone(),
     );
     let shutdown = CancellationToken::new();
     let drain_expired = CancellationToken::new();
@@ -137,6 +145,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         max_unary_windows: config.max_unary_windows,
         shutdown: shutdown.clone(),
         drain_expired: drain_expired.clone(),
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1))),
+        max_streams: config.max_streams.max(1),
+        open_timeout: config.open_timeout,
         results: Arc::new(ResultContext::new(&model)),
     });
     gauge!(m::MODEL_INFO, "name" => model.card.name.clone(), "version" => model.card.version.clone(),
@@ -186,6 +197,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             .max_frame_size(Some(1 << 20))
             .initial_stream_window_size(Some(1 << 20))
             .initial_connection_window_size(Some(16 << 20))
+            // Finds clients whose connection died without a goodbye, so their streams are freed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(diagnosis)
@@ -204,11 +218,18 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
                     tracing::error!(error = %err, "gRPC server failed");
                 }
             }
-            _ = expire => tracing::warn!("drain timeout passed; closing remaining connections"),
+            _ = expire => tracing::warn!("drain timeout passed; abandoning connections still open"),
         }
         stop_metrics.cancel();
-        // The router (and with it every queue sender) is gone: the inference threads finish and stop.
-        let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+        // Stop forming batches; the inference threads finish the batch they hold and end.
+        stop_batcher.cancel();
+        let joined = tokio::task::spawn_blocking(move || batcher.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("an inference thread is still busy; not waiting for it");
+        }
         tracing::info!("stopped");
     });
     gauge!(m::SERVING).set(1.0);

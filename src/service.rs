@@ -2,10 +2,10 @@
 //! Diagnose classifies whole windows; GetModel returns the card.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics::counter;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -35,6 +35,11 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Fires when the drain timeout has passed: undelivered windows are abandoned.
     pub drain_expired: CancellationToken,
+    /// Open streams allowed at once; each holds a permit.
+    pub streams: Arc<Semaphore>,
+    pub max_streams: usize,
+    /// How long a new stream may take to send `open`.
+    pub open_timeout: Duration,
     pub results: Arc<ResultContext>,
 }
 
@@ -53,9 +58,23 @@ impl Diagnosis for DiagnosisService {
         if shared.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown { resume_from: 0 }.into());
         }
-        let gauge = Arc::new(StreamGauge::open());
+        let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
+            return Err(ServeError::TooManyStreams {
+                max: shared.max_streams,
+            }
+            .into());
+        };
+        let slot = Box::new((StreamGauge::open(), permit));
         let mut inbound = request.into_inner();
-        let open = match inbound.message().await? {
+        let first = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return Err(ServeError::ShuttingDown { resume_from: 0 }.into()),
+            _ = tokio::time::sleep(shared.open_timeout) => {
+                return Err(ServeError::OpenTimeout { after: shared.open_timeout }.into());
+            }
+            first = inbound.message() => first.map_err(ServeError::from_transport)?,
+        };
+        let open = match first {
             Some(StreamDiagnoseRequest {
                 message: Some(Message::Open(open)),
             }) => open,
@@ -70,6 +89,12 @@ impl Diagnosis for DiagnosisService {
             }
         };
         let spec = StreamSpec::from_open(&open, &shared.model)?;
+        let framer = Framer::new(
+            shared.model.window(),
+            spec.hop,
+            spec.channels,
+            spec.resampler()?,
+        );
         tracing::info!(machine = %spec.machine_id, sensor = %spec.sensor_id, rate = spec.sample_rate_hz,
             hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
         let card = &shared.model.card;
@@ -86,13 +111,19 @@ impl Diagnosis for DiagnosisService {
         // Capacity is at least 2 and nothing was sent yet.
         let _ = tx.try_send(Outgoing::Event(opened));
         let detail = spec.detail;
-        tokio::spawn(read_stream(inbound, spec, tx, shared.clone()));
+        tokio::spawn(read_stream(
+            inbound,
+            framer,
+            spec.channels,
+            tx,
+            shared.clone(),
+        ));
         Ok(Response::new(respond::ordered(
             rx,
             shared.results.clone(),
             detail,
             shared.drain_expired.clone(),
-            gauge,
+            slot,
         )))
     }
 
@@ -127,7 +158,7 @@ impl Diagnosis for DiagnosisService {
         let arrived = Instant::now();
         if shared.queue.room() < n {
             return Err(ServeError::QueueFull {
-                capacity: shared.queue.room(),
+                capacity: shared.queue.capacity(),
             }
             .into());
         }
@@ -135,18 +166,25 @@ impl Diagnosis for DiagnosisService {
             .into_iter()
             .map(|w| shared.queue.try_submit(w))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut results = Vec::with_capacity(n);
-        for (i, reply) in replies.into_iter().enumerate() {
-            let d = reply.await.unwrap_or(Err(ServeError::WorkersGone))?;
-            let last = shared.model.window() as u64 - 1;
-            let meta = WindowMeta {
-                index: i as u64,
-                first_sample: 0,
-                last_sample: last,
-                arrived,
-            };
-            results.push(shared.results.window_result("unary", detail, &meta, d));
+        // Every window is answered before any is counted as delivered.
+        let mut diagnoses = Vec::with_capacity(n);
+        for reply in replies {
+            diagnoses.push(reply.await.unwrap_or(Err(ServeError::WorkersGone))?);
         }
+        let last = shared.model.window() as u64 - 1;
+        let results = diagnoses
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let meta = WindowMeta {
+                    index: i as u64,
+                    first_sample: 0,
+                    last_sample: last,
+                    arrived,
+                };
+                shared.results.window_result("unary", detail, &meta, d)
+            })
+            .collect();
         Ok(Response::new(proto::DiagnoseResponse { results }))
     }
 
@@ -175,22 +213,17 @@ impl Diagnosis for DiagnosisService {
 /// Reads one client's chunks until it half-closes, errs, goes away, or the server drains.
 async fn read_stream(
     mut inbound: Streaming<StreamDiagnoseRequest>,
-    spec: StreamSpec,
+    mut framer: Framer,
+    channels: usize,
     tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
 ) {
-    let mut framer = Framer::new(
-        shared.model.window(),
-        spec.hop,
-        spec.channels,
-        spec.resampler(),
-    );
-    let mut events = Vec::new();
+    let end = |err| async { tx.send(Outgoing::End(err)).await.ok() };
     loop {
         let message = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => {
-                let _ = tx.send(Outgoing::End(ServeError::ShuttingDown { resume_from: framer.resume_from() })).await;
+                end(ServeError::ShuttingDown { resume_from: framer.resume_from() }).await;
                 return;
             }
             _ = tx.closed() => return,
@@ -203,54 +236,67 @@ async fn read_stream(
             Ok(Some(StreamDiagnoseRequest {
                 message: Some(Message::Open(_)),
             })) => {
-                let _ = tx.send(Outgoing::End(ServeError::OpenedTwice)).await;
+                end(ServeError::OpenedTwice).await;
                 return;
             }
             Ok(Some(StreamDiagnoseRequest { message: None })) => {
-                let _ = tx.send(Outgoing::End(ServeError::EmptyMessage)).await;
+                end(ServeError::EmptyMessage).await;
                 return;
             }
             Ok(None) => {
                 // Half-closed: the last windows are still cut, diagnosed and delivered.
-                framer.finish(&mut events);
-                let _ = forward(&mut events, &tx, &shared.queue, Instant::now()).await;
+                if let Err(reason) = framer.finish() {
+                    end(ServeError::Resample(reason)).await;
+                } else {
+                    let _ = forward(&mut framer, &tx, &shared, Instant::now()).await;
+                }
                 return;
             }
             Err(status) => {
-                tracing::debug!(%status, "client stream ended with an error");
+                // A message too large or undecodable, or the client went away; tell it if it is still there.
+                end(ServeError::from_transport(status)).await;
                 return;
             }
         };
         let arrived = Instant::now();
-        match ingest::decode_chunk(chunk, spec.channels, shared.limits) {
-            Ok((first, samples)) => {
-                counter!(m::SAMPLES_RECEIVED).increment((samples.len() / spec.channels) as u64);
-                framer.push(first, &samples, &mut events);
-                if forward(&mut events, &tx, &shared.queue, arrived)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Err(err) => {
-                let _ = tx.send(Outgoing::End(err)).await;
-                return;
-            }
+        let pushed =
+            ingest::decode_chunk(chunk, channels, shared.limits).and_then(|(first, samples)| {
+                counter!(m::SAMPLES_RECEIVED).increment((samples.len() / channels) as u64);
+                framer.push(first, samples).map_err(ServeError::Resample)
+            });
+        if let Err(err) = pushed {
+            end(err).await;
+            return;
+        }
+        if forward(&mut framer, &tx, &shared, arrived).await.is_err() {
+            return;
         }
     }
 }
 
-/// Queues the windows a chunk completed and hands everything to the responder, in order. Waits (and so stops
-/// reading the client) while the batch queue or this stream's buffer is full. Errs when the client is gone.
+/// Queues the windows the last chunk completed, one at a time, and hands everything to the responder in order.
+/// Waits (and so stops reading the client) while the batch queue or this stream's buffer is full. Errs when the
+/// stream must end: the client is gone, resampling failed, or the drain deadline passed.
 async fn forward(
-    events: &mut Vec<window::Event>,
+    framer: &mut Framer,
     tx: &mpsc::Sender<Outgoing>,
-    queue: &Queue,
+    shared: &Shared,
     arrived: Instant,
 ) -> Result<(), ()> {
-    for event in events.drain(..) {
-        let outgoing = match event {
+    loop {
+        let event = match framer.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(()),
+            Err(reason) => {
+                let _ = tx.send(Outgoing::End(ServeError::Resample(reason))).await;
+                return Err(());
+            }
+        };
+        let permit = tokio::select! {
+            permit = tx.reserve() => permit.map_err(|_| ())?,
+            _ = shared.drain_expired.cancelled() => return Err(()),
+        };
+        match event {
             window::Event::Window(cut) => {
                 let meta = WindowMeta {
                     index: cut.index,
@@ -258,15 +304,17 @@ async fn forward(
                     last_sample: cut.last_sample,
                     arrived,
                 };
-                let permit = tx.reserve().await.map_err(|_| ())?;
-                match queue.submit(cut.samples).await {
+                let submitted = tokio::select! {
+                    submitted = shared.queue.submit(cut.samples) => submitted,
+                    _ = shared.drain_expired.cancelled() => return Err(()),
+                };
+                match submitted {
                     Ok(reply) => permit.send(Outgoing::Window { meta, reply }),
                     Err(err) => {
                         permit.send(Outgoing::End(err));
                         return Err(());
                     }
                 }
-                continue;
             }
             window::Event::Discontinuity {
                 expected,
@@ -274,14 +322,14 @@ async fn forward(
                 samples_discarded,
             } => {
                 counter!(m::DISCONTINUITIES).increment(1);
-                Outgoing::Event(Event::Discontinuity(proto::Discontinuity {
-                    expected,
-                    received,
-                    samples_discarded,
-                }))
+                permit.send(Outgoing::Event(Event::Discontinuity(
+                    proto::Discontinuity {
+                        expected,
+                        received,
+                        samples_discarded,
+                    },
+                )));
             }
-        };
-        tx.send(outgoing).await.map_err(|_| ())?;
+        }
     }
-    Ok(())
 }

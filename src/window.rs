@@ -26,7 +26,8 @@ pub enum Event {
     },
 }
 
-/// Sliding-window state of one stream.
+/// Sliding-window state of one stream. Windows are cut lazily, one per [`Framer::next_event`], so a chunk with
+/// a small hop never turns into a heap of window copies before backpressure can act.
 pub struct Framer {
     window: usize,
     hop: usize,
@@ -45,7 +46,15 @@ pub struct Framer {
     /// Segment-relative model-rate index of the next window's first frame.
     next_start: u64,
     next_index: u64,
+    /// A chunk after a discontinuity, held until the old segment's last windows are out.
+    deferred: Option<Deferred>,
     scratch: Vec<f32>,
+}
+
+struct Deferred {
+    expected: u64,
+    first: u64,
+    frames: Vec<f32>,
 }
 
 impl Framer {
@@ -59,8 +68,8 @@ impl Framer {
         let in_per_out = resampler.as_ref().map_or(1.0, |r| 1.0 / r.ratio());
         Self {
             window,
-            hop,
-            channels,
+            hop: hop.max(1),
+            channels: channels.max(1),
             resampler,
             in_per_out,
             origin: 0,
@@ -69,50 +78,59 @@ impl Framer {
             buf_start: 0,
             next_start: 0,
             next_index: 0,
+            deferred: None,
             scratch: Vec::new(),
         }
     }
 
-    /// Takes a chunk of interleaved frames starting at client index `first`, appending what it completes to `events`.
-    pub fn push(&mut self, first: u64, frames: &[f32], events: &mut Vec<Event>) {
-        match self.expected {
+    /// Takes a chunk of interleaved frames starting at client index `first`. Drain [`Framer::next_event`] before
+    /// pushing again.
+    pub fn push(&mut self, first: u64, frames: Vec<f32>) -> Result<(), String> {
+        debug_assert!(
+            self.deferred.is_none(),
+            "push before the previous chunk's events were drained"
+        );
+        let end = first.saturating_add((frames.len() / self.channels) as u64);
+        match self.expected.replace(end) {
             None => self.origin = first,
             Some(expected) if expected != first => {
-                let discarded = expected.saturating_sub(self.client_index(self.next_start));
-                events.push(Event::Discontinuity {
+                // The old segment keeps what it was owed: its resampler tail can still complete a window.
+                self.flush_resampler()?;
+                self.deferred = Some(Deferred {
                     expected,
-                    received: first,
-                    samples_discarded: discarded,
+                    first,
+                    frames,
                 });
-                self.restart(first);
+                return Ok(());
             }
             Some(_) => {}
         }
-        self.expected = Some(first + (frames.len() / self.channels) as u64);
-        match self.resampler.as_mut() {
-            Some(rs) => {
-                self.scratch.clear();
-                rs.push(frames, &mut self.scratch);
-                self.buf.extend_from_slice(&self.scratch);
-            }
-            None => self.buf.extend_from_slice(frames),
-        }
-        self.cut(events);
+        self.append(&frames)
     }
 
     /// The stream ended: flushes the resampler so its last samples can still complete a window.
-    pub fn finish(&mut self, events: &mut Vec<Event>) {
-        if let Some(rs) = self.resampler.as_mut() {
-            self.scratch.clear();
-            rs.finish(&mut self.scratch);
-            self.buf.extend_from_slice(&self.scratch);
-            self.cut(events);
-        }
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.flush_resampler()
     }
 
-    /// Client index where the next chunk should start (the end of what was received).
-    pub fn expected(&self) -> Option<u64> {
-        self.expected
+    /// The next window or discontinuity, in stream order; `None` when the input so far is used up.
+    pub fn next_event(&mut self) -> Result<Option<Event>, String> {
+        if let Some(cut) = self.cut_one() {
+            return Ok(Some(Event::Window(cut)));
+        }
+        let Some(d) = self.deferred.take() else {
+            return Ok(None);
+        };
+        let samples_discarded = d
+            .expected
+            .saturating_sub(self.client_index(self.next_start));
+        self.restart(d.first);
+        self.append(&d.frames)?;
+        Ok(Some(Event::Discontinuity {
+            expected: d.expected,
+            received: d.first,
+            samples_discarded,
+        }))
     }
 
     /// Client index from which a reconnecting client gets the next window that was not cut yet.
@@ -121,6 +139,32 @@ impl Framer {
             Some(_) => self.client_index(self.next_start),
             None => 0,
         }
+    }
+
+    /// Model-rate frames held (memory use is this plus at most one deferred chunk).
+    pub fn buffered_frames(&self) -> usize {
+        self.buf.len() / self.channels
+    }
+
+    fn append(&mut self, frames: &[f32]) -> Result<(), String> {
+        match self.resampler.as_mut() {
+            Some(rs) => {
+                self.scratch.clear();
+                rs.push(frames, &mut self.scratch)?;
+                self.buf.extend_from_slice(&self.scratch);
+            }
+            None => self.buf.extend_from_slice(frames),
+        }
+        Ok(())
+    }
+
+    fn flush_resampler(&mut self) -> Result<(), String> {
+        if let Some(rs) = self.resampler.as_mut() {
+            self.scratch.clear();
+            rs.finish(&mut self.scratch)?;
+            self.buf.extend_from_slice(&self.scratch);
+        }
+        Ok(())
     }
 
     fn restart(&mut self, origin: u64) {
@@ -134,28 +178,30 @@ impl Framer {
     }
 
     fn client_index(&self, model_index: u64) -> u64 {
-        self.origin + (model_index as f64 * self.in_per_out).round() as u64
+        self.origin
+            .saturating_add((model_index as f64 * self.in_per_out).round() as u64)
     }
 
-    fn cut(&mut self, events: &mut Vec<Event>) {
+    fn cut_one(&mut self) -> Option<Cut> {
         let ch = self.channels;
         let end = self.buf_start + (self.buf.len() / ch) as u64;
-        while self.next_start + self.window as u64 <= end {
-            let offset = (self.next_start - self.buf_start) as usize * ch;
-            let samples = self.buf[offset..offset + self.window * ch].to_vec();
-            events.push(Event::Window(Cut {
-                index: self.next_index,
-                first_sample: self.client_index(self.next_start),
-                last_sample: self.client_index(self.next_start + self.window as u64 - 1),
-                samples,
-            }));
-            self.next_index += 1;
-            self.next_start += self.hop as u64;
+        if self.next_start + self.window as u64 > end {
+            // Frames before the next window's start are behind every future window (all of them when hop > window).
+            let drop = self.next_start.min(end) - self.buf_start;
+            self.buf.drain(..drop as usize * ch);
+            self.buf_start += drop;
+            return None;
         }
-        // Frames before the next window's start are behind every future window (all of them when hop > window).
-        let drop = self.next_start.min(end) - self.buf_start;
-        self.buf.drain(..drop as usize * ch);
-        self.buf_start += drop;
+        let offset = (self.next_start - self.buf_start) as usize * ch;
+        let cut = Cut {
+            index: self.next_index,
+            first_sample: self.client_index(self.next_start),
+            last_sample: self.client_index(self.next_start + self.window as u64 - 1),
+            samples: self.buf[offset..offset + self.window * ch].to_vec(),
+        };
+        self.next_index += 1;
+        self.next_start += self.hop as u64;
+        Some(cut)
     }
 }
 
@@ -165,6 +211,14 @@ mod tests {
 
     fn ramp(from: u64, n: usize) -> Vec<f32> {
         (from..from + n as u64).map(|i| i as f32).collect()
+    }
+
+    /// Pushes a chunk and drains its events.
+    fn feed(f: &mut Framer, first: u64, frames: &[f32], events: &mut Vec<Event>) {
+        f.push(first, frames.to_vec()).unwrap();
+        while let Some(e) = f.next_event().unwrap() {
+            events.push(e);
+        }
     }
 
     fn windows(events: &[Event]) -> Vec<&Cut> {
@@ -187,7 +241,7 @@ mod tests {
         let data = ramp(0, total);
         let mut at = 0;
         for c in data.chunks(chunk) {
-            f.push(at, c, &mut events);
+            feed(&mut f, at, c, &mut events);
             at += c.len() as u64;
         }
         let cuts = windows(&events);
@@ -236,8 +290,8 @@ mod tests {
     fn gap_restarts_windowing_at_the_new_index() {
         let mut f = Framer::new(4, 2, 1, None);
         let mut ev = Vec::new();
-        f.push(0, &ramp(0, 5), &mut ev); // windows at 0
-        f.push(10, &ramp(10, 6), &mut ev); // gap of 5: restart at 10 -> windows at 10, 12
+        feed(&mut f, 0, &ramp(0, 5), &mut ev); // windows at 0
+        feed(&mut f, 10, &ramp(10, 6), &mut ev); // gap of 5: restart at 10 -> windows at 10, 12
         assert_eq!(
             ev[1],
             Event::Discontinuity {
@@ -261,8 +315,8 @@ mod tests {
     fn overlap_restarts_too() {
         let mut f = Framer::new(4, 4, 1, None);
         let mut ev = Vec::new();
-        f.push(0, &ramp(0, 6), &mut ev);
-        f.push(3, &ramp(3, 8), &mut ev);
+        feed(&mut f, 0, &ramp(0, 6), &mut ev);
+        feed(&mut f, 3, &ramp(3, 8), &mut ev);
         assert_eq!(
             ev[1],
             Event::Discontinuity {
@@ -276,14 +330,18 @@ mod tests {
             .map(|c| (c.first_sample, c.last_sample))
             .collect();
         assert_eq!(ranges, vec![(0, 3), (3, 6), (7, 10)]);
-        assert_eq!(f.expected(), Some(11));
+        assert_eq!(
+            f.resume_from(),
+            11,
+            "the next window starts at client sample 11"
+        );
     }
 
     #[test]
     fn stream_may_start_at_any_index() {
         let mut f = Framer::new(4, 4, 1, None);
         let mut ev = Vec::new();
-        f.push(1_000_000, &ramp(1_000_000, 8), &mut ev);
+        feed(&mut f, 1_000_000, &ramp(1_000_000, 8), &mut ev);
         let ranges: Vec<_> = windows(&ev)
             .iter()
             .map(|c| (c.first_sample, c.last_sample))
@@ -298,9 +356,12 @@ mod tests {
         let mut ev = Vec::new();
         let x: Vec<f32> = (0..48_000).map(|i| (i as f32 * 0.01).sin()).collect();
         for (k, c) in x.chunks(1000).enumerate() {
-            f.push(k as u64 * 1000, c, &mut ev);
+            feed(&mut f, k as u64 * 1000, c, &mut ev);
         }
-        f.finish(&mut ev);
+        f.finish().unwrap();
+        while let Some(e) = f.next_event().unwrap() {
+            ev.push(e);
+        }
         let cuts = windows(&ev);
         // 12000 model-rate samples: (12000 - 2048) / 1024 + 1 windows.
         assert_eq!(cuts.len(), 10);
@@ -312,5 +373,61 @@ mod tests {
             );
             assert_eq!(c.last_sample, (k as u64 * 1024 + 2047) * 4);
         }
+    }
+
+    #[test]
+    fn a_gap_on_a_resampled_stream_keeps_the_windows_already_received() {
+        let rs = StreamResampler::new(48_000, 12_000, 1).unwrap();
+        let mut f = Framer::new(2048, 1024, 1, Some(rs));
+        let mut ev = Vec::new();
+        let x: Vec<f32> = (0..8_592).map(|i| (i as f32 * 0.01).sin()).collect();
+        feed(&mut f, 0, &x, &mut ev);
+        feed(&mut f, 1_000_000, &x, &mut ev);
+        f.finish().unwrap();
+        while let Some(e) = f.next_event().unwrap() {
+            ev.push(e);
+        }
+        let kinds: Vec<String> = ev
+            .iter()
+            .map(|e| match e {
+                Event::Window(c) => format!("w{} {}..{}", c.index, c.first_sample, c.last_sample),
+                Event::Discontinuity {
+                    expected, received, ..
+                } => format!("gap {expected}->{received}"),
+            })
+            .collect();
+        // 8592 client samples = 2148 model samples: window 0 was complete before the gap, so it is delivered first.
+        assert_eq!(kinds[0], "w0 0..8188");
+        assert_eq!(kinds[1], "gap 8592->1000000");
+        assert_eq!(kinds[2], "w1 1000000..1008188");
+    }
+
+    #[test]
+    fn windows_are_cut_lazily_so_a_tiny_hop_does_not_pile_up_copies() {
+        let mut f = Framer::new(2048, 1, 1, None);
+        f.push(0, ramp(0, 65_536)).unwrap();
+        // Nothing is cut until asked: only the chunk itself is held.
+        assert_eq!(f.buffered_frames(), 65_536);
+        let first = f.next_event().unwrap();
+        assert!(matches!(first, Some(Event::Window(Cut { index: 0, .. }))));
+        let mut n = 1;
+        while let Some(Event::Window(c)) = f.next_event().unwrap() {
+            assert_eq!(c.first_sample, n);
+            n += 1;
+        }
+        assert_eq!(n, 65_536 - 2048 + 1);
+        assert!(
+            f.buffered_frames() < 2048,
+            "frames behind every future window are released"
+        );
+    }
+
+    #[test]
+    fn indices_near_the_top_of_the_range_do_not_overflow() {
+        let mut f = Framer::new(4, 1 << 20, 1, None);
+        let mut ev = Vec::new();
+        feed(&mut f, u64::MAX - 8, &ramp(0, 8), &mut ev);
+        assert_eq!(windows(&ev).len(), 1);
+        assert_eq!(f.resume_from(), u64::MAX, "saturates instead of wrapping");
     }
 }

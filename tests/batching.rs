@@ -42,6 +42,7 @@ async fn batch_leaves_at_the_delay_when_it_cannot_fill() {
             max_delay: delay,
         },
         models,
+        Default::default(),
     );
     let t0 = Instant::now();
     let mut replies = Vec::new();
@@ -75,6 +76,7 @@ async fn batch_leaves_at_max_size_before_the_delay() {
             max_delay: Duration::from_secs(30),
         },
         models,
+        Default::default(),
     );
     let t0 = Instant::now();
     let mut replies = Vec::new();
@@ -117,6 +119,7 @@ async fn each_reply_answers_its_own_window() {
             max_delay: Duration::from_millis(2),
         },
         models,
+        Default::default(),
     );
     let mut replies = Vec::new();
     for w in ws {
@@ -163,6 +166,7 @@ async fn a_full_queue_blocks_the_submitter() {
             max_delay: Duration::from_millis(1),
         },
         models,
+        Default::default(),
     );
     let fifth = tokio::time::timeout(Duration::from_secs(10), queue.submit(ws[4].clone()))
         .await

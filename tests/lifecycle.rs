@@ -204,7 +204,14 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
     std::thread::spawn(move || for _ in lines {});
 
     let (_, samples) = common::recordings().remove(4);
-    let samples = Arc::new(samples[..(2048 + 199 * 1024).min(samples.len())].to_vec());
+    // 200 windows; the committed excerpts are shorter, so repeat the recording (the classes do not matter here).
+    let samples: Vec<f32> = samples
+        .iter()
+        .copied()
+        .cycle()
+        .take(2048 + 199 * 1024)
+        .collect();
+    let samples = Arc::new(samples);
     let windows = (samples.len() - 2048) / 1024 + 1;
     let (tx, rx) = mpsc::channel(1024);
     tx.send(open()).await.unwrap();
@@ -281,4 +288,44 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_do_not_hold_up_shutdown() {
+    let running = common::start(&["--drain-timeout", "1s"]).await;
+    let addr = common::addr(&running);
+    // A stream that never sends `open`.
+    let (silent_tx, silent_rx) = mpsc::channel::<StreamDiagnoseRequest>(1);
+    let mut c1 = DiagnosisClient::connect(addr.clone()).await.unwrap();
+    let silent =
+        tokio::spawn(async move { c1.stream_diagnose(ReceiverStream::new(silent_rx)).await });
+    // A stream that sends a lot and never reads its results.
+    let (_, samples) = common::recordings().remove(0);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(open()).await.unwrap();
+    let mut c2 = DiagnosisClient::connect(addr).await.unwrap();
+    let _deaf = c2.stream_diagnose(ReceiverStream::new(rx)).await.unwrap();
+    let feeder = tokio::spawn(async move {
+        let mut at = 0u64;
+        loop {
+            let c = &samples[..4096.min(samples.len())];
+            if tx.send(chunk(at, c)).await.is_err() {
+                break;
+            }
+            at += c.len() as u64;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    running.shutdown();
+    tokio::time::timeout(Duration::from_secs(8), running.stopped())
+        .await
+        .expect("the server stopped despite stalled clients");
+    let status = tokio::time::timeout(Duration::from_secs(5), silent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    drop(silent_tx);
+    feeder.abort();
 }

@@ -365,7 +365,18 @@ async fn bad_input_ends_only_its_own_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_refuses_bad_windows_and_a_full_queue() {
-    let running = common::start(&["--queue-capacity", "4", "--max-unary-windows", "16"]).await;
+    // One worker taking one window at a time, and a small queue, so a streaming client can fill it.
+    let running = common::start(&[
+        "--workers",
+        "1",
+        "--max-batch",
+        "1",
+        "--queue-capacity",
+        "8",
+        "--max-unary-windows",
+        "8",
+    ])
+    .await;
     let mut client = DiagnosisClient::connect(common::addr(&running))
         .await
         .unwrap();
@@ -387,12 +398,48 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     );
     let e = client.diagnose(req(vec![])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    // More windows than the queue holds at once: RESOURCE_EXHAUSTED, retry later.
     let e = client
-        .diagnose(req((0..8).map(|_| win(2048)).collect()))
+        .diagnose(req((0..9).map(|_| win(2048)).collect()))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert_eq!(
+        e.code(),
+        Code::InvalidArgument,
+        "over --max-unary-windows: {e:?}"
+    );
+
+    // A stream floods the queue; unary calls meanwhile get RESOURCE_EXHAUSTED rather than waiting.
+    let (_, samples) = common::recordings().remove(1);
+    let flood = {
+        let channel = replay::connect(&common::addr(&running)).await.unwrap();
+        let mut plan = StreamPlan::new(12_000.0, 2048 + 400 * 128);
+        plan.hop = 128;
+        plan.keep_windows = false;
+        tokio::spawn(replay::stream_samples(channel, samples, plan, |_| {}))
+    };
+    let mut exhausted = None;
+    for _ in 0..500 {
+        match client
+            .diagnose(req((0..4).map(|_| win(2048)).collect()))
+            .await
+        {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                exhausted = Some(e);
+                break;
+            }
+            Err(e) => panic!("unexpected {e:?}"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    let e = exhausted.expect("the full queue was never reported");
+    assert!(
+        e.message().contains("queue is full (8 windows)"),
+        "{}",
+        e.message()
+    );
+    let flood = flood.await.unwrap().unwrap();
+    assert!(flood.status.is_none());
+    assert_eq!(flood.window_count, 401, "the streaming client lost nothing");
     let ok = client
         .diagnose(req((0..3).map(|_| win(2048)).collect()))
         .await

@@ -14,7 +14,8 @@ pub fn model_card() -> PathBuf {
     Path::new(ROOT).join("models/drsn_cw_cwru.json")
 }
 
-/// Server settings for tests: loopback, ephemeral ports, the shipped model on CPU. `extra` are CLI flags.
+/// Server settings for tests: loopback, ephemeral ports, the shipped model on CPU. `extra` are CLI flags, and
+/// override these defaults.
 pub fn config(extra: &[&str]) -> ServeConfig {
     let card = model_card();
     let mut args = vec![
@@ -27,10 +28,9 @@ pub fn config(extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0".into(),
         "--workers".into(),
         "2".into(),
+        "--device".into(),
+        "cpu".into(),
     ];
-    if !extra.contains(&"--device") {
-        args.extend(["--device".into(), "cpu".into()]);
-    }
     args.extend(extra.iter().map(|s| s.to_string()));
     <ServeConfig as clap::Parser>::try_parse_from(args).expect("test flags parse")
 }
