@@ -11,6 +11,18 @@ pub struct Limits {
     pub max_chunk_frames: usize,
 }
 
+impl Limits {
+    fn check(&self, frames: usize) -> Result<(), ServeError> {
+        match frames > self.max_chunk_frames {
+            true => Err(ServeError::ChunkTooLarge {
+                frames,
+                max: self.max_chunk_frames,
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
 /// A validated `open`: how to window and answer this stream.
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
@@ -141,13 +153,7 @@ fn decode_f32le(bytes: &[u8], channels: usize, limits: Limits) -> Result<Vec<f32
             frame_bytes,
         });
     }
-    let frames = bytes.len() / frame_bytes;
-    if frames > limits.max_chunk_frames {
-        return Err(ServeError::ChunkTooLarge {
-            frames,
-            max: limits.max_chunk_frames,
-        });
-    }
+    limits.check(bytes.len() / frame_bytes)?;
     Ok(f32le_to_vec(bytes))
 }
 
@@ -171,13 +177,7 @@ fn check_frames(values: Vec<f32>, channels: usize, limits: Limits) -> Result<Vec
             channels,
         });
     }
-    let frames = values.len() / channels;
-    if frames > limits.max_chunk_frames {
-        return Err(ServeError::ChunkTooLarge {
-            frames,
-            max: limits.max_chunk_frames,
-        });
-    }
+    limits.check(values.len() / channels)?;
     Ok(values)
 }
 

@@ -9,36 +9,19 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use drsn_serve::proto::StreamDiagnoseRequest;
 use drsn_serve::proto::diagnosis_client::DiagnosisClient;
-use drsn_serve::proto::stream_diagnose_request::Message;
 use drsn_serve::proto::stream_diagnose_response::Event;
-use drsn_serve::proto::{SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk};
 use drsn_serve::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 fn open() -> StreamDiagnoseRequest {
-    StreamDiagnoseRequest {
-        message: Some(Message::Open(StreamOpen {
-            machine_id: "m".into(),
-            sensor_id: "s".into(),
-            sample_rate_hz: 12_000.0,
-            channels: 1,
-            hop: 0,
-            detail: 0,
-        })),
-    }
+    common::open(12_000.0, 1, 0)
 }
 
 fn chunk(first: u64, samples: &[f32]) -> StreamDiagnoseRequest {
-    StreamDiagnoseRequest {
-        message: Some(Message::Chunk(SampleChunk {
-            first_sample_index: first,
-            samples: Some(sample_chunk::Samples::F32le(
-                samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )),
-        })),
-    }
+    common::chunk_bytes(first, samples)
 }
 
 async fn wait_for_gauge(running: &drsn_serve::server::Running, want: f64) -> f64 {
@@ -218,14 +201,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
     for (k, c) in samples.chunks(4096).enumerate() {
         tx.send(chunk(k as u64 * 4096, c)).await.unwrap();
     }
-    let mut client = DiagnosisClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
-    let mut inbound = client
-        .stream_diagnose(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut inbound = common::call(format!("http://{grpc}"), rx).await.unwrap();
     // Wait for the first result: by then the reader has queued the windows of the chunks sent.
     loop {
         if let Some(Event::Window(_)) = inbound.message().await.unwrap().unwrap().event {

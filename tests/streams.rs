@@ -7,37 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drsn_serve::proto::diagnosis_client::DiagnosisClient;
-use drsn_serve::proto::stream_diagnose_request::Message;
 use drsn_serve::proto::stream_diagnose_response::Event;
-use drsn_serve::proto::{
-    FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk,
-};
+use drsn_serve::proto::{FloatSamples, StreamDiagnoseRequest};
 use drsn_serve::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
-    StreamDiagnoseRequest {
-        message: Some(Message::Open(StreamOpen {
-            machine_id: "m".into(),
-            sensor_id: "s".into(),
-            sample_rate_hz: rate,
-            channels,
-            hop: 0,
-            detail,
-        })),
-    }
-}
-
-fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
-    StreamDiagnoseRequest {
-        message: Some(Message::Chunk(SampleChunk {
-            first_sample_index: first,
-            samples: Some(sample_chunk::Samples::Values(FloatSamples { values })),
-        })),
-    }
-}
+use common::{chunk, open};
 
 /// Sends `messages` on a stream kept open, and returns the status the server ends it with.
 async fn status_of(addr: String, messages: Vec<StreamDiagnoseRequest>) -> tonic::Status {
@@ -45,22 +22,18 @@ async fn status_of(addr: String, messages: Vec<StreamDiagnoseRequest>) -> tonic:
     for m in messages {
         tx.send(m).await.unwrap();
     }
-    let mut client = DiagnosisClient::connect(addr).await.unwrap();
-    let result = match client.stream_diagnose(ReceiverStream::new(rx)).await {
+    let result = match common::call(addr, rx).await {
         Err(status) => status,
-        Ok(resp) => {
-            let mut inbound = resp.into_inner();
-            loop {
-                match tokio::time::timeout(Duration::from_secs(20), inbound.message())
-                    .await
-                    .expect("server answers")
-                {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break tonic::Status::ok("stream ended without an error"),
-                    Err(status) => break status,
-                }
+        Ok(mut inbound) => loop {
+            match tokio::time::timeout(Duration::from_secs(20), inbound.message())
+                .await
+                .expect("server answers")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => break tonic::Status::ok("stream ended without an error"),
+                Err(status) => break status,
             }
-        }
+        },
     };
     drop(tx);
     result
@@ -196,14 +169,7 @@ async fn a_gap_is_reported_and_windowing_restarts() {
         .await
         .unwrap();
     drop(tx);
-    let mut client = DiagnosisClient::connect(common::addr(&running))
-        .await
-        .unwrap();
-    let mut inbound = client
-        .stream_diagnose(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut inbound = common::call(common::addr(&running), rx).await.unwrap();
     let mut events = Vec::new();
     while let Some(m) = inbound.message().await.unwrap() {
         match m.event.unwrap() {

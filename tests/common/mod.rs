@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use drsn_serve::config::ServeConfig;
+use drsn_serve::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::proto::stream_diagnose_request::Message;
+use drsn_serve::proto::{
+    FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamDiagnoseResponse, StreamOpen,
+    sample_chunk,
+};
 use drsn_serve::recording::{ReadOptions, read_recording};
 use drsn_serve::server::{self, Running};
 
@@ -136,4 +142,53 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// An `open` message for a mono stream.
+pub fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
+    StreamDiagnoseRequest {
+        message: Some(Message::Open(StreamOpen {
+            machine_id: "m".into(),
+            sensor_id: "s".into(),
+            sample_rate_hz: rate,
+            channels,
+            hop: 0,
+            detail,
+        })),
+    }
+}
+
+/// A chunk carried as packed floats.
+pub fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
+    let samples = sample_chunk::Samples::Values(FloatSamples { values });
+    StreamDiagnoseRequest {
+        message: Some(Message::Chunk(SampleChunk {
+            first_sample_index: first,
+            samples: Some(samples),
+        })),
+    }
+}
+
+/// A chunk carried as little-endian f32 bytes.
+pub fn chunk_bytes(first: u64, values: &[f32]) -> StreamDiagnoseRequest {
+    let samples =
+        sample_chunk::Samples::F32le(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    StreamDiagnoseRequest {
+        message: Some(Message::Chunk(SampleChunk {
+            first_sample_index: first,
+            samples: Some(samples),
+        })),
+    }
+}
+
+/// Starts a StreamDiagnose call whose requests come from `rx`.
+pub async fn call(
+    addr: String,
+    rx: tokio::sync::mpsc::Receiver<StreamDiagnoseRequest>,
+) -> Result<tonic::Streaming<StreamDiagnoseResponse>, tonic::Status> {
+    let mut client = DiagnosisClient::connect(addr).await.expect("connects");
+    Ok(client
+        .stream_diagnose(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner())
 }
