@@ -3,27 +3,39 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+
+/// Stops the server however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 #[test]
 fn replay_prints_every_window_and_a_summary() {
     let bin = env!("CARGO_BIN_EXE_drsn-serve");
-    let mut server = Command::new(bin)
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--model")
-        .arg(common::model_card())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let mut server = KillOnDrop(
+        Command::new(bin)
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .arg("--model")
+            .arg(common::model_card())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
     let grpc = loop {
         let line = lines.next().expect("server log").unwrap();
         if line.contains("SERVING") {
@@ -48,7 +60,7 @@ fn replay_prints_every_window_and_a_summary() {
         ])
         .output()
         .unwrap();
-    let _ = server.kill();
+    drop(server);
     assert!(
         out.status.success(),
         "{}",
