@@ -2,62 +2,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-/// Stops the server however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
 
 #[test]
 fn replay_prints_every_window_and_a_summary() {
     let bin = env!("CARGO_BIN_EXE_drsn-serve");
-    let mut server = KillOnDrop(
-        Command::new(bin)
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--model")
-            .arg(common::model_card())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stderr.take().unwrap()).lines();
-    let grpc = loop {
-        let line = lines.next().expect("server log").unwrap();
-        if line.contains("SERVING") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["grpc_addr"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let server = common::ServerProcess::spawn(&[]);
+    let grpc = server.addr.clone();
     let file = format!(
         "{}/models/training/tests/fixtures/cwru_mini/0HP/12k_Drive_End_OR014@6_0_197.mat",
         common::ROOT
     );
     let out = Command::new(bin)
-        .args([
-            "replay",
-            "--json",
-            "--hop",
-            "512",
-            "--addr",
-            &format!("http://{grpc}"),
-            &file,
-        ])
+        .args(["replay", "--json", "--hop", "512", "--addr", &grpc, &file])
         .output()
         .unwrap();
     drop(server);
@@ -85,7 +42,7 @@ fn replay_prints_every_window_and_a_summary() {
 
     // A file the reader cannot take is a clear error, not a crash.
     let out = Command::new(bin)
-        .args(["replay", "--addr", &format!("http://{grpc}"), "nope.txt"])
+        .args(["replay", "--addr", &grpc, "nope.txt"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,40 +150,15 @@ async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_queued_windows_and_exits_in_time() {
-    let card = common::model_card();
     // A slow server: one worker, batch 1, a long queue, so windows are still queued when SIGTERM comes.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .args([
-            "--max-batch",
-            "1",
-            "--drain-timeout",
-            "20s",
-            "--log-format",
-            "json",
-        ])
-        .arg("--model")
-        .arg(&card)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let grpc = loop {
-        let line = lines.next().expect("server log").unwrap();
-        if line.contains("SERVING") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["grpc_addr"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let mut server = common::ServerProcess::spawn(&[
+        "--workers",
+        "1",
+        "--max-batch",
+        "1",
+        "--drain-timeout",
+        "20s",
+    ]);
 
     let (_, samples) = common::recordings().remove(4);
     // 200 windows; the committed excerpts are shorter, so repeat the recording (the classes do not matter here).
@@ -201,7 +175,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
     for (k, c) in samples.chunks(4096).enumerate() {
         tx.send(chunk(k as u64 * 4096, c)).await.unwrap();
     }
-    let mut inbound = common::call(format!("http://{grpc}"), rx).await.unwrap();
+    let mut inbound = common::call(server.addr.clone(), rx).await.unwrap();
     // Wait for the first result: by then the reader has queued the windows of the chunks sent.
     loop {
         if let Some(Event::Window(_)) = inbound.message().await.unwrap().unwrap().event {
@@ -210,7 +184,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
     }
     let sigterm = Instant::now();
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -254,7 +228,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
     );
     drop(tx);
     let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
         assert!(

@@ -192,3 +192,57 @@ pub async fn call(
         .await?
         .into_inner())
 }
+
+/// The `drsn-serve serve` binary running in its own process on ephemeral ports; killed and reaped on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// `http://host:port` of its gRPC listener.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `extra` flags and waits until it logs SERVING.
+    pub fn spawn(extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .arg("--model")
+            .arg(model_card())
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the drsn-serve binary starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server logs SERVING")
+                .expect("log line");
+            if line.contains("SERVING") {
+                let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log");
+                break format!(
+                    "http://{}",
+                    v["fields"]["grpc_addr"].as_str().expect("grpc_addr")
+                );
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
