@@ -1,6 +1,6 @@
 //! The model card: what the server reads to know the model's input, preprocessing, outputs and classes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -89,7 +89,6 @@ impl Normalization {
 pub struct LoadedModel {
     pub card: ModelCard,
     pub card_json: String,
-    pub onnx_path: PathBuf,
     pub onnx: Vec<u8>,
     pub normalization: Normalization,
 }
@@ -149,7 +148,6 @@ impl LoadedModel {
         Ok(Self {
             card,
             card_json,
-            onnx_path,
             onnx,
             normalization,
         })

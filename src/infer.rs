@@ -123,7 +123,6 @@ pub fn environment(library: &Path) -> Result<Environment, StartupError> {
 /// Probabilities and shrinkage for a batch, row-major.
 #[derive(Debug, Default)]
 pub struct BatchOutput {
-    pub rows: usize,
     pub classes: usize,
     /// `rows x classes` raw model outputs.
     pub logits: Vec<f32>,
@@ -277,7 +276,6 @@ impl Model {
             None => None,
         };
         Ok(BatchOutput {
-            rows,
             classes: self.classes,
             logits,
             probabilities,

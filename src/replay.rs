@@ -294,9 +294,10 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     });
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for rec in &recordings {
+    let streams = recordings.len() * args.streams;
+    for rec in recordings {
         let rate = args.sample_rate.or(rec.sample_rate_hz).unwrap_or(12_000.0);
-        let samples = Arc::new(rec.samples.clone());
+        let samples = Arc::new(rec.samples);
         let name = rec
             .path
             .file_name()
@@ -308,7 +309,6 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             } else {
                 name.clone()
             };
-            plan.machine_id = "replay".into();
             plan.hop = args.hop;
             plan.chunk_frames = args.chunk.max(1);
             plan.realtime = args.realtime;
@@ -360,19 +360,17 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     progress.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
+    let ms = |p| percentile(&latencies, p) as f64 / 1e3;
+    let (p50, p90, p99, max) = (ms(50.0), ms(90.0), ms(99.0), ms(100.0));
+    let rate = windows as f64 / elapsed.max(1e-9);
     let summary = serde_json::json!({
         "summary": {
-            "streams": recordings.len() * args.streams,
+            "streams": streams,
             "windows": windows,
             "classes": classes,
-            "latency_ms": {
-                "p50": percentile(&latencies, 50.0) as f64 / 1e3,
-                "p90": percentile(&latencies, 90.0) as f64 / 1e3,
-                "p99": percentile(&latencies, 99.0) as f64 / 1e3,
-                "max": latencies.last().copied().unwrap_or(0) as f64 / 1e3,
-            },
+            "latency_ms": { "p50": p50, "p90": p90, "p99": p99, "max": max },
             "seconds": elapsed,
-            "windows_per_s": windows as f64 / elapsed.max(1e-9),
+            "windows_per_s": rate,
             "failed_streams": failures,
         }
     });
@@ -381,11 +379,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     } else {
         println!(
             "\n{} windows from {} stream(s) in {:.2} s ({:.0} windows/s); failed streams: {}",
-            windows,
-            recordings.len() * args.streams,
-            elapsed,
-            windows as f64 / elapsed.max(1e-9),
-            failures
+            windows, streams, elapsed, rate, failures
         );
         for (class, n) in &classes {
             println!(
@@ -393,13 +387,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                 100.0 * *n as f64 / windows.max(1) as f64
             );
         }
-        println!(
-            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
-            percentile(&latencies, 50.0) as f64 / 1e3,
-            percentile(&latencies, 90.0) as f64 / 1e3,
-            percentile(&latencies, 99.0) as f64 / 1e3,
-            latencies.last().copied().unwrap_or(0) as f64 / 1e3
-        );
+        println!("  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");
     }
     Ok(if failures > 0 { 1 } else { 0 })
 }
