@@ -20,12 +20,20 @@ from .train import NoiseProtocol, TrainConfig
 MODELS_DIR = REPO_ROOT / "models"
 RUNS_DIR = REPO_ROOT / "models" / "training" / "runs"
 SHIPPED_NAME = "drsn-cw-cwru"
+TRAIN_BATCH = 64  # not the paper's 128: see models/training/README.md
+PAPER_STAGES = 3  # the paper-protocol runs keep the paper's depth
 
 
-def model_config(args, arch: str, width: int) -> ModelConfig:
-    """The paper's 4-8-16 network, `width` times wider, with `--units` units per stage."""
-    stages = tuple((c * width, args.units) for c in (4, 8, 16))
-    return ModelConfig(shrinkage=arch, stem_channels=4 * width, stages=stages, window=args.window)
+def model_config(args, arch: str, width: int, stages: int) -> ModelConfig:
+    """The paper's 4-8-16 network, `width` times wider, with `stages` stages (each doubling the channels and
+    halving the length) of `--units` units."""
+    channels = tuple(4 * width * 2**i for i in range(stages))
+    return ModelConfig(
+        shrinkage=arch,
+        stem_channels=4 * width,
+        stages=tuple((c, args.units) for c in channels),
+        window=args.window,
+    )
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -33,8 +41,15 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=2048, help="window length in samples (default 2048)")
     p.add_argument("--width", type=int, default=3, help="channel multiplier over the paper's 4-8-16 (default 3)")
     p.add_argument("--units", type=int, default=4, help="residual units per stage (default 4)")
+    p.add_argument("--stages", type=int, default=3, help="stages of residual units (default 3, the paper's)")
     p.add_argument("--hop", type=int, default=512, help="mean spacing of training windows (default 512)")
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=TRAIN_BATCH,
+        help=f"training batch size (default {TRAIN_BATCH}; the paper-protocol runs keep the paper's 128)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
 
 
@@ -42,9 +57,9 @@ def cmd_reproduce(args) -> None:
     started = time.perf_counter()
     recordings = load_recordings(args.data_dir)
     models_dir, runs_dir = Path(args.out), Path(args.runs_dir)
-    base = model_config(args, "cw", args.width)
-    paper = model_config(args, "cw", args.paper_width)
-    runs = study_runs(args.seeds, args.epochs, base, args.hop, paper, args.paper_epochs, args.paper_seeds)
+    base = model_config(args, "cw", args.width, args.stages)
+    paper = model_config(args, "cw", args.paper_width, PAPER_STAGES)
+    runs = study_runs(args.seeds, args.epochs, base, args.hop, paper, args.paper_epochs, args.paper_seeds, args.batch)
     results = run_all(runs, args.data_dir, runs_dir, args.jobs)
     # Wall time spent running the study, summed over resumed invocations.
     timing_file = runs_dir / "timing.json"
@@ -118,8 +133,10 @@ def cmd_train(args) -> None:
     recordings = load_recordings(args.data_dir)
     run = Run(
         "mixed",
-        model_config(args, args.arch, args.width),
-        TrainConfig(epochs=args.epochs, seed=args.seed, train_hop=args.hop, threads=args.threads),
+        model_config(args, args.arch, args.width, args.stages),
+        TrainConfig(
+            epochs=args.epochs, seed=args.seed, train_hop=args.hop, threads=args.threads, batch_size=args.batch
+        ),
         NoiseProtocol(),
     )
     runs_dir = Path(args.out) / "runs"

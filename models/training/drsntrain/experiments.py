@@ -50,8 +50,12 @@ def study_runs(
     paper_model: ModelConfig,
     paper_epochs: int,
     paper_seeds: int,
+    batch_size: int = TrainConfig.batch_size,
 ) -> list[Run]:
-    """The mixed-noise runs first (they decide the shipped model), then the paper protocol."""
+    """The mixed-noise runs first (they decide the shipped model), then the paper protocol.
+
+    `batch_size` applies to the mixed-noise runs; the paper-protocol runs keep the paper's recipe.
+    """
     runs = []
     for seed in range(seeds):
         for arch in ARCHS:
@@ -59,7 +63,7 @@ def study_runs(
                 Run(
                     "mixed",
                     replace(model, shrinkage=arch),
-                    TrainConfig(epochs=epochs, seed=seed, train_hop=hop),
+                    TrainConfig(epochs=epochs, seed=seed, train_hop=hop, batch_size=batch_size),
                     NoiseProtocol(),
                 )
             )

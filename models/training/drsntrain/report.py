@@ -18,6 +18,7 @@ from .evaluate import CLEAN, SNR_GRID_DB
 from .experiments import ARCHS, PAPER_SNRS_DB
 from .model import ARCH_NAMES
 from .noise import NOISE_TYPES
+from .train import TrainConfig
 
 # Targets of the issue, on the test segments (DRSN-CW, mean over seeds).
 TARGETS = [("clean", None, 0.995)] + [(t, -8.0, 0.95) for t in NOISE_TYPES] + [("gaussian", -10.0, 0.85)]
@@ -111,6 +112,12 @@ def paper_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def batch_note(batch_size: int) -> str:
+    if batch_size == TrainConfig.batch_size:
+        return " (the paper's)"
+    return f" (the paper's is {TrainConfig.batch_size}: why, in `models/training/README.md`)"
+
+
 def paper_setup(results: dict[str, dict]) -> str:
     runs = [r for r in results.values() if r["protocol"].startswith("paper")]
     if not runs:
@@ -120,7 +127,7 @@ def paper_setup(results: dict[str, dict]) -> str:
     size = "the paper's size" if widths == "4-8-16" else "not the paper's size"
     return (
         f"Network: {widths} channels, {m['stages'][0][1]} units per stage ({size}), "
-        f"{t['epochs']} epochs, the same recipe otherwise."
+        f"{t['epochs']} epochs, batch {t['batch_size']}{batch_note(t['batch_size'])}, the same recipe otherwise."
     )
 
 
@@ -270,6 +277,7 @@ def write_report(
         repeats=shipped["test"]["repeats"],
         train_windows=shipped["train_windows_per_epoch"],
         recipe=shipped["train"],
+        batch_note=batch_note(shipped["train"]["batch_size"]),
         noise=shipped["noise"],
         parity=card["parity"],
         wall_min=timing["wall_seconds"] / 60,
@@ -315,9 +323,9 @@ evaluation summed over {runs} runs, {jobs} runs at a time, one thread each).
 - One model for every noise level: each training window is clean with probability {noise[clean_prob]}, else it gets a
   random noise type at an SNR uniform in [{noise[snr_low]:g}, {noise[snr_high]:g}] dB, drawn afresh every epoch.
 - Recipe (identical for every architecture): SGD momentum {recipe[momentum]}, lr {recipe[lr]} divided by 10 at
-  {recipe[milestones]} of {recipe[epochs]} epochs, batch {recipe[batch_size]}, L2 {recipe[weight_decay]}, He init;
-  the checkpoint kept is the best on validation (all noise types at -10, -6, 0 dB and clean) over the last 20%
-  of epochs.
+  {recipe[milestones]} of {recipe[epochs]} epochs, batch {recipe[batch_size]}{batch_note},
+  L2 {recipe[weight_decay]}, He init; the checkpoint kept is the best on validation (all noise types at -10, -6,
+  0 dB and clean) over the last 20% of epochs.
 
 ## Accuracy (%), mean ± std over seeds
 

@@ -38,7 +38,7 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     runs = tmp_path / "runs"
     args = ["reproduce", "--data-dir", str(FIXTURE_DIR), "--window", "512", "--width", "1", "--units", "1"]
     args += ["--epochs", "2", "--hop", "256", "--seeds", "2", "--paper-epochs", "1", "--paper-seeds", "1"]
-    args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs)]
+    args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs), "--stages", "2", "--batch", "32"]
     assert main(args) == 0
     report = (tmp_path / "reports" / "README.md").read_text()
     for heading in ("## Targets", "## Accuracy", "DRSN-CW against ResNet", "paper's protocol", "## Noise score"):
@@ -48,6 +48,11 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     results = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert len(results["runs"]) == 2 * 3 + 3 * 3
     assert set(results["bench"]) == {"none", "cs", "cw"}
+    # --stages and --batch shape the mixed-noise runs; the paper-protocol runs keep the paper's network and batch.
+    for r in results["runs"].values():
+        mixed = r["protocol"] == "mixed"
+        assert [c for c, _ in r["model"]["stages"]] == ([4, 8] if mixed else [4, 8, 16])
+        assert r["train"]["batch_size"] == (32 if mixed else 128)
     card = json.loads((tmp_path / "drsn_cw_cwru.json").read_text())
     cw = [r for r in results["runs"].values() if r["protocol"] == "mixed" and r["arch"] == "cw"]
     best = max(cw, key=lambda r: (r["best_val_acc"], -r["seed"]))
