@@ -41,9 +41,13 @@ async fn auto_falls_back_to_cpu_with_a_metric() {
         common::metric(&scrape, "drsn_device_fallbacks_total").unwrap_or(0.0) >= 1.0,
         "{scrape}"
     );
-    assert!(
-        scrape.contains(r#"drsn_model_info{name="drsn-cw-cwru",version="1.0.0",device="cpu"} 1"#)
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::model_card()).unwrap()).unwrap();
+    let info = format!(
+        r#"drsn_model_info{{name={},version={},device="cpu"}} 1"#,
+        card["name"], card["version"]
     );
+    assert!(scrape.contains(&info), "{info} not in {scrape}");
     running.shutdown();
     running.stopped().await;
 }

@@ -23,7 +23,7 @@ from .export import (
 from .model import ARCH_NAMES, DRSN, parameter_count
 from .noise import noisy_copies
 
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "1.1.0"
 # A window's worth of hop halves the latency between results at 2x the compute.
 DEFAULT_HOP_FRACTION = 0.5
 PARITY_TOLERANCE = 1e-4
