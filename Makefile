@@ -32,7 +32,6 @@ ort-gpu: .ort/gpu/$(ORT_LIB)
 	rm -rf .ort/$*.download
 	@test -f $@ && echo "ONNX Runtime $(ORT_VERSION) ($*) installed in .ort/$*"
 
-
 build:
 	cargo build --release --locked
 

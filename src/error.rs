@@ -129,9 +129,7 @@ impl ServeError {
             _ => Code::InvalidArgument,
         }
     }
-}
 
-impl ServeError {
     /// Classifies an error tonic reported while reading the client's messages.
     pub fn from_transport(status: Status) -> Self {
         let text = status.message().to_owned();

@@ -13,13 +13,13 @@ pub struct Limits {
 
 impl Limits {
     fn check(&self, frames: usize) -> Result<(), ServeError> {
-        match frames > self.max_chunk_frames {
-            true => Err(ServeError::ChunkTooLarge {
+        if frames > self.max_chunk_frames {
+            return Err(ServeError::ChunkTooLarge {
                 frames,
                 max: self.max_chunk_frames,
-            }),
-            false => Ok(()),
+            });
         }
+        Ok(())
     }
 }
 

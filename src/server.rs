@@ -134,6 +134,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     );
     let shutdown = CancellationToken::new();
     let drain_expired = CancellationToken::new();
+    let max_streams = config.max_streams.max(1);
     let shared = Arc::new(Shared {
         model: model.clone(),
         placement,
@@ -145,8 +146,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         max_unary_windows: config.max_unary_windows,
         shutdown: shutdown.clone(),
         drain_expired: drain_expired.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams.max(1))),
-        max_streams: config.max_streams.max(1),
+        streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+        max_streams,
         open_timeout: config.open_timeout,
         results: Arc::new(ResultContext::new(&model)),
     });

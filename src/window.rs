@@ -216,6 +216,16 @@ mod tests {
     /// Pushes a chunk and drains its events.
     fn feed(f: &mut Framer, first: u64, frames: &[f32], events: &mut Vec<Event>) {
         f.push(first, frames.to_vec()).unwrap();
+        drain(f, events);
+    }
+
+    /// Ends the stream and drains what the resampler flush completes.
+    fn finish(f: &mut Framer, events: &mut Vec<Event>) {
+        f.finish().unwrap();
+        drain(f, events);
+    }
+
+    fn drain(f: &mut Framer, events: &mut Vec<Event>) {
         while let Some(e) = f.next_event().unwrap() {
             events.push(e);
         }
@@ -358,10 +368,7 @@ mod tests {
         for (k, c) in x.chunks(1000).enumerate() {
             feed(&mut f, k as u64 * 1000, c, &mut ev);
         }
-        f.finish().unwrap();
-        while let Some(e) = f.next_event().unwrap() {
-            ev.push(e);
-        }
+        finish(&mut f, &mut ev);
         let cuts = windows(&ev);
         // 12000 model-rate samples: (12000 - 2048) / 1024 + 1 windows.
         assert_eq!(cuts.len(), 10);
@@ -383,10 +390,7 @@ mod tests {
         let x: Vec<f32> = (0..8_592).map(|i| (i as f32 * 0.01).sin()).collect();
         feed(&mut f, 0, &x, &mut ev);
         feed(&mut f, 1_000_000, &x, &mut ev);
-        f.finish().unwrap();
-        while let Some(e) = f.next_event().unwrap() {
-            ev.push(e);
-        }
+        finish(&mut f, &mut ev);
         let kinds: Vec<String> = ev
             .iter()
             .map(|e| match e {
