@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from .bench import onnx_throughput
-from .data import REPO_ROOT, DataNotFoundError, load_recordings, split_windows
-from .experiments import ARCHS, Run, execute, run_all, study_runs
+from .data import REPO_ROOT, DataNotFoundError, load_recordings, loads, split_windows
+from .experiments import ARCHS, Run, execute, lolo_runs, run_all, study_runs
 from .export import export_onnx, load_checkpoint
 from .model import ModelConfig, parameter_count
 from .report import write_report
@@ -31,6 +31,8 @@ def model_config(args, arch: str, width: int, stages: int) -> ModelConfig:
     return ModelConfig(
         shrinkage=arch,
         stem_channels=4 * width,
+        stem_kernel=args.stem_kernel,
+        stem_stride=args.stem_stride,
         stages=tuple((c, args.units) for c in channels),
         window=args.window,
     )
@@ -42,6 +44,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=3, help="channel multiplier over the paper's 4-8-16 (default 3)")
     p.add_argument("--units", type=int, default=4, help="residual units per stage (default 4)")
     p.add_argument("--stages", type=int, default=3, help="stages of residual units (default 3, the paper's)")
+    p.add_argument("--stem-kernel", type=int, default=3, help="first layer's kernel (default 3, the paper's)")
+    p.add_argument("--stem-stride", type=int, default=2, help="first layer's stride (default 2, the paper's)")
+    p.add_argument("--speed", type=float, default=0.0, help="random speed change of training windows, +-fraction")
     p.add_argument("--hop", type=int, default=512, help="mean spacing of training windows (default 512)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument(
@@ -135,7 +140,12 @@ def cmd_train(args) -> None:
         "mixed",
         model_config(args, args.arch, args.width, args.stages),
         TrainConfig(
-            epochs=args.epochs, seed=args.seed, train_hop=args.hop, threads=args.threads, batch_size=args.batch
+            epochs=args.epochs,
+            seed=args.seed,
+            train_hop=args.hop,
+            threads=args.threads,
+            batch_size=args.batch,
+            speed_perturb=args.speed,
         ),
         NoiseProtocol(),
     )
@@ -151,6 +161,54 @@ def cmd_train(args) -> None:
         training=card_training(result, "single run"),
     )
     print(json.dumps({"onnx": card["onnx"], "accuracy": card["evaluation"]["accuracy"]}, indent=1))
+
+
+def cmd_lolo(args) -> None:
+    """Leave-one-load-out for one recipe: every fold, seed and architecture; prints the fold means."""
+    recordings = load_recordings(args.data_dir)
+    train_config = TrainConfig(epochs=args.epochs, train_hop=args.hop, batch_size=args.batch, speed_perturb=args.speed)
+    runs = lolo_runs(
+        loads(recordings),
+        args.seeds,
+        tuple(args.archs.split(",")),
+        model_config(args, "cw", args.width, args.stages),
+        train_config,
+    )
+    results = run_all(runs, args.data_dir, Path(args.runs_dir), args.jobs)
+    summary = lolo_summary(list(results.values()))
+    summary["windows_per_s"] = onnx_cost(load_checkpoint(Path(args.runs_dir) / runs[0].name / "model.pt"))
+    (Path(args.runs_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+def onnx_cost(model) -> float:
+    """Windows/s in ONNX Runtime, batch 64, one thread, on random windows (cost does not depend on the values)."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        export_onnx(model, path)
+        x = np.random.default_rng(0).normal(size=(64, model.config.window)).astype(np.float32)
+        return onnx_throughput(path, x, batch=64, threads=1)["windows_per_s"]
+
+
+def lolo_summary(results: list[dict]) -> dict:
+    """Mean over folds and seeds of validation accuracy and of the headline test cells, per architecture."""
+    import numpy as np
+
+    cells = [("clean", None), ("gaussian", -8), ("laplacian", -8), ("pink", -8), ("gaussian", -10)]
+    out: dict = {}
+    for arch in sorted({r["arch"] for r in results}):
+        rs = [r for r in results if r["arch"] == arch]
+        row = {"runs": len(rs), "val": float(np.mean([r["best_val_acc"] for r in rs]))}
+        for t, snr in cells:
+            key = t if snr is None else f"{t}{snr}"
+            vals = [r["test"]["accuracy"][t] if snr is None else r["test"]["accuracy"][t][f"{snr:g}"] for r in rs]
+            row[key] = float(np.mean(vals))
+        out[arch] = row
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--name", default="drsn-cw-custom")
     tr.add_argument("--out", required=True, help="folder for the ONNX file, card, golden file and runs")
     tr.set_defaults(func=cmd_train)
+    lo = sub.add_parser("lolo", help="leave-one-load-out for one recipe (every fold); prints the fold means")
+    add_common(lo)
+    lo.add_argument("--seeds", type=int, default=1)
+    lo.add_argument("--archs", default="cw", help="comma-separated: cw, cs, none (default cw)")
+    lo.add_argument("--runs-dir", required=True, help="checkpoints and results of every run")
+    lo.set_defaults(func=cmd_lolo)
     args = parser.parse_args(argv)
     try:
         args.func(args)

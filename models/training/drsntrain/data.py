@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,21 @@ def load_drive_end(path: Path, file_number: int) -> np.ndarray:
     return np.asarray(mat[key], dtype=np.float32).reshape(-1)
 
 
+def _mat_files(root: Path) -> list[Path]:
+    """Every .mat file below root, following linked folders as well as linked files (a mounted share, a fold
+    made of links); a folder reached twice through links is read once."""
+    seen, found = set(), []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs.sort()
+        found += [Path(folder) / f for f in files if f.endswith(".mat")]
+    return sorted(found)
+
+
 def load_recordings(directory: str | os.PathLike | None = None) -> list[Recording]:
     """Every recognisable recording below the CWRU folder, sorted by path."""
     root = data_dir(directory)
@@ -105,7 +120,7 @@ def load_recordings(directory: str | os.PathLike | None = None) -> list[Recordin
             "<dir>/<load>HP/*.mat, and pass --data-dir <dir> or set DRSN_CWRU_DIR."
         )
     recordings = []
-    for path in sorted(root.rglob("*.mat")):
+    for path in _mat_files(root):
         parsed = parse_name(path.name)
         if parsed is None:
             continue
@@ -114,6 +129,46 @@ def load_recordings(directory: str | os.PathLike | None = None) -> list[Recordin
     if not recordings:
         raise DataNotFoundError(f"no CWRU 12k drive-end .mat files below {root}")
     return recordings
+
+
+def loads(recordings: list[Recording]) -> list[int]:
+    """The operating conditions (motor loads, hp) present, sorted."""
+    return sorted({r.load_hp for r in recordings})
+
+
+def spread_over_loads(recordings: list[Recording]) -> list[Recording]:
+    """Recordings of a class that exists at one load only (CWRU's healthy baseline, 0 hp only) are split by time
+    into one part per load, part i standing in for the i-th load, so that every leave-one-load-out fold trains and
+    tests on disjoint parts of it. Other recordings are returned as they are."""
+    all_loads = loads(recordings)
+    by_class: dict[str, set[int]] = {}
+    for r in recordings:
+        by_class.setdefault(r.label, set()).add(r.load_hp)
+    out = []
+    for r in recordings:
+        if len(by_class[r.label]) > 1 or len(all_loads) < 2:
+            out.append(r)
+            continue
+        parts = np.array_split(r.signal, len(all_loads))
+        out += [replace(r, load_hp=load, signal=part) for load, part in zip(all_loads, parts, strict=True)]
+    return out
+
+
+def leave_one_load_out(recordings: list[Recording], test_load: int) -> tuple[list[Recording], list[Recording]]:
+    """(training recordings, held-out recordings) of the fold that tests on `test_load` (see spread_over_loads)."""
+    spread = spread_over_loads(recordings)
+    if len(loads(spread)) < 2:
+        raise DataNotFoundError(f"leave-one-load-out needs recordings at two loads or more; found {loads(spread)}")
+    if test_load not in loads(spread):
+        raise ValueError(f"no recordings at {test_load} hp; loads present: {loads(spread)}")
+    return [r for r in spread if r.load_hp != test_load], [r for r in spread if r.load_hp == test_load]
+
+
+def all_windows(recordings: list[Recording], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Back-to-back windows over the whole of every recording, with class indices."""
+    xs = [contiguous_windows(r.signal, window) for r in recordings]
+    ys = [np.full(len(x), r.class_index, dtype=np.int64) for x, r in zip(xs, recordings, strict=True)]
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def segment_bounds(n: int, split: str) -> tuple[int, int]:
@@ -147,15 +202,20 @@ class RandomWindows:
     """Draws overlapping training windows at random offsets inside each train segment.
 
     Each epoch draws about len(segment) / hop windows per recording, so recordings
-    contribute in proportion to their length.
+    contribute in proportion to their length. With `speed` > 0 each window is resampled by a random factor in
+    [1 - speed, 1 + speed] (linear interpolation), as if the shaft turned that much slower or faster: loads
+    change a motor's speed, and with it every fault frequency.
     """
 
-    def __init__(self, recordings: list[Recording], window: int, hop: int):
-        self.window = window
+    def __init__(self, recordings: list[Recording], window: int, hop: int, speed: float = 0.0):
+        if not 0.0 <= speed < 0.5:
+            raise ValueError(f"speed perturbation {speed} must be in [0, 0.5)")
+        self.window, self.speed = window, speed
         self.segments = [segment(r.signal, "train") for r in recordings]
         self.labels = [r.class_index for r in recordings]
+        self.span = int(np.ceil(window * (1 + speed))) + 1  # samples a stretched window may need
         for s in self.segments:
-            if len(s) < window:
+            if len(s) < self.span:
                 raise ValueError(f"a train segment of {len(s)} samples is shorter than the window of {window}")
         self.counts = [(len(s) - window) // hop + 1 for s in self.segments]
 
@@ -167,9 +227,16 @@ class RandomWindows:
         y = np.empty(len(self), dtype=np.int64)
         i = 0
         for seg, label, count in zip(self.segments, self.labels, self.counts, strict=True):
-            starts = rng.integers(0, len(seg) - self.window + 1, size=count)
-            idx = starts[:, None] + np.arange(self.window)
-            x[i : i + count] = seg[idx]
+            if self.speed == 0.0:
+                starts = rng.integers(0, len(seg) - self.window + 1, size=count)
+                x[i : i + count] = seg[starts[:, None] + np.arange(self.window)]
+            else:
+                factor = rng.uniform(1 - self.speed, 1 + self.speed, size=(count, 1))
+                starts = rng.integers(0, len(seg) - self.span + 1, size=(count, 1))
+                pos = starts + factor * np.arange(self.window)
+                i0 = pos.astype(np.int64)
+                frac = (pos - i0).astype(np.float32)
+                x[i : i + count] = seg[i0] * (1 - frac) + seg[i0 + 1] * frac
             y[i : i + count] = label
             i += count
         return x, y

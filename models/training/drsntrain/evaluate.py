@@ -37,17 +37,21 @@ def evaluate_grid(
     repeats: int = 4,
     cells: list[tuple[str, float]] | None = None,
     confusion_snr: float = -8.0,
+    logits_out: dict | None = None,
 ) -> dict:
     """Accuracy per cell; for shrinkage models also the mean alpha per cell and window.
 
     Returns {"accuracy": {"clean": a, "gaussian": {"-8": a, ...}, ...},
-    "confusion": {type: matrix at confusion_snr}, "shrinkage": {...} or None}.
+    "confusion": {type: matrix at confusion_snr}, "shrinkage": {...} or None}. `logits_out`, when given, receives
+    the logits of every cell ("clean", "gaussian-8", ...) and the labels ("labels"), for calibration.
     """
     classes = len(CLASSES)
     if cells is None:
         cells = [(t, s) for t in NOISE_TYPES for s in SNR_GRID_DB]
     out: dict = {"accuracy": {}, "confusion": {}, "windows": len(y), "repeats": repeats}
     logits, shrink = predict(model, x)
+    if logits_out is not None:
+        logits_out["labels"], logits_out[CLEAN] = y, logits
     out["accuracy"][CLEAN] = float((logits.argmax(1) == y).mean())
     out["confusion"][CLEAN] = confusion(y, logits.argmax(1), classes).tolist()
     clean_shrink, scores = shrink, {}
@@ -55,6 +59,8 @@ def evaluate_grid(
         xn = noisy_copies(x, noise_type, snr, cell_seed(noise_type, snr), repeats)
         yn = np.tile(y, repeats)
         logits, shrink = predict(model, xn)
+        if logits_out is not None:
+            logits_out[f"{noise_type}{snr:g}"] = logits
         pred = logits.argmax(1)
         out["accuracy"].setdefault(noise_type, {})[f"{snr:g}"] = float((pred == yn).mean())
         if snr == confusion_snr:

@@ -1,8 +1,11 @@
 """The study: which runs make up the report, and running them in parallel processes.
 
-A run is one (protocol, architecture, seed). Each writes `model.pt` and `result.json`
-into its own folder under the runs directory; a run whose result exists is not redone,
-so an interrupted study resumes where it stopped.
+A run is one (protocol, architecture, seed). Protocols: "lolo-<L>hp" (leave one load out: train on the other
+loads, test on every window of load L), "mixed" (the time split: train, validate and test on segments of every
+recording, the shipped model's protocol) and "paper-gaussian<snr>dB" (the paper's fixed-SNR protocol). Each run
+writes `model.pt` and `result.json` into its own folder under the runs directory (LOLO runs also `heldout.npz`,
+the held-out logits the calibration is fitted on); a run whose result exists is not redone, so an interrupted
+study resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from .data import load_recordings, split_windows
+from .data import all_windows, leave_one_load_out, load_recordings, split_windows
 from .evaluate import evaluate_grid
 from .export import save_checkpoint
 from .model import ModelConfig
@@ -28,10 +32,11 @@ PAPER_SNRS_DB = (-10.0, -8.0, -6.0)
 
 @dataclass(frozen=True)
 class Run:
-    protocol: str  # "mixed" or "paper-gaussian-<snr>"
+    protocol: str  # "lolo-<L>hp", "mixed" or "paper-gaussian<snr>dB"
     model: ModelConfig
     train: TrainConfig
     noise: NoiseProtocol
+    test_load: int | None = None  # the held-out load of a LOLO run
 
     @property
     def name(self) -> str:
@@ -40,6 +45,18 @@ class Run:
     def settings(self) -> dict:
         """What a stored result must have been trained with to be reused for this run."""
         return {"model": self.model.to_dict(), "train": self.train.to_dict(), "noise": asdict(self.noise)}
+
+
+def lolo_runs(
+    loads: list[int], seeds: int, archs: tuple[str, ...], model: ModelConfig, train: TrainConfig
+) -> list[Run]:
+    """Leave-one-load-out: for every load, every seed and architecture trained on the other loads."""
+    return [
+        Run(f"lolo-{load}hp", replace(model, shrinkage=arch), replace(train, seed=seed), NoiseProtocol(), load)
+        for load in loads
+        for seed in range(seeds)
+        for arch in archs
+    ]
 
 
 def study_runs(
@@ -82,23 +99,40 @@ def study_runs(
 
 
 def execute(run: Run, data_dir: str | None, runs_dir: Path, position: int = 0) -> dict:
-    """Train and evaluate one run; write its checkpoint and result."""
+    """Train and evaluate one run; write its checkpoint and result.
+
+    A LOLO run is tested on every window of its held-out load ("test") and, separately, on that load's test
+    segments ("test_segment"); the other runs on the test segments of every recording.
+    """
     recordings = load_recordings(data_dir)
-    model, log = train(recordings, run.model, run.train, run.noise, progress=run.name, position=position)
-    x_test, y_test = split_windows(recordings, "test", run.model.window)
+    window = run.model.window
+    if run.test_load is None:
+        train_recs, held = recordings, None
+        test_sets = {"test": split_windows(recordings, "test", window)}
+    else:
+        train_recs, held = leave_one_load_out(recordings, run.test_load)
+        test_sets = {"test": all_windows(held, window), "test_segment": split_windows(held, "test", window)}
+    model, log = train(train_recs, run.model, run.train, run.noise, progress=run.name, position=position)
     cells = None if run.noise.kind == "mixed" else [(run.noise.noise_type, run.noise.snr_db)]
+    confusion_snr = run.noise.snr_db if cells else -8.0
     started = time.perf_counter()
     result = {
         "run": run.name,
         "protocol": run.protocol,
         "arch": run.model.shrinkage,
         "seed": run.train.seed,
+        "test_load": run.test_load,
         **log,
-        "test": evaluate_grid(model, x_test, y_test, cells=cells, confusion_snr=run.noise.snr_db if cells else -8.0),
     }
-    result["eval_seconds"] = time.perf_counter() - started
     out = runs_dir / run.name
     out.mkdir(parents=True, exist_ok=True)
+    heldout: dict = {}
+    for key, (x, y) in test_sets.items():
+        keep = heldout if (held is not None and key == "test") else None
+        result[key] = evaluate_grid(model, x, y, cells=cells, confusion_snr=confusion_snr, logits_out=keep)
+    if heldout:
+        np.savez_compressed(out / "heldout.npz", **heldout)
+    result["eval_seconds"] = time.perf_counter() - started
     save_checkpoint(model, out / "model.pt")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     return result

@@ -26,6 +26,10 @@ class ModelConfig:
     classes: int = 10
     window: int = 2048
     stem_channels: int = 4
+    # First layer: a wide kernel with a large stride (as WDCNN, Zhang et al., Sensors 2017) filters out
+    # high-frequency noise and shortens every later layer; (3, 2) is the paper's stem.
+    stem_kernel: int = 3
+    stem_stride: int = 2
     # (channels, units) per stage; the first unit of each stage has stride 2.
     stages: tuple[tuple[int, int], ...] = field(default=((4, 4), (8, 4), (16, 4)))
     standardize_eps: float = 1e-8
@@ -33,6 +37,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.shrinkage not in SHRINKAGE_MODES:
             raise ValueError(f"shrinkage must be one of {SHRINKAGE_MODES}, not {self.shrinkage!r}")
+        if self.stem_kernel < 1 or self.stem_stride < 1:
+            raise ValueError("stem_kernel and stem_stride must be at least 1")
 
     @property
     def units(self) -> int:
@@ -48,6 +54,17 @@ class ModelConfig:
         d = dict(d)
         d["stages"] = tuple(tuple(s) for s in d["stages"])
         return cls(**d)
+
+    def feature_length(self) -> int:
+        """Length of the feature map after the stem and every strided unit."""
+        n = (self.window + 2 * self.stem_padding - self.stem_kernel) // self.stem_stride + 1
+        for _ in self.stages:
+            n = (n + 1) // 2
+        return n
+
+    @property
+    def stem_padding(self) -> int:
+        return (self.stem_kernel - 1) // 2
 
 
 def soft_threshold(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -128,7 +145,14 @@ class DRSN(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
         self.config = config
-        self.stem = conv3(1, config.stem_channels, stride=2)
+        self.stem = nn.Conv1d(
+            1,
+            config.stem_channels,
+            kernel_size=config.stem_kernel,
+            stride=config.stem_stride,
+            padding=config.stem_padding,
+            bias=True,
+        )
         units = []
         c = config.stem_channels
         for channels, count in config.stages:

@@ -62,6 +62,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     milestones: tuple[float, float] = (0.4, 0.8)
     train_hop: int = 512
+    # Random speed change of each training window, +-fraction (0: none); see data.RandomWindows.
+    speed_perturb: float = 0.0
     seed: int = 0
     threads: int = 1
 
@@ -115,7 +117,7 @@ def train(
     )
     steps = [max(1, round(m * config.epochs)) for m in config.milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=0.1)
-    windows = RandomWindows(recordings, model_config.window, config.train_hop)
+    windows = RandomWindows(recordings, model_config.window, config.train_hop, speed=config.speed_perturb)
 
     xv, yv = split_windows(recordings, "val", model_config.window)
     cells = protocol.validation_cells()

@@ -9,8 +9,11 @@ from drsntrain.data import (
     DataNotFoundError,
     RandomWindows,
     Recording,
+    all_windows,
     contiguous_windows,
+    leave_one_load_out,
     load_recordings,
+    loads,
     parse_name,
     segment_bounds,
     split_windows,
@@ -95,3 +98,76 @@ def test_real_cwru_recordings(cwru_dir):
     assert all(len(r.signal) > 100_000 for r in recs)
     _, y = split_windows(recs, "test", 2048)
     assert np.bincount(y, minlength=len(CLASSES)).min() > 0
+
+
+def multi_load_tree(root: Path) -> Path:
+    """The committed 0 hp excerpt as a CWRU tree of links: 0HP/ a linked folder, 1HP/ and 2HP/ folders of linked
+    files renamed to those loads (each file's variable keeps its 0 hp number; the loader finds the one *_DE_time)."""
+    (root / "0HP").symlink_to(FIXTURE_DIR / "0HP", target_is_directory=True)
+    for load in (1, 2):
+        folder = root / f"{load}HP"
+        folder.mkdir()
+        for f in sorted((FIXTURE_DIR / "0HP").glob("12k_*.mat")):
+            stem, num = f.stem.rsplit("_", 2)[0], f.stem.rsplit("_", 1)[1]
+            (folder / f"{stem}_{load}_{num}{load}.mat").symlink_to(f)
+    return root
+
+
+def test_linked_folders_and_files_are_followed(tmp_path):
+    recs = load_recordings(multi_load_tree(tmp_path))
+    assert loads(recs) == [0, 1, 2]
+    assert len(recs) == 10 + 9 + 9  # the healthy baseline exists at 0 hp only
+    # A link loop is read once, not forever.
+    (tmp_path / "1HP" / "again").symlink_to(tmp_path, target_is_directory=True)
+    assert len(load_recordings(tmp_path)) == len(recs)
+
+
+def test_leave_one_load_out_holds_out_a_load_and_splits_the_single_load_class():
+    # Sample values are unique indices, so shared samples would show.
+    n = 30_000
+    recs = [Recording(Path("n.mat"), "normal", 0, 97, np.arange(n, dtype=np.float32))]
+    recs += [
+        Recording(Path(f"{load}.mat"), label, load, 100 + load, np.arange(n, dtype=np.float32) + 1e6 * (load + 1))
+        for load in (0, 1, 2)
+        for label in CLASSES[1:3]
+    ]
+    thirds = set()
+    for load in (0, 1, 2):
+        train, held = leave_one_load_out(recs, load)
+        assert {r.load_hp for r in held} == {load}
+        assert load not in {r.load_hp for r in train}
+        assert sorted(r.label for r in held) == sorted(CLASSES[:3])
+        # The healthy recording: this fold's third is tested, the other two are trained on; no sample is shared.
+        held_normal = next(r for r in held if r.label == "normal").signal
+        train_normal = np.concatenate([r.signal for r in train if r.label == "normal"])
+        assert len(held_normal) == n // 3 and len(train_normal) == n - n // 3
+        assert not set(held_normal.tolist()) & set(train_normal.tolist())
+        thirds.add(int(held_normal[0]))
+    assert thirds == {0, n // 3, 2 * n // 3}, "each fold tests a different third, in time order"
+
+
+def test_leave_one_load_out_needs_two_loads():
+    with pytest.raises(DataNotFoundError, match="two loads"):
+        leave_one_load_out(load_recordings(FIXTURE_DIR), 0)
+
+
+def test_all_windows_cover_each_recording_back_to_back():
+    rec = synthetic(n=5000)
+    x, y = all_windows([rec], 2048)
+    assert x.shape == (2, 2048) and (x.ravel() == np.arange(4096)).all()
+    assert (y == rec.class_index).all()
+
+
+def test_speed_perturbation_resamples_inside_the_train_segment():
+    rec = synthetic(n=50_000)
+    stop = segment_bounds(len(rec.signal), "train")[1]
+    x, _ = RandomWindows([rec], 1024, hop=256, speed=0.05).draw(np.random.default_rng(2))
+    steps = np.diff(x, axis=1)
+    # A ramp resampled by factor s rises by s per sample: every window is a straight line of slope in [0.95, 1.05].
+    # (float32 ramps of up to 30,000 hold about 3 decimals.)
+    assert np.allclose(steps, steps.mean(1, keepdims=True), atol=1e-2)
+    assert steps.mean(1).min() >= 0.95 - 1e-3 and steps.mean(1).max() <= 1.05 + 1e-3
+    assert steps[:, 0].std() > 0.01, "the factor differs from window to window"
+    assert x.max() < stop
+    with pytest.raises(ValueError, match="speed"):
+        RandomWindows([rec], 1024, hop=256, speed=0.7)
