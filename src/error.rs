@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use tonic::{Code, Status};
 
-use crate::metrics;
+use crate::telemetry::metrics;
 
 /// Why a request (a stream, a unary call) failed. Every message says what was wrong and what to send instead.
 #[derive(Debug, thiserror::Error)]

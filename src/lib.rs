@@ -1,25 +1,15 @@
 //! drsn-serve: real-time machine-fault diagnosis from streamed vibration.
 //!
-//! The data path, one module per stage:
-//! [`ingest`] (validate `open`, decode chunks) → [`window`] (continuity, [`resample`], sliding windows) →
-//! [`batch`] (one bounded queue, dynamic batches, inference threads) → [`infer`] (ONNX Runtime) →
-//! [`respond`] (results in window order). [`service`] wires them into the gRPC API, [`server`] starts and drains
-//! the process, [`metrics`] names every metric, [`error`] maps errors to gRPC codes. [`replay`] and [`bench`] are
-//! the client side: a recording player and load generator, and the throughput benchmark.
+//! The data path, one folder per stage, imports pointing one way (`client -> server -> api -> pipeline -> engine
+//! -> model`): [`model`] (the card) → [`engine`] (ONNX Runtime) → [`pipeline`] (windows, resampling, batching,
+//! in-order delivery) → [`api`] (drsn.v1 over gRPC) → [`server`] (settings, start-up, drain). [`telemetry`] names
+//! every metric, [`error`] the errors. [`client`] is the other end: replay, recording readers, the benchmark.
 
-pub mod batch;
-pub mod bench;
-pub mod card;
-pub mod config;
+pub mod api;
+pub mod client;
+pub mod engine;
 pub mod error;
-pub mod infer;
-pub mod ingest;
-pub mod metrics;
-pub mod proto;
-pub mod recording;
-pub mod replay;
-pub mod resample;
-pub mod respond;
+pub mod model;
+pub mod pipeline;
 pub mod server;
-pub mod service;
-pub mod window;
+pub mod telemetry;

@@ -1,7 +1,10 @@
 //! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bench` the service.
 
 use clap::{Parser, Subcommand};
-use drsn_serve::{bench, config::ServeConfig, replay, server};
+use drsn_serve::{
+    client::{bench, replay},
+    server::{self, config::ServeConfig},
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

@@ -5,13 +5,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use drsn_serve::batch::{self, BatchConfig};
-use drsn_serve::card::LoadedModel;
-use drsn_serve::infer::{self, Device, Model};
+use drsn_serve::engine::onnx::{self, Device, Model};
+use drsn_serve::model::card::LoadedModel;
+use drsn_serve::pipeline::batch::{self, BatchConfig};
 
 fn sessions(n: usize) -> (Vec<Model>, LoadedModel) {
     let model = LoadedModel::load(&common::model_card()).unwrap();
-    let env = infer::environment(&infer::locate_library(None, Device::Cpu).unwrap()).unwrap();
+    let env = onnx::environment(&onnx::locate_library(None, Device::Cpu).unwrap()).unwrap();
     let models = (0..n)
         .map(|_| Model::open(&env, &model, Device::Cpu, 1).unwrap().0)
         .collect();

@@ -3,8 +3,8 @@
 
 mod common;
 
+use drsn_serve::engine::onnx::Placement;
 use drsn_serve::error::StartupError;
-use drsn_serve::infer::Placement;
 use drsn_serve::server;
 
 fn cpu_lib() -> String {

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drsn_serve::proto::StreamDiagnoseRequest;
-use drsn_serve::proto::diagnosis_client::DiagnosisClient;
-use drsn_serve::proto::stream_diagnose_response::Event;
-use drsn_serve::replay::{self, StreamPlan};
+use drsn_serve::api::grpc::proto::StreamDiagnoseRequest;
+use drsn_serve::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::api::grpc::proto::stream_diagnose_response::Event;
+use drsn_serve::client::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -5,11 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use drsn_serve::card::LoadedModel;
-use drsn_serve::infer::{self, Device, Model};
-use drsn_serve::proto::{
+use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, ResultDetail, Window, diagnosis_client::DiagnosisClient, window,
 };
+use drsn_serve::engine::onnx::{self, Device, Model};
+use drsn_serve::model::card::LoadedModel;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
 
@@ -43,8 +43,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 fn session_reproduces_golden_logits_at_several_batch_sizes() {
     let g = golden();
     let model = LoadedModel::load(&common::model_card()).unwrap();
-    let lib = infer::locate_library(None, Device::Cpu).unwrap();
-    let env = infer::environment(&lib).unwrap();
+    let lib = onnx::locate_library(None, Device::Cpu).unwrap();
+    let env = onnx::environment(&lib).unwrap();
     let (mut session, _) = Model::open(&env, &model, Device::Cpu, 1).unwrap();
     let rows: Vec<&[f32]> = g
         .windows
@@ -87,7 +87,9 @@ async fn diagnose_over_grpc_matches_golden() {
             samples: Some(if i % 2 == 0 {
                 window::Samples::F32le(r.iter().flat_map(|v| v.to_le_bytes()).collect())
             } else {
-                window::Samples::Values(drsn_serve::proto::FloatSamples { values: r.to_vec() })
+                window::Samples::Values(drsn_serve::api::grpc::proto::FloatSamples {
+                    values: r.to_vec(),
+                })
             }),
         })
         .collect();

@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drsn_serve::proto::diagnosis_client::DiagnosisClient;
-use drsn_serve::proto::stream_diagnose_response::Event;
-use drsn_serve::proto::{FloatSamples, StreamDiagnoseRequest};
-use drsn_serve::replay::{self, StreamPlan};
+use drsn_serve::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::api::grpc::proto::stream_diagnose_response::Event;
+use drsn_serve::api::grpc::proto::{FloatSamples, StreamDiagnoseRequest};
+use drsn_serve::client::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -124,7 +124,7 @@ async fn stream_from(
     samples: Arc<Vec<f32>>,
     plan: StreamPlan,
     base: u64,
-) -> Vec<drsn_serve::proto::WindowResult> {
+) -> Vec<drsn_serve::api::grpc::proto::WindowResult> {
     let (tx, rx) = mpsc::channel(4);
     tx.send(open(plan.sample_rate_hz, 1, 0)).await.unwrap();
     let sender = tokio::spawn(async move {
@@ -346,12 +346,14 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     let mut client = DiagnosisClient::connect(common::addr(&running))
         .await
         .unwrap();
-    let win = |n: usize| drsn_serve::proto::Window {
-        samples: Some(drsn_serve::proto::window::Samples::Values(FloatSamples {
-            values: vec![0.5; n],
-        })),
+    let win = |n: usize| drsn_serve::api::grpc::proto::Window {
+        samples: Some(drsn_serve::api::grpc::proto::window::Samples::Values(
+            FloatSamples {
+                values: vec![0.5; n],
+            },
+        )),
     };
-    let req = |windows| drsn_serve::proto::DiagnoseRequest { windows, detail: 0 };
+    let req = |windows| drsn_serve::api::grpc::proto::DiagnoseRequest { windows, detail: 0 };
     let e = client
         .diagnose(req(vec![win(2048), win(100)]))
         .await
@@ -413,7 +415,7 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
         .into_inner();
     assert_eq!(ok.results.len(), 3);
     let info = client
-        .get_model(drsn_serve::proto::GetModelRequest {})
+        .get_model(drsn_serve::api::grpc::proto::GetModelRequest {})
         .await
         .unwrap()
         .into_inner();

@@ -4,14 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use drsn_serve::config::ServeConfig;
-use drsn_serve::proto::diagnosis_client::DiagnosisClient;
-use drsn_serve::proto::stream_diagnose_request::Message;
-use drsn_serve::proto::{
+use drsn_serve::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::api::grpc::proto::stream_diagnose_request::Message;
+use drsn_serve::api::grpc::proto::{
     FloatSamples, SampleChunk, StreamDiagnoseRequest, StreamDiagnoseResponse, StreamOpen,
     sample_chunk,
 };
-use drsn_serve::recording::{ReadOptions, read_recording};
+use drsn_serve::client::recording::{ReadOptions, read_recording};
+use drsn_serve::server::config::ServeConfig;
 use drsn_serve::server::{self, Running};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -9,18 +9,18 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::batch::Queue;
-use crate::card::LoadedModel;
+use crate::api::grpc::decode::{self, Limits, StreamSpec};
+use crate::api::grpc::proto::diagnosis_server::Diagnosis;
+use crate::api::grpc::proto::stream_diagnose_request::Message;
+use crate::api::grpc::proto::stream_diagnose_response::Event;
+use crate::api::grpc::proto::{self, StreamDiagnoseRequest};
+use crate::engine::onnx::Placement;
 use crate::error::ServeError;
-use crate::infer::Placement;
-use crate::ingest::{self, Limits, StreamSpec};
-use crate::metrics::{self as m, StreamGauge};
-use crate::proto::diagnosis_server::Diagnosis;
-use crate::proto::stream_diagnose_request::Message;
-use crate::proto::stream_diagnose_response::Event;
-use crate::proto::{self, StreamDiagnoseRequest};
-use crate::respond::{self, Outgoing, ResponseStream, ResultContext, WindowMeta};
-use crate::window::{self, Framer};
+use crate::model::card::LoadedModel;
+use crate::pipeline::batch::Queue;
+use crate::pipeline::respond::{self, Outgoing, ResponseStream, ResultContext, WindowMeta};
+use crate::pipeline::window::{self, Framer};
+use crate::telemetry::metrics::{self as m, StreamGauge};
 
 /// Everything a request handler needs; shared by all calls.
 pub struct Shared {
@@ -136,7 +136,7 @@ impl Diagnosis for DiagnosisService {
             return Err(ServeError::ShuttingDown { resume_from: 0 }.into());
         }
         let request = request.into_inner();
-        let detail = ingest::detail(request.detail)?;
+        let detail = decode::detail(request.detail)?;
         let n = request.windows.len();
         if n == 0 {
             return Err(ServeError::NoWindows.into());
@@ -153,7 +153,7 @@ impl Diagnosis for DiagnosisService {
             .windows
             .into_iter()
             .enumerate()
-            .map(|(i, w)| ingest::decode_window(w, i, want))
+            .map(|(i, w)| decode::decode_window(w, i, want))
             .collect::<Result<Vec<_>, _>>()?;
         let arrived = Instant::now();
         if shared.queue.room() < n {
@@ -260,7 +260,7 @@ async fn read_stream(
         };
         let arrived = Instant::now();
         let pushed =
-            ingest::decode_chunk(chunk, channels, shared.limits).and_then(|(first, samples)| {
+            decode::decode_chunk(chunk, channels, shared.limits).and_then(|(first, samples)| {
                 counter!(m::SAMPLES_RECEIVED).increment((samples.len() / channels) as u64);
                 framer.push(first, samples).map_err(ServeError::Resample)
             });

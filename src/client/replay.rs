@@ -11,14 +11,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::proto::diagnosis_client::DiagnosisClient;
-use crate::proto::stream_diagnose_request::Message;
-use crate::proto::stream_diagnose_response::Event;
-use crate::proto::{
+use crate::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use crate::api::grpc::proto::stream_diagnose_request::Message;
+use crate::api::grpc::proto::stream_diagnose_response::Event;
+use crate::api::grpc::proto::{
     Discontinuity, ResultDetail, SampleChunk, StreamDiagnoseRequest, StreamOpen, StreamOpened,
     WindowResult, sample_chunk,
 };
-use crate::recording::{ReadOptions, read_recording};
+use crate::client::recording::{ReadOptions, read_recording};
 
 /// Opens a client channel tuned like the server: 1 MiB frames, large fixed windows (h2's adaptive window made
 /// servers close connections under many small replies).

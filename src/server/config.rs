@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::infer::{Device, Placement};
+use crate::engine::onnx::{Device, Placement};
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

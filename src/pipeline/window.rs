@@ -1,7 +1,7 @@
 //! Cuts one stream into sliding windows: checks sample-index continuity, resamples to the model's rate, and
 //! emits a window of the model's length every `hop` samples, with the stream sample range it covers.
 
-use crate::resample::StreamResampler;
+use crate::pipeline::resample::StreamResampler;
 
 /// A window ready for the model, with where it came from in the client's stream.
 #[derive(Debug, Clone, PartialEq)]

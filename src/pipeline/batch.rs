@@ -9,9 +9,9 @@ use metrics::{gauge, histogram};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::onnx::{BatchOutput, Model};
 use crate::error::ServeError;
-use crate::infer::{BatchOutput, Model};
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 
 /// The model's answer for one window.
 #[derive(Debug, Clone)]

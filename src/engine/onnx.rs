@@ -9,8 +9,8 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use crate::card::{LoadedModel, Normalization};
 use crate::error::StartupError;
+use crate::model::card::{LoadedModel, Normalization};
 
 /// The ONNX Runtime release the project installs and is tested with.
 pub const ORT_VERSION: &str = "1.31.1";

@@ -1,9 +1,9 @@
 //! Reads what a client sends: validates a stream's `open` message and decodes sample chunks into f32 frames.
 
-use crate::card::LoadedModel;
+use crate::api::grpc::proto::{self, ResultDetail, sample_chunk, window};
 use crate::error::ServeError;
-use crate::proto::{self, ResultDetail, sample_chunk, window};
-use crate::resample::{self, StreamResampler};
+use crate::model::card::LoadedModel;
+use crate::pipeline::resample::{self, StreamResampler};
 
 /// Limits on what one request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +195,7 @@ fn check_finite(samples: &[f32], first: u64) -> Result<(), ServeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::FloatSamples;
+    use crate::api::grpc::proto::FloatSamples;
 
     const LIMITS: Limits = Limits {
         max_chunk_frames: 8,

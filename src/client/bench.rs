@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::card::LoadedModel;
-use crate::config::ServeConfig;
-use crate::recording::{ReadOptions, read_recording};
-use crate::replay::{self, StreamPlan, percentile};
+use crate::client::recording::{ReadOptions, read_recording};
+use crate::client::replay::{self, StreamPlan, percentile};
+use crate::model::card::LoadedModel;
 use crate::server;
+use crate::server::config::ServeConfig;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {

@@ -1,6 +1,8 @@
 //! Start-up and shutdown: loads and checks the model, opens ONNX Runtime, warms up, serves gRPC (with health and
 //! reflection) and `/metrics`, and drains open streams on SIGTERM/SIGINT.
 
+pub mod config;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::batch::{self, BatchConfig};
-use crate::card::LoadedModel;
-use crate::config::{Resolved, ServeConfig};
+use crate::api::grpc::decode::Limits;
+use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
+use crate::api::grpc::service::{DiagnosisService, Shared};
+use crate::engine::onnx::{self, Device, Model, Placement};
 use crate::error::StartupError;
-use crate::infer::{self, Device, Model, Placement};
-use crate::ingest::Limits;
-use crate::metrics as m;
-use crate::proto::{self, diagnosis_server::DiagnosisServer};
-use crate::respond::ResultContext;
-use crate::service::{DiagnosisService, Shared};
+use crate::model::card::LoadedModel;
+use crate::pipeline::batch::{self, BatchConfig};
+use crate::pipeline::respond::ResultContext;
+use crate::server::config::{Resolved, ServeConfig};
+use crate::telemetry::metrics as m;
 
 /// A server that is up and SERVING.
 pub struct Running {
@@ -50,10 +52,10 @@ pub async fn open_models(
     config: &ServeConfig,
     model: Arc<LoadedModel>,
 ) -> Result<(Vec<Model>, Placement, Resolved), StartupError> {
-    let library = infer::locate_library(config.ort_lib.as_deref(), config.device)?;
+    let library = onnx::locate_library(config.ort_lib.as_deref(), config.device)?;
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        let env = infer::environment(&library)?;
+        let env = onnx::environment(&library)?;
         tracing::info!(library = %library.display(), "ONNX Runtime loaded");
         let (first, placement) = Model::open(&env, &model, config.device, config.intra_threads)?;
         if config.device == Device::Auto && placement == Placement::Cpu {

@@ -10,13 +10,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::batch::{Diagnosis, Reply};
-use crate::card::LoadedModel;
-use crate::error::ServeError;
-use crate::metrics as m;
-use crate::proto::{
+use crate::api::grpc::proto::{
     ResultDetail, StreamDiagnoseResponse, WindowResult, stream_diagnose_response::Event,
 };
+use crate::error::ServeError;
+use crate::model::card::LoadedModel;
+use crate::pipeline::batch::{Diagnosis, Reply};
+use crate::telemetry::metrics as m;
 
 /// What a stream's reader hands to its responder, in the order the client must see it.
 pub enum Outgoing {

@@ -1,0 +1,3 @@
+//! Metric names and the `/metrics` endpoint.
+
+pub mod metrics;
