@@ -1,18 +1,37 @@
-//! The service's error types, and the one place where a request error becomes a gRPC status and an error metric.
+//! The service's errors, protocol-neutral: why a request failed ([`ServeError`], with a bounded reason label and an
+//! [`ErrorKind`] that each API adapter maps to its own status codes) and why the server could not start.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use tonic::{Code, Status};
+/// What kind of failure an error is; `api/` maps each to a gRPC code (and an HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong: fix it and send it again.
+    InvalidInput,
+    /// The client did not authenticate.
+    Unauthenticated,
+    /// A limit of the server is reached: retry later, with backoff, or elsewhere.
+    Exhausted,
+    /// The client took too long.
+    Timeout,
+    /// The client went away.
+    Cancelled,
+    /// The server is going away or lost its workers: resume on another replica.
+    Unavailable,
+    /// The server failed: not the client's fault.
+    Internal,
+}
 
-use crate::telemetry::metrics;
-
-/// Why a request (a stream, a unary call) failed. Every message says what was wrong and what to send instead.
+/// Why a request (a stream, a unary call) failed. Every message says what was wrong and what to do instead.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
         "the first message of a stream must be `open` (machine, sensor, sample rate, channels); got a chunk"
     )]
     NotOpened,
+    #[error("the stream ended before its `open` message")]
+    EndedBeforeOpen,
     #[error("`open` was sent twice; a stream is opened once, by its first message")]
     OpenedTwice,
     #[error("a message with neither `open` nor `chunk` set")]
@@ -25,6 +44,16 @@ pub enum ServeError {
     UnservableRate { rate: f64, reason: String },
     #[error("hop = {hop}: it must be between 1 and {max} samples")]
     Hop { hop: u32, max: usize },
+    #[error("{field} is {len} bytes long; at most {max} are accepted")]
+    IdTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{field} holds a control character (newline, escape, ...) at byte {at}; use printable text"
+    )]
+    IdCharacters { field: &'static str, at: usize },
     #[error("{field} = {value} is not a known value; see proto/drsn/v1/diagnosis.proto")]
     UnknownEnum { field: &'static str, value: i32 },
     #[error("a chunk carries no samples: set `f32le` or `values`")]
@@ -55,30 +84,59 @@ pub enum ServeError {
     NoWindows,
     #[error("{got} windows in one request is over the limit of {max}; split the request")]
     TooManyWindows { got: usize, max: usize },
-    #[error("the diagnosis queue is full ({capacity} windows); retry with backoff")]
-    QueueFull { capacity: usize },
+    #[error(
+        "the diagnosis queue has no room for {want} window(s) ({capacity} windows at most); retry with backoff"
+    )]
+    QueueFull { want: usize, capacity: usize },
     #[error(
         "the server is shutting down; reconnect to another replica and resume from sample {resume_from}"
     )]
     ShuttingDown { resume_from: u64 },
     #[error(
-        "the server is shutting down and its drain timeout passed before window {window_index} was diagnosed"
+        "the server is shutting down and its drain timeout passed before every window was diagnosed; \
+         reconnect to another replica and resume from sample {resume_from}"
     )]
-    DrainTimeout { window_index: u64 },
+    DrainTimeout { resume_from: u64 },
+    #[error(
+        "this connection has been open longer than the server's --max-connection-age; reconnect (the next connection \
+         may reach another replica) and resume from sample {resume_from}"
+    )]
+    ConnectionAged { resume_from: u64 },
     #[error("no `open` message within {after:?} of the stream starting")]
-    OpenTimeout { after: std::time::Duration },
+    OpenTimeout { after: Duration },
+    #[error(
+        "no samples for {after:?}: the stream was closed to free its slot; open a new stream and resume from \
+         sample {resume_from}"
+    )]
+    IdleTimeout { after: Duration, resume_from: u64 },
     #[error("the server already has {max} open streams; retry later or on another replica")]
     TooManyStreams { max: usize },
+    #[error(
+        "this connection already has {max} open streams; open more connections or fewer streams"
+    )]
+    TooManyStreamsOnConnection { max: usize },
+    #[error(
+        "this stream would hold about {need} KiB ({what}); the server allows {max} KiB per stream (--max-stream-memory)"
+    )]
+    StreamMemory {
+        need: usize,
+        max: usize,
+        what: String,
+    },
     #[error("a message over the size limit: {0}; send smaller chunks")]
     MessageTooLarge(String),
-    #[error("a message that is not a valid StreamDiagnoseRequest: {0}")]
+    #[error("a message that is not valid protobuf for this call: {0}")]
     Malformed(String),
     #[error("the client went away: {0}")]
     ClientGone(String),
-    #[error("{0}")]
-    Resample(String),
-    #[error("inference failed: {0}")]
-    Inference(String),
+    #[error("resampling failed: {reason}; resume from sample {resume_from}")]
+    Resample { reason: String, resume_from: u64 },
+    #[error("inference failed: {reason}; resume from sample {resume_from}")]
+    Inference { reason: String, resume_from: u64 },
+    #[error(
+        "the server failed while reading this stream (a bug: please report it); resume from sample {resume_from}"
+    )]
+    ReaderFailed { resume_from: u64 },
     #[error("the inference workers have stopped")]
     WorkersGone,
 }
@@ -88,12 +146,14 @@ impl ServeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NotOpened => "not_opened",
+            Self::EndedBeforeOpen => "ended_before_open",
             Self::OpenedTwice => "opened_twice",
             Self::EmptyMessage => "empty_message",
             Self::Channels { .. } => "channels",
             Self::SampleRate(_) => "sample_rate",
             Self::UnservableRate { .. } => "unservable_rate",
             Self::Hop { .. } => "hop",
+            Self::IdTooLong { .. } | Self::IdCharacters { .. } => "id",
             Self::UnknownEnum { .. } => "unknown_enum",
             Self::NoSamples => "no_samples",
             Self::Misaligned { .. } | Self::PartialFrame { .. } => "partial_frame",
@@ -106,51 +166,121 @@ impl ServeError {
             Self::QueueFull { .. } => "queue_full",
             Self::ShuttingDown { .. } => "shutting_down",
             Self::DrainTimeout { .. } => "drain_timeout",
+            Self::ConnectionAged { .. } => "connection_age",
             Self::OpenTimeout { .. } => "open_timeout",
+            Self::IdleTimeout { .. } => "idle_timeout",
             Self::TooManyStreams { .. } => "too_many_streams",
+            Self::TooManyStreamsOnConnection { .. } => "too_many_streams_on_connection",
+            Self::StreamMemory { .. } => "stream_memory",
             Self::MessageTooLarge(_) => "message_too_large",
             Self::Malformed(_) => "malformed",
             Self::ClientGone(_) => "client_gone",
-            Self::Resample(_) => "resample",
-            Self::Inference(_) => "inference",
+            Self::Resample { .. } => "resample",
+            Self::Inference { .. } => "inference",
+            Self::ReaderFailed { .. } => "reader_failed",
             Self::WorkersGone => "workers_gone",
         }
     }
 
-    pub fn code(&self) -> Code {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::QueueFull { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
-            Self::OpenTimeout { .. } => Code::DeadlineExceeded,
-            Self::ClientGone(_) => Code::Cancelled,
-            Self::ShuttingDown { .. } | Self::DrainTimeout { .. } | Self::WorkersGone => {
-                Code::Unavailable
+            Self::QueueFull { .. }
+            | Self::TooManyStreams { .. }
+            | Self::TooManyStreamsOnConnection { .. }
+            | Self::StreamMemory { .. } => ErrorKind::Exhausted,
+            Self::OpenTimeout { .. } | Self::IdleTimeout { .. } => ErrorKind::Timeout,
+            Self::ClientGone(_) => ErrorKind::Cancelled,
+            Self::ShuttingDown { .. }
+            | Self::DrainTimeout { .. }
+            | Self::ConnectionAged { .. }
+            | Self::WorkersGone => ErrorKind::Unavailable,
+            Self::Inference { .. } | Self::Resample { .. } | Self::ReaderFailed { .. } => {
+                ErrorKind::Internal
             }
-            Self::Inference(_) | Self::Resample(_) => Code::Internal,
-            _ => Code::InvalidArgument,
+            _ => ErrorKind::InvalidInput,
         }
     }
 
-    /// Classifies an error tonic reported while reading the client's messages.
-    pub fn from_transport(status: Status) -> Self {
-        let text = status.message().to_owned();
-        match status.code() {
-            Code::OutOfRange | Code::ResourceExhausted => Self::MessageTooLarge(text),
-            Code::Internal if text.contains("decode") => Self::Malformed(text),
-            _ => Self::ClientGone(text),
-        }
-    }
-}
-
-impl From<ServeError> for Status {
-    fn from(err: ServeError) -> Status {
-        let code = err.code();
-        metrics::record_error(err.reason(), code);
-        if code == Code::Internal {
-            tracing::error!(error = %err, "request failed");
-        } else {
-            tracing::debug!(error = %err, "request refused");
-        }
-        Status::new(code, err.to_string())
+    /// One error of every kind, so that metrics can list every (reason, code) pair at zero from start-up.
+    pub fn examples() -> Vec<ServeError> {
+        use ServeError::*;
+        let d = Duration::ZERO;
+        vec![
+            NotOpened,
+            EndedBeforeOpen,
+            OpenedTwice,
+            EmptyMessage,
+            Channels { got: 0, want: 0 },
+            SampleRate(0.0),
+            UnservableRate {
+                rate: 0.0,
+                reason: String::new(),
+            },
+            Hop { hop: 0, max: 0 },
+            IdTooLong {
+                field: "",
+                len: 0,
+                max: 0,
+            },
+            UnknownEnum {
+                field: "",
+                value: 0,
+            },
+            NoSamples,
+            Misaligned {
+                len: 0,
+                frame_bytes: 0,
+            },
+            ChunkTooLarge { frames: 0, max: 0 },
+            NonFinite {
+                first: 0,
+                index: 0,
+                value: 0.0,
+            },
+            IndexOverflow {
+                first: 0,
+                frames: 0,
+            },
+            WindowLength {
+                index: 0,
+                got: 0,
+                want: 0,
+            },
+            NoWindows,
+            TooManyWindows { got: 0, max: 0 },
+            QueueFull {
+                want: 0,
+                capacity: 0,
+            },
+            ShuttingDown { resume_from: 0 },
+            DrainTimeout { resume_from: 0 },
+            ConnectionAged { resume_from: 0 },
+            OpenTimeout { after: d },
+            IdleTimeout {
+                after: d,
+                resume_from: 0,
+            },
+            TooManyStreams { max: 0 },
+            TooManyStreamsOnConnection { max: 0 },
+            StreamMemory {
+                need: 0,
+                max: 0,
+                what: String::new(),
+            },
+            MessageTooLarge(String::new()),
+            Malformed(String::new()),
+            ClientGone(String::new()),
+            Resample {
+                reason: String::new(),
+                resume_from: 0,
+            },
+            Inference {
+                reason: String::new(),
+                resume_from: 0,
+            },
+            ReaderFailed { resume_from: 0 },
+            WorkersGone,
+        ]
     }
 }
 
@@ -200,6 +330,10 @@ pub enum StartupError {
     Cuda { device: i32, reason: String },
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -208,4 +342,18 @@ pub enum StartupError {
     },
     #[error("warm-up inference failed: {0}")]
     Warmup(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_examples_cover_every_reason_once() {
+        let reasons: Vec<&str> = ServeError::examples().iter().map(|e| e.reason()).collect();
+        let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
+        // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
+        assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
+        assert_eq!(unique.len(), 34);
+    }
 }

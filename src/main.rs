@@ -1,11 +1,9 @@
 //! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bench` the service.
 
 use clap::{Parser, Subcommand};
-use drsn_serve::{
-    client::{bench, replay},
-    server::{self, config::ServeConfig},
-};
-use tracing_subscriber::EnvFilter;
+use drsn_serve::client::{bench, replay};
+use drsn_serve::server::{self, config::LogFormat, config::ServeConfig};
+use drsn_serve::telemetry::logging;
 
 #[derive(Parser)]
 #[command(
@@ -28,18 +26,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_logging(json: bool, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +41,7 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<i32> = runtime.block_on(async {
         match cli.command {
             Command::Serve(config) => {
-                init_logging(config.log_format == "json", "info");
+                logging::init(config.log_format == LogFormat::Json, "info");
                 let running = server::start(config).await?;
                 server::termination_signal().await;
                 running.shutdown();
@@ -68,11 +54,11 @@ fn main() -> std::process::ExitCode {
                 Ok(0)
             }
             Command::Replay(args) => {
-                init_logging(false, "warn");
+                logging::init(false, "warn");
                 replay::run(args).await
             }
             Command::Bench(args) => {
-                init_logging(false, "warn");
+                logging::init(false, "warn");
                 let report = bench::run(args).await?;
                 println!("{report}");
                 Ok(0)

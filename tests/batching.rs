@@ -1,179 +1,197 @@
-//! Dynamic batching on real ONNX Runtime sessions: a batch leaves at max size or at the delay, whichever comes
-//! first; results come back to the right window; a full queue makes submitters wait instead of growing.
+//! Dynamic batching, deterministically: a fake runner and tokio's paused clock. A batch leaves at its delay or at
+//! max size; every window gets its own answer; a quiet client is served in the next batch beside a flood; failed
+//! batches and lost devices are told to every window; non-finite outputs are flagged. (Real ONNX Runtime is
+//! checked in parity.rs.)
 
-mod common;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
+use drsn_serve::engine::{BatchOutput, InferError, Runner};
+use drsn_serve::error::ServeError;
+use drsn_serve::pipeline::batch::{self, BatchConfig, Batcher};
+use drsn_serve::pipeline::diagnosis::{Reading, Verdict};
+use drsn_serve::pipeline::quality::Flag;
+use drsn_serve::pipeline::schedule::{ScheduleConfig, Scheduler};
+use tokio_util::sync::CancellationToken;
 
-use drsn_serve::engine::onnx::{self, Device, Model};
-use drsn_serve::model::card::LoadedModel;
-use drsn_serve::pipeline::batch::{self, BatchConfig};
+const CLASSES: usize = 4;
 
-fn sessions(n: usize) -> (Vec<Model>, LoadedModel) {
-    let model = LoadedModel::load(&common::model_card()).unwrap();
-    let env = onnx::environment(&onnx::locate_library(None, Device::Cpu).unwrap()).unwrap();
-    let models = (0..n)
-        .map(|_| Model::open(&env, &model, Device::Cpu, 1).unwrap().0)
-        .collect();
-    (models, model)
+/// Answers each window with class `first sample mod 4`; records every batch's first samples; can be told to fail.
+#[derive(Clone, Default)]
+struct Fake {
+    batches: Arc<Mutex<Vec<Vec<u32>>>>,
+    fail: Option<InferError>,
+    nan: bool,
 }
 
-/// Distinct real windows, so each result can be matched to its input.
-fn windows(n: usize) -> Vec<Vec<f32>> {
-    let recs = common::recordings();
-    (0..n)
-        .map(|i| {
-            let (_, r) = &recs[i % recs.len()];
-            let start = (i / recs.len()) * 2048 % (r.len() - 2048);
-            r[start..start + 2048].to_vec()
+impl Runner for Fake {
+    fn run(&mut self, windows: &[&[f32]]) -> Result<BatchOutput, InferError> {
+        self.batches
+            .lock()
+            .unwrap()
+            .push(windows.iter().map(|w| w[0] as u32).collect());
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        let mut logits = vec![0.0; windows.len() * CLASSES];
+        for (row, w) in windows.iter().enumerate() {
+            logits[row * CLASSES + (w[0] as usize % CLASSES)] =
+                if self.nan { f32::NAN } else { 10.0 };
+        }
+        Ok(BatchOutput {
+            classes: CLASSES,
+            logits,
+            shrinkage: None,
         })
-        .collect()
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_leaves_at_the_delay_when_it_cannot_fill() {
-    let (models, _) = sessions(1);
-    let (queue, rx) = batch::queue(64);
-    let delay = Duration::from_millis(150);
-    let _b = batch::spawn(
-        rx,
+fn start(runners: Vec<Fake>, max_batch: usize, delay_ms: u64) -> (Arc<Scheduler>, Batcher) {
+    let scheduler = Scheduler::new(ScheduleConfig {
+        capacity: 256,
+        reserve: 1,
+        max_wait: Duration::from_secs(10),
+    });
+    let batcher = batch::spawn(
+        scheduler.clone(),
         BatchConfig {
-            max_batch: 64,
-            max_delay: delay,
+            max_batch,
+            max_delay: Duration::from_millis(delay_ms),
         },
-        models,
-        Default::default(),
+        Reading {
+            temperature: 1.0,
+            uncertain_below: None,
+        },
+        runners,
+        CancellationToken::new(),
     );
-    let t0 = Instant::now();
+    (scheduler, batcher)
+}
+
+fn window(tag: u32) -> Vec<f32> {
+    vec![tag as f32; 8]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_leaves_at_the_delay_when_it_cannot_fill() {
+    let (s, _b) = start(vec![Fake::default()], 64, 150);
+    let flow = s.flow(1);
     let mut replies = Vec::new();
-    for w in windows(3) {
-        replies.push(queue.submit(w).await.unwrap());
+    for k in 0..3 {
+        replies.push(flow.submit(window(k)).await.unwrap());
     }
     for r in replies {
-        let d = r.await.unwrap().unwrap();
-        assert_eq!(d.batch_size, 3, "the three windows leave together");
-        assert!(
-            d.queue_wait >= delay - Duration::from_millis(5),
-            "left after {:?}, before the delay",
-            d.queue_wait
-        );
+        let a = r.await.unwrap().unwrap();
+        assert_eq!(a.timing.batch_size, 3, "the three windows leave together");
+        assert_eq!(a.timing.queue_wait, Duration::from_millis(150));
     }
-    assert!(
-        t0.elapsed() < delay + Duration::from_millis(500),
-        "left long after the delay: {:?}",
-        t0.elapsed()
-    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_leaves_at_max_size_before_the_delay() {
-    let (models, _) = sessions(1);
-    let (queue, rx) = batch::queue(64);
-    let _b = batch::spawn(
-        rx,
-        BatchConfig {
-            max_batch: 4,
-            max_delay: Duration::from_secs(30),
-        },
-        models,
-        Default::default(),
-    );
-    let t0 = Instant::now();
-    let mut replies = Vec::new();
-    for w in windows(8) {
-        replies.push(queue.submit(w).await.unwrap());
-    }
-    for r in replies {
-        assert_eq!(r.await.unwrap().unwrap().batch_size, 4);
-    }
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "full batches waited for the 30 s delay"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_reply_answers_its_own_window() {
-    // Results from a batched run equal those of running each window alone.
-    let (mut models, _) = sessions(3);
-    let mut alone = models.pop().unwrap();
-    let ws = windows(40);
-    let expect: Vec<usize> = ws
-        .iter()
-        .map(|w| {
-            let out = alone.run(std::iter::once(w.as_slice())).unwrap();
-            (0..out.classes).fold(0, |b, k| {
-                if out.probabilities[k] > out.probabilities[b] {
-                    k
-                } else {
-                    b
-                }
-            })
-        })
-        .collect();
-    let (queue, rx) = batch::queue(64);
-    let _b = batch::spawn(
-        rx,
-        BatchConfig {
-            max_batch: 8,
-            max_delay: Duration::from_millis(2),
-        },
-        models,
-        Default::default(),
-    );
-    let mut replies = Vec::new();
-    for w in ws {
-        replies.push(queue.submit(w).await.unwrap());
-    }
-    let mut sizes = Vec::new();
-    for (i, r) in replies.into_iter().enumerate() {
-        let d = r.await.unwrap().unwrap();
+#[tokio::test(start_paused = true)]
+async fn a_full_batch_leaves_at_once_and_every_window_gets_its_own_answer() {
+    let fake = Fake::default();
+    let (s, _b) = start(vec![fake.clone()], 4, 1000);
+    let flow = s.flow(1);
+    let replies = flow
+        .submit_all((0..8).map(window).collect())
+        .expect("room for 8");
+    for (k, r) in replies.into_iter().enumerate() {
+        let a = r.await.unwrap().unwrap();
+        assert_eq!(a.timing.batch_size, 4);
         assert_eq!(
-            d.class_index, expect[i],
-            "window {i} got another window's answer"
+            a.timing.queue_wait,
+            Duration::ZERO,
+            "full batches do not wait"
         );
-        sizes.push(d.batch_size);
+        match a.verdict {
+            Verdict::Classified(c) => assert_eq!(c.class_index, k % CLASSES, "window {k}"),
+            v => panic!("{v:?}"),
+        }
     }
-    assert!(
-        sizes.iter().any(|&s| s > 1),
-        "nothing was batched: {sizes:?}"
+    assert_eq!(
+        *fake.batches.lock().unwrap(),
+        [vec![0, 1, 2, 3], vec![4, 5, 6, 7]]
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_blocks_the_submitter() {
-    let (models, _) = sessions(1);
-    let (queue, rx) = batch::queue(4);
-    let ws = windows(6);
-    let mut replies = Vec::new();
-    for w in ws[..4].iter().cloned() {
-        replies.push(queue.submit(w).await.unwrap());
-    }
-    assert_eq!(queue.room(), 0);
-    // The fifth waits: nothing is consuming the queue yet.
-    let blocked =
-        tokio::time::timeout(Duration::from_millis(300), queue.submit(ws[4].clone())).await;
-    assert!(blocked.is_err(), "a full queue accepted another window");
-    assert!(matches!(
-        queue.try_submit(ws[5].clone()),
-        Err(drsn_serve::error::ServeError::QueueFull { .. })
-    ));
-    // Once the batcher runs, the waiting submitter goes through and everything is answered.
-    let _b = batch::spawn(
-        rx,
-        BatchConfig {
-            max_batch: 2,
-            max_delay: Duration::from_millis(1),
-        },
-        models,
-        Default::default(),
+#[tokio::test(start_paused = true)]
+async fn a_quiet_client_is_served_in_the_next_batch_beside_a_flood() {
+    let fake = Fake::default();
+    let (s, _b) = start(vec![fake.clone()], 4, 5);
+    // One client floods on two streams with 40 windows queued before the quiet client's one window.
+    let (a, b, quiet) = (s.flow(1), s.flow(1), s.flow(2));
+    let mut flood = a.submit_all((100..120).map(window).collect()).unwrap();
+    flood.extend(b.submit_all((200..220).map(window).collect()).unwrap());
+    let mine = quiet.submit(window(7)).await.unwrap();
+    mine.await.unwrap().unwrap();
+    let batches = fake.batches.lock().unwrap().clone();
+    let served_in = batches.iter().position(|b| b.contains(&7)).unwrap();
+    assert!(
+        served_in <= 1,
+        "the quiet window waited behind {served_in} batches: {batches:?}"
     );
-    let fifth = tokio::time::timeout(Duration::from_secs(10), queue.submit(ws[4].clone()))
+    drop(flood);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_answers_every_window_and_the_worker_carries_on() {
+    let fake = Fake {
+        fail: Some(InferError::Batch("shape".into())),
+        ..Default::default()
+    };
+    let (s, b) = start(vec![fake], 2, 1);
+    let flow = s.flow(1);
+    for r in flow.submit_all((0..2).map(window).collect()).unwrap() {
+        assert!(matches!(
+            r.await.unwrap(),
+            Err(ServeError::Inference { .. })
+        ));
+    }
+    assert!(!b.workers_gone.is_cancelled());
+    let again = flow.submit(window(3)).await.unwrap();
+    assert!(matches!(
+        again.await.unwrap(),
+        Err(ServeError::Inference { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_device_stops_its_worker_and_the_last_one_closes_the_queue() {
+    let fake = Fake {
+        fail: Some(InferError::Device("gone".into())),
+        ..Default::default()
+    };
+    let (s, b) = start(vec![fake], 2, 1);
+    let flow = s.flow(1);
+    let r = flow.submit(window(0)).await.unwrap();
+    assert!(matches!(
+        r.await.unwrap(),
+        Err(ServeError::Inference { .. })
+    ));
+    b.workers_gone.cancelled().await;
+    assert!(matches!(
+        flow.submit(window(1)).await,
+        Err(ServeError::WorkersGone)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_finite_outputs_come_back_flagged() {
+    let fake = Fake {
+        nan: true,
+        ..Default::default()
+    };
+    let (s, _b) = start(vec![fake], 2, 1);
+    let flow = s.flow(1);
+    let a = flow
+        .submit(window(0))
+        .await
+        .unwrap()
         .await
         .unwrap()
         .unwrap();
-    replies.push(fifth);
-    for r in replies {
-        assert!(r.await.unwrap().is_ok());
+    match a.verdict {
+        Verdict::Flagged(f) => assert_eq!(f.flag, Flag::OutputNotFinite),
+        v => panic!("a NaN became {v:?}"),
     }
 }

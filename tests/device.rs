@@ -3,7 +3,7 @@
 
 mod common;
 
-use drsn_serve::engine::onnx::Placement;
+use drsn_serve::engine::device::Placement;
 use drsn_serve::error::StartupError;
 use drsn_serve::server;
 

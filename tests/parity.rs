@@ -8,7 +8,8 @@ use std::path::Path;
 use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, ResultDetail, Window, diagnosis_client::DiagnosisClient, window,
 };
-use drsn_serve::engine::onnx::{self, Device, Model};
+use drsn_serve::engine::device::Device;
+use drsn_serve::engine::onnx::{self, Model};
 use drsn_serve::model::card::LoadedModel;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
@@ -102,12 +103,11 @@ async fn diagnose_over_grpc_matches_golden() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.results.len(), 30);
-    let classes = LoadedModel::load(&common::model_card())
-        .unwrap()
-        .card
-        .classes;
+    let model = LoadedModel::load(&common::model_card()).unwrap();
+    let (classes, t) = (model.card.classes.clone(), model.temperature());
     for (i, r) in resp.results.iter().enumerate() {
-        let logits = g.logits.row(i).to_vec();
+        // Probabilities are softmax(logits / T), T the card's calibrated temperature.
+        let logits: Vec<f32> = g.logits.row(i).iter().map(|l| l / t).collect();
         let max = logits.iter().copied().fold(f32::MIN, f32::max);
         let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         let want: Vec<f32> = logits.iter().map(|l| (l - max).exp() / sum).collect();
@@ -120,11 +120,15 @@ async fn diagnose_over_grpc_matches_golden() {
             .iter()
             .enumerate()
             .fold(0, |b, (k, p)| if *p > want[b] { k } else { b });
-        assert_eq!(r.class_index as usize, argmax);
+        assert_eq!(r.class_index, Some(argmax as u32));
         assert_eq!(r.label, classes[argmax]);
         // Clean golden windows (the first 20) are all classified right.
         if i < 20 {
-            assert_eq!(r.class_index as i64, g.labels[i], "clean window {i}");
+            assert_eq!(
+                r.class_index.map(i64::from),
+                Some(g.labels[i]),
+                "clean window {i}"
+            );
         }
         let mean: f32 = r.shrinkage.iter().sum::<f32>() / 12.0;
         assert!((r.noise_score.unwrap() - (1.0 - mean)).abs() < 1e-6);

@@ -120,7 +120,7 @@ async fn sixty_four_streams_never_see_each_others_results() {
 
 /// Streams `samples` with sample indices starting at `base`; returns the window results.
 async fn stream_from(
-    channel: tonic::transport::Channel,
+    client: drsn_serve::client::connect::Client,
     samples: Arc<Vec<f32>>,
     plan: StreamPlan,
     base: u64,
@@ -138,7 +138,7 @@ async fn stream_from(
             }
         }
     });
-    let mut client = DiagnosisClient::new(channel);
+    let mut client = client;
     let mut inbound = client
         .stream_diagnose(ReceiverStream::new(rx))
         .await
@@ -346,10 +346,12 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     let mut client = DiagnosisClient::connect(common::addr(&running))
         .await
         .unwrap();
+    // Real samples: a constant window would be flagged flat and never reach the queue.
+    let real = common::recordings().remove(4).1;
     let win = |n: usize| drsn_serve::api::grpc::proto::Window {
         samples: Some(drsn_serve::api::grpc::proto::window::Samples::Values(
             FloatSamples {
-                values: vec![0.5; n],
+                values: real[..n].to_vec(),
             },
         )),
     };
@@ -401,7 +403,8 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     }
     let e = exhausted.expect("the full queue was never reported");
     assert!(
-        e.message().contains("queue is full (8 windows)"),
+        e.message()
+            .contains("no room for 4 window(s) (8 windows at most)"),
         "{}",
         e.message()
     );

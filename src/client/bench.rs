@@ -156,8 +156,8 @@ async fn service_throughput(
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let recordings = load_recordings(&args.recordings)?;
     let mut config = args.serve.clone();
-    config.grpc_addr = "127.0.0.1:0".parse()?;
-    config.metrics_addr = "127.0.0.1:0".parse()?;
+    config.network.listen = "127.0.0.1:0".parse()?;
+    config.network.metrics_listen = "127.0.0.1:0".parse()?;
 
     eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
     let (raw, device, workers, max_batch) =
@@ -184,7 +184,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         device,
         workers,
-        intra_threads: config.intra_threads,
+        intra_threads: config.engine.intra_threads,
         max_batch,
         raw_windows_per_s: raw,
         service_windows_per_s: service,

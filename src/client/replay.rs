@@ -9,27 +9,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::api::grpc::proto::diagnosis_client::DiagnosisClient;
 use crate::api::grpc::proto::stream_diagnose_request::Message;
 use crate::api::grpc::proto::stream_diagnose_response::Event;
 use crate::api::grpc::proto::{
-    Discontinuity, ResultDetail, SampleChunk, StreamDiagnoseRequest, StreamOpen, StreamOpened,
-    WindowResult, sample_chunk,
+    Discontinuity, InvalidReason, ResultDetail, SampleChunk, StreamDiagnoseRequest, StreamOpen,
+    StreamOpened, WindowResult, WindowStatus, sample_chunk,
 };
+use crate::client::connect::{Client, ConnectArgs};
 use crate::client::recording::{ReadOptions, read_recording};
 
-/// Opens a client channel tuned like the server: 1 MiB frames, large fixed windows (h2's adaptive window made
-/// servers close connections under many small replies).
-pub async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(addr.to_owned())?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect()
-        .await
-}
+pub use crate::client::connect::connect;
 
 /// How to stream one recording.
 #[derive(Debug, Clone)]
@@ -82,9 +72,29 @@ pub struct StreamOutcome {
     pub status: Option<Status>,
 }
 
+/// What a window's result amounts to, for counting: its class, or why it has none.
+pub fn outcome(w: &WindowResult) -> String {
+    match WindowStatus::try_from(w.status) {
+        Ok(WindowStatus::Ok) => w.label.clone(),
+        Ok(WindowStatus::Uncertain) => format!("{} (uncertain)", w.label),
+        Ok(WindowStatus::Shed) => "(shed: server overloaded)".into(),
+        Ok(WindowStatus::InvalidSignal) => {
+            let reason = InvalidReason::try_from(w.invalid_reason)
+                .map(|r| {
+                    r.as_str_name()
+                        .trim_start_matches("INVALID_REASON_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_else(|_| "unknown".into());
+            format!("(invalid signal: {reason})")
+        }
+        _ => "(no status)".into(),
+    }
+}
+
 /// Streams `samples` (mono) by `plan`; calls `on_window` for each result as it arrives.
 pub async fn stream_samples(
-    channel: Channel,
+    client: Client,
     samples: Arc<Vec<f32>>,
     plan: StreamPlan,
     on_window: impl Fn(&WindowResult) + Send,
@@ -111,7 +121,7 @@ pub async fn stream_samples(
     // Send time of each chunk, by chunk number, to time each window from its last sample.
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let sender = tokio::spawn(send_chunks(tx, samples, plan.clone(), sent.clone()));
-    let mut client = DiagnosisClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut client = client.max_decoding_message_size(64 << 20);
     let mut inbound = client
         .stream_diagnose(ReceiverStream::new(rx))
         .await?
@@ -130,7 +140,7 @@ pub async fn stream_samples(
                     }
                     on_window(&w);
                     out.window_count += 1;
-                    *out.class_counts.entry(w.label.clone()).or_default() += 1;
+                    *out.class_counts.entry(outcome(&w)).or_default() += 1;
                     if plan.keep_windows {
                         out.windows.push(w);
                     }
@@ -196,9 +206,8 @@ pub struct ReplayArgs {
     /// Recordings: CWRU .mat (drive-end variable), .csv, .npy or .wav.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Server address.
-    #[arg(long, env = "DRSN_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Sample rate of the recordings (default: the .wav header, else 12000).
     #[arg(long)]
     pub sample_rate: Option<f64>,
@@ -238,23 +247,45 @@ pub fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
+    let status = WindowStatus::try_from(w.status)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("WINDOW_STATUS_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into());
     if json {
         serde_json::json!({
             "stream": sensor, "window": w.window_index, "first_sample": w.first_sample_index,
-            "last_sample": w.last_sample_index, "label": w.label, "confidence": w.confidence,
-            "noise_score": w.noise_score, "queue_us": w.queue_us, "inference_us": w.inference_us, "total_us": w.total_us,
+            "last_sample": w.last_sample_index, "status": status, "label": w.label, "confidence": w.confidence,
+            "noise_score": w.noise_score, "detail": w.status_detail,
+            "queue_us": w.queue_us, "inference_us": w.inference_us, "total_us": w.total_us,
         })
         .to_string()
-    } else {
+    } else if let Some(confidence) = w.confidence {
         format!(
-            "{sensor} window {:>5} samples {:>8}..{:<8} {:<15} {:>6.2}%  noise {:.3}  {:>6} us",
+            "{sensor} window {:>5} samples {:>8}..{:<8} {:<15} {:>6.2}%  noise {:.3}  {:>6} us{}",
             w.window_index,
             w.first_sample_index,
             w.last_sample_index,
             w.label,
-            100.0 * w.confidence,
+            100.0 * confidence,
             w.noise_score.unwrap_or(f32::NAN),
-            w.total_us
+            w.total_us,
+            if status == "uncertain" {
+                "  (uncertain)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "{sensor} window {:>5} samples {:>8}..{:<8} {}: {}",
+            w.window_index,
+            w.first_sample_index,
+            w.last_sample_index,
+            outcome(w),
+            w.status_detail
         )
     }
 }
@@ -269,12 +300,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     for path in &args.files {
         recordings.push(read_recording(path, &opts)?);
     }
-    let channel = connect(&args.addr).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to {}: {e}; is `drsn-serve serve` running?",
-            args.addr
-        )
-    })?;
+    let channel = crate::client::connect::connect_with(&args.connect).await?;
     let total_frames: u64 = recordings
         .iter()
         .map(|r| r.samples.len() as u64)

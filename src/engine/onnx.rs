@@ -1,7 +1,6 @@
-//! Runs the model in ONNX Runtime: finds the library, opens a session on the chosen device, classifies batches.
+//! Runs the model in ONNX Runtime: finds the library, opens a session on the chosen device, runs batches.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
@@ -9,53 +8,13 @@ use ort::ep;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use crate::engine::device::{Device, Placement};
+use crate::engine::{BatchOutput, InferError, Runner};
 use crate::error::StartupError;
 use crate::model::card::{LoadedModel, Normalization};
 
 /// The ONNX Runtime release the project installs and is tested with.
 pub const ORT_VERSION: &str = "1.31.1";
-
-/// Where inference runs, as asked on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(i32),
-    /// CUDA device 0 when its provider registers, else CPU with a warning.
-    Auto,
-}
-
-impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "cpu" => Ok(Self::Cpu),
-            "auto" => Ok(Self::Auto),
-            "cuda" => Ok(Self::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<i32>().ok())
-                .filter(|n| *n >= 0)
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("`{s}` is not a device: use cpu, cuda, cuda:N or auto")),
-        }
-    }
-}
-
-/// Where inference actually runs once sessions are open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    Cpu,
-    Cuda(i32),
-}
-
-impl std::fmt::Display for Placement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cpu => f.write_str("cpu"),
-            Self::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
 
 /// The folders searched for the project's ONNX Runtime, in order: the working directory, the folders above the
 /// executable (so `target/release/drsn-serve` finds the checkout's), and the checkout this was built from.
@@ -118,18 +77,6 @@ pub fn environment(library: &Path) -> Result<Environment, StartupError> {
             path: library.to_path_buf(),
             reason,
         })
-}
-
-/// Probabilities and shrinkage for a batch, row-major.
-#[derive(Debug, Default)]
-pub struct BatchOutput {
-    pub classes: usize,
-    /// `rows x classes` raw model outputs.
-    pub logits: Vec<f32>,
-    /// `rows x classes` softmax probabilities.
-    pub probabilities: Vec<f32>,
-    /// `rows x units` mean shrinkage alpha per unit, when the model has that output.
-    pub shrinkage: Option<(usize, Vec<f32>)>,
 }
 
 /// One ONNX Runtime session and the buffers it runs on. `run` needs `&mut self`: one per inference worker.
@@ -211,20 +158,20 @@ impl Model {
         Ok(())
     }
 
-    /// Classifies `windows` (each `window x channels` samples, interleaved) as one batch.
+    /// Runs `windows` (each `window x channels` samples, interleaved) as one batch.
     pub fn run<'a>(
         &mut self,
         windows: impl ExactSizeIterator<Item = &'a [f32]>,
-    ) -> Result<BatchOutput, String> {
+    ) -> Result<BatchOutput, InferError> {
         let rows = windows.len();
         let per = self.window * self.channels;
         self.input.clear();
         for w in windows {
             if w.len() != per {
-                return Err(format!(
+                return Err(InferError::Batch(format!(
                     "a window of {} samples reached the model, which takes {per}",
                     w.len()
-                ));
+                )));
             }
             let start = self.input.len();
             self.input.extend_from_slice(w);
@@ -241,35 +188,32 @@ impl Model {
             }
         }
         let shape = [rows, self.channels, self.window];
-        let tensor = TensorRef::from_array_view((shape, self.input.as_slice()))
-            .map_err(|e| e.to_string())?;
+        let batch = |e: ort::Error| InferError::Batch(e.to_string());
+        let tensor = TensorRef::from_array_view((shape, self.input.as_slice())).map_err(batch)?;
+        // A failing run is the device's fault: the input was checked above.
         let outputs = self
             .session
             .run(ort::inputs![tensor])
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| InferError::Device(e.to_string()))?;
         let (lshape, logits) = outputs[self.logits.as_str()]
             .try_extract_tensor::<f32>()
-            .map_err(|e| e.to_string())?;
+            .map_err(batch)?;
         if lshape.len() != 2 || lshape[0] as usize != rows || lshape[1] as usize != self.classes {
-            return Err(format!(
+            return Err(InferError::Batch(format!(
                 "logits came out as {lshape:?}, expected [{rows}, {}]",
                 self.classes
-            ));
+            )));
         }
         let logits = logits.to_vec();
-        let mut probabilities = logits.clone();
-        for row in probabilities.chunks_mut(self.classes) {
-            softmax(row);
-        }
         let shrinkage = match &self.shrinkage {
             Some(name) => {
                 let (shape, values) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(batch)?;
                 if shape.len() != 2 || shape[0] as usize != rows {
-                    return Err(format!(
+                    return Err(InferError::Batch(format!(
                         "shrinkage came out as {shape:?}, expected [{rows}, units]"
-                    ));
+                    )));
                 }
                 Some((shape[1] as usize, values.to_vec()))
             }
@@ -278,9 +222,14 @@ impl Model {
         Ok(BatchOutput {
             classes: self.classes,
             logits,
-            probabilities,
             shrinkage,
         })
+    }
+}
+
+impl Runner for Model {
+    fn run(&mut self, windows: &[&[f32]]) -> Result<BatchOutput, InferError> {
+        Model::run(self, windows.iter().copied())
     }
 }
 
@@ -313,48 +262,9 @@ fn build_session(
         .map_err(|e| StartupError::Session(e.to_string()))
 }
 
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in row.iter_mut() {
-        *x /= sum;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_devices() {
-        assert_eq!("cpu".parse(), Ok(Device::Cpu));
-        assert_eq!("CUDA".parse(), Ok(Device::Cuda(0)));
-        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
-        assert_eq!("auto".parse(), Ok(Device::Auto));
-        assert!("cuda:-1".parse::<Device>().is_err());
-        assert!(
-            "tpu"
-                .parse::<Device>()
-                .unwrap_err()
-                .contains("cpu, cuda, cuda:N or auto")
-        );
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut row = [1.0, 3.0, -2.0, 9.0];
-        softmax(&mut row);
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(row[3] > 0.99 && row[1] > row[0] && row[0] > row[2]);
-        // Large logits do not overflow.
-        let mut big = [1000.0, 999.0];
-        softmax(&mut big);
-        assert!((big[0] - 0.7311).abs() < 1e-3 && big.iter().all(|p| p.is_finite()));
-    }
 
     #[test]
     fn missing_library_names_the_paths_and_the_fix() {

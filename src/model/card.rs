@@ -20,6 +20,46 @@ pub struct ModelCard {
     pub outputs: CardOutputs,
     pub classes: Vec<String>,
     pub default_hop: usize,
+    /// The input the model was trained on and accepts; without it only flat windows and non-finite outputs are
+    /// flagged.
+    #[serde(default)]
+    pub input_range: Option<InputRange>,
+    /// How far to trust a class: the softmax temperature fitted on held-out operating conditions, and the
+    /// confidence below which a window is reported as uncertain.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+}
+
+/// The model's input contract: windows outside it are flagged, not classified.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InputRange {
+    /// Unit of the samples the model was trained on (e.g. `g`).
+    pub unit: String,
+    /// Per-window RMS (about the window's mean) accepted, [low, high].
+    pub rms_accepted: [f32; 2],
+    /// Largest |sample| accepted.
+    pub peak_accepted: f32,
+    /// A window with this many samples exactly at its maximum (or minimum) is clipped.
+    #[serde(default = "default_clip_samples")]
+    pub clip_samples: usize,
+}
+
+fn default_clip_samples() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Calibration {
+    /// Probabilities are softmax(logits / temperature).
+    #[serde(default = "one")]
+    pub temperature: f32,
+    /// A class whose (calibrated) probability is below this is reported as uncertain.
+    #[serde(default)]
+    pub uncertain_below: Option<f32>,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +172,35 @@ impl LoadedModel {
         if card.classes.is_empty() {
             return Err(invalid("classes is empty".into()));
         }
+        if let Some(r) = &card.input_range {
+            let [lo, hi] = r.rms_accepted;
+            if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo < hi) {
+                return Err(invalid(format!(
+                    "input_range.rms_accepted = [{lo}, {hi}] must be two finite numbers, 0 < low < high"
+                )));
+            }
+            if !(r.peak_accepted.is_finite() && r.peak_accepted > 0.0) || r.clip_samples < 2 {
+                return Err(invalid(
+                    "input_range.peak_accepted must be finite and above 0, clip_samples at least 2"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(c) = &card.calibration {
+            if !(c.temperature.is_finite() && c.temperature > 0.0) {
+                return Err(invalid(format!(
+                    "calibration.temperature = {} must be finite and above 0",
+                    c.temperature
+                )));
+            }
+            if let Some(t) = c.uncertain_below
+                && !(0.0..=1.0).contains(&t)
+            {
+                return Err(invalid(format!(
+                    "calibration.uncertain_below = {t} must be a probability"
+                )));
+            }
+        }
         let onnx_path = path.parent().unwrap_or(Path::new(".")).join(&card.onnx);
         let onnx = std::fs::read(&onnx_path).map_err(|source| StartupError::ModelRead {
             path: onnx_path.clone(),
@@ -164,6 +233,22 @@ impl LoadedModel {
     /// Model-rate samples per window, all channels interleaved.
     pub fn window_values(&self) -> usize {
         self.card.input.window * self.card.input.channels
+    }
+
+    /// Softmax temperature (1 without calibration).
+    pub fn temperature(&self) -> f32 {
+        self.card
+            .calibration
+            .as_ref()
+            .map_or(1.0, |c| c.temperature)
+    }
+
+    /// Confidence below which a class is reported as uncertain, if the card sets one.
+    pub fn uncertain_below(&self) -> Option<f32> {
+        self.card
+            .calibration
+            .as_ref()
+            .and_then(|c| c.uncertain_below)
     }
 
     pub fn architecture_name(&self) -> String {

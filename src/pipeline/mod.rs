@@ -1,6 +1,288 @@
-//! Samples in, ordered diagnoses out: windowing, resampling, batching and in-order delivery.
+//! Samples in, ordered diagnoses out, protocol-neutral. [`Pipeline`] is the facade every API calls: admit a
+//! stream, open it from a validated spec, diagnose whole windows.
+//!
+//! Stages: [`spec`] (what a stream asks for, and its limits) → [`window`] + [`resample`] (sliding windows at the
+//! model's rate) → [`quality`] (windows the model cannot judge are flagged) → [`schedule`] (the fair, bounded
+//! queue) → [`batch`] (dynamic batches on inference threads) → [`diagnosis`] (class or flag) → [`deliver`]
+//! (window order). [`stream`] runs one stream through them.
 
 pub mod batch;
+pub mod deliver;
+pub mod diagnosis;
+pub mod quality;
 pub mod resample;
-pub mod respond;
+pub mod schedule;
+pub mod spec;
+pub mod stream;
 pub mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use metrics::gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::ServeError;
+use crate::model::card::LoadedModel;
+use crate::pipeline::deliver::EventStream;
+use crate::pipeline::diagnosis::{Answer, WindowDiagnosis, WindowPlace};
+use crate::pipeline::schedule::{ClientKey, Scheduler};
+use crate::pipeline::spec::{Limits, OpenRequest, StreamSpec};
+use crate::pipeline::stream::StreamSession;
+use crate::pipeline::window::Framer;
+use crate::telemetry::metrics::{self as m, StreamGauge};
+
+/// Admission limits for streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    pub max_streams: usize,
+    pub max_streams_per_connection: usize,
+    /// Most windows in one unary call.
+    pub max_unary_windows: usize,
+}
+
+/// The drain signals a pipeline obeys; the server owns and fires them.
+#[derive(Debug, Clone, Default)]
+pub struct Drain {
+    /// The server stops taking work: readers stop, streams end with a resume point.
+    pub shutdown: CancellationToken,
+    /// The drain deadline passed: windows still in flight are abandoned.
+    pub expired: CancellationToken,
+    /// Every stream's reader task, so that the drain can wait for them.
+    pub tasks: TaskTracker,
+}
+
+pub struct Pipeline {
+    model: Arc<LoadedModel>,
+    classes: Arc<Vec<String>>,
+    scheduler: Arc<Scheduler>,
+    limits: Limits,
+    admission: Admission,
+    drain: Drain,
+    streams: Arc<Semaphore>,
+    per_connection: Arc<Mutex<HashMap<ClientKey, usize>>>,
+    /// Unary calls are clients of their own: keys counted down from the top, apart from connection ids.
+    next_unary: AtomicU64,
+}
+
+/// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
+/// connection, and its memory budget in the gauge.
+pub struct StreamSlot {
+    _global: OwnedSemaphorePermit,
+    _gauge: StreamGauge,
+    client: ClientKey,
+    per_connection: Arc<Mutex<HashMap<ClientKey, usize>>>,
+    memory: usize,
+}
+
+impl StreamSlot {
+    fn budget(&mut self, bytes: usize) {
+        gauge!(m::STREAM_MEMORY).increment(bytes as f64);
+        self.memory += bytes;
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        gauge!(m::STREAM_MEMORY).decrement(self.memory as f64);
+        let mut counts = self
+            .per_connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        model: Arc<LoadedModel>,
+        scheduler: Arc<Scheduler>,
+        limits: Limits,
+        admission: Admission,
+        drain: Drain,
+    ) -> Self {
+        Self {
+            classes: Arc::new(model.card.classes.clone()),
+            model,
+            scheduler,
+            limits,
+            streams: Arc::new(Semaphore::new(admission.max_streams.max(1))),
+            admission,
+            drain,
+            per_connection: Arc::default(),
+            next_unary: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LoadedModel> {
+        &self.model
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// A slot for a new stream of `client`'s, before it has sent `open`.
+    pub fn admit_stream(&self, client: ClientKey) -> Result<StreamSlot, ServeError> {
+        if self.drain.shutdown.is_cancelled() {
+            return Err(ServeError::ShuttingDown { resume_from: 0 });
+        }
+        let global =
+            self.streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ServeError::TooManyStreams {
+                    max: self.admission.max_streams,
+                })?;
+        {
+            let mut counts = self
+                .per_connection
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let n = counts.entry(client).or_default();
+            if *n >= self.admission.max_streams_per_connection {
+                return Err(ServeError::TooManyStreamsOnConnection {
+                    max: self.admission.max_streams_per_connection,
+                });
+            }
+            *n += 1;
+        }
+        Ok(StreamSlot {
+            _global: global,
+            _gauge: StreamGauge::open(),
+            client,
+            per_connection: self.per_connection.clone(),
+            memory: 0,
+        })
+    }
+
+    /// Opens an admitted stream: validates what it asks for, budgets its memory, and returns the session its reader
+    /// feeds and the events its client receives.
+    pub fn open_stream(
+        &self,
+        mut slot: StreamSlot,
+        open: OpenRequest,
+    ) -> Result<(StreamSession, EventStream), ServeError> {
+        let spec = StreamSpec::new(open, &self.model, &self.limits)?;
+        let resampler = spec.resampler()?;
+        let state = resampler.as_ref().map_or(0, |r| r.memory_bytes());
+        let (need, what) = self.limits.stream_memory(&self.model, state);
+        if need > self.limits.max_stream_memory {
+            return Err(ServeError::StreamMemory {
+                need: need / 1024,
+                max: self.limits.max_stream_memory / 1024,
+                what,
+            });
+        }
+        slot.budget(need);
+        let framer = Framer::new(self.model.window(), spec.hop, spec.channels, resampler);
+        let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(2));
+        let progress = Arc::new(AtomicU64::new(0));
+        // The flow lives while either end does: its queued windows leave when the reader has finished and the
+        // client has stopped listening.
+        let flow = Arc::new(self.scheduler.flow(slot.client));
+        let events = deliver::ordered(
+            rx,
+            self.classes.clone(),
+            self.drain.expired.clone(),
+            progress.clone(),
+            Box::new((slot, flow.clone())),
+        );
+        let session = StreamSession::new(
+            spec,
+            framer,
+            flow,
+            tx,
+            self.model.clone(),
+            self.drain.expired.clone(),
+            progress,
+        );
+        Ok((session, events))
+    }
+
+    /// Diagnoses whole windows (each the model's window length, interleaved frames): all are queued or none, and
+    /// the answers come back in request order.
+    pub async fn diagnose(
+        &self,
+        windows: Vec<Vec<f32>>,
+    ) -> Result<Vec<WindowDiagnosis>, ServeError> {
+        if self.drain.shutdown.is_cancelled() {
+            return Err(ServeError::ShuttingDown { resume_from: 0 });
+        }
+        let n = windows.len();
+        if n == 0 {
+            return Err(ServeError::NoWindows);
+        }
+        if n > self.admission.max_unary_windows {
+            return Err(ServeError::TooManyWindows {
+                got: n,
+                max: self.admission.max_unary_windows,
+            });
+        }
+        let want = self.model.window_values();
+        if let Some((index, w)) = windows.iter().enumerate().find(|(_, w)| w.len() != want) {
+            return Err(ServeError::WindowLength {
+                index,
+                got: w.len(),
+                want,
+            });
+        }
+        let arrived = Instant::now();
+        let range = self.model.card.input_range.as_ref();
+        let channels = self.model.channels();
+        let flagged: Vec<_> = windows
+            .iter()
+            .map(|w| quality::check(w, channels, range))
+            .collect();
+        let to_run: Vec<Vec<f32>> = windows
+            .into_iter()
+            .zip(&flagged)
+            .filter(|(_, f)| f.is_none())
+            .map(|(w, _)| w)
+            .collect();
+        let client = self
+            .next_unary
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let flow = self.scheduler.flow(client);
+        let mut replies = flow.submit_all(to_run)?.into_iter();
+        let mut answers = Vec::with_capacity(n);
+        for f in flagged {
+            let answer = match f {
+                Some(f) => Answer::flagged(f),
+                None => match replies.next() {
+                    Some(reply) => reply.await.unwrap_or(Err(ServeError::WorkersGone))?,
+                    None => return Err(ServeError::WorkersGone),
+                },
+            };
+            answers.push(answer);
+        }
+        // Every window is answered before any is counted as delivered.
+        let last = self.model.window() as u64 - 1;
+        let total = arrived.elapsed();
+        Ok(answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let place = WindowPlace {
+                    index: i as u64,
+                    first_sample: 0,
+                    last_sample: last,
+                };
+                WindowDiagnosis::deliver("unary", place, a, total, &self.classes)
+            })
+            .collect())
+    }
+}

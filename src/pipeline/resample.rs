@@ -11,6 +11,10 @@ const MAX_UP: f64 = 2.0;
 const MAX_REDUCED: usize = 4096;
 /// Input frames per resampler call.
 const CHUNK: usize = 1024;
+/// Largest |sample| the resampler takes; larger values are clamped to it. A finite sample near f32::MAX would
+/// overflow the FFT and spread NaN through the filter state; nothing a sensor sends is this large, and a window
+/// holding such a value is flagged as out of range anyway.
+const MAX_ABS: f32 = 1e15;
 
 /// Checks that `rate_in` can be resampled to `rate_out`; returns the integer rates, or why not.
 pub fn plan(rate_in: f64, rate_out: f64) -> Result<(usize, usize), String> {
@@ -91,8 +95,25 @@ impl StreamResampler {
     /// Resamples `input` (interleaved), appending every output frame that is ready to `out`.
     pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), String> {
         self.frames_in += (input.len() / self.channels) as u64;
-        self.pending.extend_from_slice(input);
+        self.pending
+            .extend(input.iter().map(|x| x.clamp(-MAX_ABS, MAX_ABS)));
         self.drain(out, None)
+    }
+
+    /// Bytes this resampler holds between calls: rubato's FFT buffers, plans and overlap, and our scratch
+    /// (the pending input is at most a chunk, budgeted with the chunks).
+    pub fn memory_bytes(&self) -> usize {
+        let (fin, fout) = (self.inner.fft_size_in(), self.inner.fft_size_out());
+        let (in_max, out_max) = (
+            self.inner.input_frames_max(),
+            self.inner.output_frames_max(),
+        );
+        let complex = 8;
+        // Spectra and time buffers of the filter, input and output; the real-FFT plans (twiddles and scratch).
+        let fft = (fin + 1) * 2 * complex + 2 * fin * 4 + (fout + 1) * complex + 2 * fout * 4;
+        let plans = (2 * fin + 2 * fout) * 2 * complex;
+        let buffers = self.channels * 4 * (fout + in_max + fin + out_max + fout);
+        fft + plans + buffers + self.scratch.capacity() * 4
     }
 
     /// Flushes the filter at the end of the stream: appends the output still owed for the input received.

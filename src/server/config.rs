@@ -1,10 +1,13 @@
-//! `drsn-serve serve` settings: every flag also reads from a `DRSN_...` environment variable.
+//! `drsn-serve serve` settings, in groups; every flag also reads a `DRSN_...` environment variable, and
+//! [`ServeConfig::validate`] refuses settings that could not work instead of bending them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::engine::onnx::{Device, Placement};
+use crate::api::auth::Tokens;
+use crate::engine::device::{Device, DeviceDefaults, Placement};
+use crate::error::StartupError;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -16,12 +19,103 @@ pub struct ServeConfig {
     /// Model card (JSON) to serve; the ONNX file it names is read from the same folder.
     #[arg(long, env = "DRSN_MODEL", default_value = "models/drsn_cw_cwru.json")]
     pub model: PathBuf,
-    /// gRPC listen address.
-    #[arg(long, env = "DRSN_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub batching: BatchArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    /// On SIGTERM/SIGINT: how long open streams get to receive their queued windows before they are ended.
+    #[arg(long, env = "DRSN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub drain_timeout: Duration,
+    /// Log format; levels come from RUST_LOG (default info).
+    #[arg(long, env = "DRSN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Network")]
+pub struct NetworkArgs {
+    /// gRPC listen address. The default serves this machine only; use 0.0.0.0:50051 (as the container image
+    /// does) to serve the network, with TLS and tokens.
+    #[arg(
+        long,
+        env = "DRSN_LISTEN",
+        alias = "grpc-addr",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address.
-    #[arg(long, env = "DRSN_METRICS_ADDR", default_value = "0.0.0.0:9090")]
-    pub metrics_addr: SocketAddr,
+    #[arg(
+        long,
+        env = "DRSN_METRICS_LISTEN",
+        alias = "metrics-addr",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Open gRPC connections at once; more are closed as they arrive.
+    #[arg(long, env = "DRSN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A connection with no open stream that sends nothing for this long is closed (also a connection that never
+    /// completes its TLS or HTTP/2 handshake).
+    #[arg(long, env = "DRSN_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub connection_idle_timeout: Duration,
+    /// Streams on a connection end with UNAVAILABLE and a resume point once the connection is this old, so that
+    /// long-lived streams spread over replicas added since (off by default).
+    #[arg(long, env = "DRSN_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// HTTP/2 streams a client may reset before the server has accepted them (rapid-reset protection).
+    #[arg(long, env = "DRSN_HTTP2_MAX_PENDING_RESETS", default_value_t = 20)]
+    pub http2_max_pending_resets: usize,
+    /// HTTP/2 streams the server may reset because of a client's protocol errors before it closes the connection.
+    #[arg(long, env = "DRSN_HTTP2_MAX_ERROR_RESETS", default_value_t = 256)]
+    pub http2_max_error_resets: usize,
+    /// Serve gRPC server reflection (lets tools such as grpcurl discover the API without the .proto files).
+    #[arg(long, env = "DRSN_REFLECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub reflection: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Security")]
+pub struct SecurityArgs {
+    /// TLS certificate chain (PEM) for the gRPC listener; with --tls-key, the server speaks only TLS.
+    #[arg(long, env = "DRSN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DRSN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that client certificates must chain to: mutual TLS, every client must present one.
+    #[arg(long, env = "DRSN_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve /metrics over TLS too, with the same certificate (and client CA, if set).
+    #[arg(long, env = "DRSN_METRICS_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_tls: bool,
+    /// File of bearer tokens, one per line (`#` comments allowed); every gRPC call except health checks must
+    /// carry `authorization: Bearer <token>`.
+    #[arg(long, env = "DRSN_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Bearer tokens, comma-separated (prefer --auth-tokens-file: environment variables show in process listings).
+    #[arg(long, env = "DRSN_AUTH_TOKENS", hide_env_values = true, value_parser = parse_tokens)]
+    pub auth_tokens: Option<Tokens>,
+}
+
+fn parse_tokens(text: &str) -> Result<Tokens, String> {
+    Tokens::parse(text)
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Inference")]
+pub struct EngineArgs {
     /// Where inference runs: cpu, cuda, cuda:N, or auto (CUDA device 0 if its provider registers, else CPU).
     #[arg(long, env = "DRSN_DEVICE", default_value = "cpu")]
     pub device: Device,
@@ -34,37 +128,62 @@ pub struct ServeConfig {
     /// ONNX Runtime intra-op threads per worker (parallelism scales better across workers than within one).
     #[arg(long, env = "DRSN_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Batching")]
+pub struct BatchArgs {
     /// Largest batch, in windows. Default: 32 on cpu, 1024 on cuda.
     #[arg(long, env = "DRSN_MAX_BATCH")]
     pub max_batch: Option<usize>,
     /// Longest a window waits for its batch to fill, e.g. `5ms`. Default: 5ms on cpu, 2ms on cuda.
     #[arg(long, env = "DRSN_MAX_QUEUE_DELAY", value_parser = humantime::parse_duration)]
     pub max_queue_delay: Option<Duration>,
-    /// Windows the batch queue holds, from all streams; when full, readers pause and unary calls are refused.
+    /// Windows the batch queue holds, all streams together (each stream may hold one more).
     #[arg(long, env = "DRSN_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// A window that has waited this long for inference is answered as shed instead of run (overload).
+    #[arg(long, env = "DRSN_MAX_QUEUE_WAIT", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub max_queue_wait: Duration,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Streams and requests")]
+pub struct StreamArgs {
     /// Windows one stream may have in flight before its reader pauses.
-    #[arg(long, env = "DRSN_STREAM_BUFFER", default_value_t = 64)]
+    #[arg(long, env = "DRSN_STREAM_BUFFER", default_value_t = 16)]
     pub stream_buffer: usize,
     /// Largest chunk, in frames.
-    #[arg(long, env = "DRSN_MAX_CHUNK_FRAMES", default_value_t = 1 << 18)]
+    #[arg(long, env = "DRSN_MAX_CHUNK_FRAMES", default_value_t = 1 << 16)]
     pub max_chunk_frames: usize,
     /// Most windows in one Diagnose call.
     #[arg(long, env = "DRSN_MAX_UNARY_WINDOWS", default_value_t = 256)]
     pub max_unary_windows: usize,
     /// Open streams allowed at once; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "DRSN_MAX_STREAMS", default_value_t = 10_000)]
+    #[arg(long, env = "DRSN_MAX_STREAMS", default_value_t = 2048)]
     pub max_streams: usize,
+    /// Open streams allowed on one connection.
+    #[arg(long, env = "DRSN_MAX_STREAMS_PER_CONNECTION", default_value_t = 256)]
+    pub max_streams_per_connection: usize,
     /// How long a new stream may take to send its `open` message.
     #[arg(long, env = "DRSN_OPEN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub open_timeout: Duration,
-    /// On SIGTERM/SIGINT: how long open streams get to receive their queued windows before they are ended.
-    #[arg(long, env = "DRSN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
-    pub drain_timeout: Duration,
-    /// Log format: text or json. Levels come from RUST_LOG (default info).
-    #[arg(long, env = "DRSN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// An open stream that sends no chunk for this long is ended (DEADLINE_EXCEEDED, with a resume point).
+    #[arg(long, env = "DRSN_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Longest machine_id / sensor_id, in bytes.
+    #[arg(long, env = "DRSN_MAX_ID_BYTES", default_value_t = 128)]
+    pub max_id_bytes: usize,
+    /// Most memory one stream may be budgeted (transport buffer, chunks, windows in flight, resampler state),
+    /// in bytes; a stream whose sample rate needs more resampler state is refused.
+    #[arg(long, env = "DRSN_MAX_STREAM_MEMORY", default_value_t = 2 << 20)]
+    pub max_stream_memory: usize,
 }
+
+/// The HTTP/2 receive window of each stream: what a client may send before the server reads it.
+pub const STREAM_WINDOW: usize = 256 << 10;
+/// The HTTP/2 receive window of each connection.
+pub const CONNECTION_WINDOW: usize = 4 << 20;
 
 /// Settings that depend on where inference runs, resolved once the device is known.
 #[derive(Debug, Clone, Copy)]
@@ -75,21 +194,79 @@ pub struct Resolved {
 }
 
 impl ServeConfig {
-    pub fn resolve(&self, placement: Placement) -> Resolved {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let on_gpu = matches!(placement, Placement::Cuda(_));
-        Resolved {
-            workers: self
-                .workers
-                .unwrap_or(if on_gpu { 2 } else { cores })
-                .max(1),
-            max_batch: self
-                .max_batch
-                .unwrap_or(if on_gpu { 1024 } else { 32 })
-                .max(1),
-            max_queue_delay: self
-                .max_queue_delay
-                .unwrap_or(Duration::from_millis(if on_gpu { 2 } else { 5 })),
+    /// Refuses settings that cannot work, naming the flag.
+    pub fn validate(&self) -> Result<(), StartupError> {
+        let bad = |msg: String| Err(StartupError::Config(msg));
+        let positive = [
+            ("--workers", self.engine.workers.unwrap_or(1)),
+            ("--intra-threads", self.engine.intra_threads),
+            ("--max-batch", self.batching.max_batch.unwrap_or(1)),
+            ("--queue-capacity", self.batching.queue_capacity),
+            ("--stream-buffer", self.streams.stream_buffer),
+            ("--max-chunk-frames", self.streams.max_chunk_frames),
+            ("--max-unary-windows", self.streams.max_unary_windows),
+            ("--max-streams", self.streams.max_streams),
+            (
+                "--max-streams-per-connection",
+                self.streams.max_streams_per_connection,
+            ),
+            ("--max-connections", self.network.max_connections),
+            ("--max-id-bytes", self.streams.max_id_bytes),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return bad(format!("{flag} must be at least 1"));
+            }
         }
+        if self.streams.max_unary_windows > self.batching.queue_capacity {
+            return bad(format!(
+                "--max-unary-windows ({}) is larger than --queue-capacity ({}): such requests could never be queued",
+                self.streams.max_unary_windows, self.batching.queue_capacity
+            ));
+        }
+        if self.batching.max_queue_wait.is_zero() {
+            return bad("--max-queue-wait must be above 0".into());
+        }
+        if self.security.metrics_tls && self.security.tls_cert.is_none() {
+            return bad("--metrics-tls needs --tls-cert and --tls-key".into());
+        }
+        Ok(())
+    }
+
+    pub fn resolve(&self, placement: Placement) -> Resolved {
+        let DeviceDefaults {
+            workers,
+            max_batch,
+            max_queue_delay,
+        } = placement.defaults();
+        Resolved {
+            workers: self.engine.workers.unwrap_or(workers),
+            max_batch: self.batching.max_batch.unwrap_or(max_batch),
+            max_queue_delay: self.batching.max_queue_delay.unwrap_or(max_queue_delay),
+        }
+    }
+
+    /// The configured bearer tokens (file and flag together); empty when authentication is off.
+    pub fn tokens(&self) -> Result<Tokens, StartupError> {
+        let mut text = String::new();
+        if let Some(path) = &self.security.auth_tokens_file {
+            text = std::fs::read_to_string(path).map_err(|e| {
+                StartupError::Auth(format!(
+                    "cannot read --auth-tokens-file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if Tokens::parse(&text).map_err(StartupError::Auth)?.is_empty() {
+                return Err(StartupError::Auth(format!(
+                    "--auth-tokens-file {} holds no token",
+                    path.display()
+                )));
+            }
+        }
+        let from_file = Tokens::parse(&text).map_err(StartupError::Auth)?;
+        Ok(match &self.security.auth_tokens {
+            Some(flag) => from_file.joined(flag),
+            None => from_file,
+        })
     }
 }

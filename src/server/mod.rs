@@ -1,7 +1,12 @@
-//! Start-up and shutdown: loads and checks the model, opens ONNX Runtime, warms up, serves gRPC (with health and
-//! reflection) and `/metrics`, and drains open streams on SIGTERM/SIGINT.
+//! Start-up and shutdown: checks the settings and the model, opens ONNX Runtime and warms it up, wires the engine
+//! into the pipeline and the pipeline into the gRPC API (with health, optional reflection, TLS and tokens), serves
+//! `/metrics`, and drains on SIGTERM/SIGINT.
 
 pub mod config;
+pub mod lifecycle;
+pub mod metrics_http;
+pub mod net;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,20 +14,27 @@ use std::time::Duration;
 
 use metrics::{counter, gauge};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::api::grpc::decode::Limits;
 use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
-use crate::api::grpc::service::{DiagnosisService, Shared};
-use crate::engine::onnx::{self, Device, Model, Placement};
+use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
+use crate::api::grpc::status;
+use crate::api::grpc::transport_errors::TransportErrors;
+use crate::engine::device::{Device, Placement};
+use crate::engine::onnx::{self, Model};
 use crate::error::StartupError;
 use crate::model::card::LoadedModel;
 use crate::pipeline::batch::{self, BatchConfig};
-use crate::pipeline::respond::ResultContext;
-use crate::server::config::{Resolved, ServeConfig};
+use crate::pipeline::diagnosis::Reading;
+use crate::pipeline::schedule::{ScheduleConfig, Scheduler};
+use crate::pipeline::spec::Limits;
+use crate::pipeline::{Admission, Drain, Pipeline};
+use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
+use crate::server::lifecycle::Lifecycle;
+use crate::server::net::ConnLimits;
+use crate::server::tls::TlsFiles;
 use crate::telemetry::metrics as m;
 
 /// A server that is up and SERVING.
@@ -31,34 +43,34 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub placement: Placement,
     pub settings: Resolved,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    lifecycle: Lifecycle,
 }
 
 impl Running {
     /// Starts draining: NOT_SERVING, no new streams, queued windows delivered, streams ended with a status.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.lifecycle.begin_drain();
     }
 
     /// Waits until the server has stopped (after [`Running::shutdown`]).
     pub async fn stopped(self) {
-        let _ = self.task.await;
+        self.lifecycle.stopped().await;
     }
 }
 
-/// Opens `n` sessions on a blocking thread; the first decides the placement for `Device::Auto`.
+/// Opens one session per worker on a blocking thread; the first decides the placement for `Device::Auto`.
 pub async fn open_models(
     config: &ServeConfig,
     model: Arc<LoadedModel>,
 ) -> Result<(Vec<Model>, Placement, Resolved), StartupError> {
-    let library = onnx::locate_library(config.ort_lib.as_deref(), config.device)?;
+    let engine = config.engine.clone();
+    let library = onnx::locate_library(engine.ort_lib.as_deref(), engine.device)?;
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
         let env = onnx::environment(&library)?;
         tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-        let (first, placement) = Model::open(&env, &model, config.device, config.intra_threads)?;
-        if config.device == Device::Auto && placement == Placement::Cpu {
+        let (first, placement) = Model::open(&env, &model, engine.device, engine.intra_threads)?;
+        if engine.device == Device::Auto && placement == Placement::Cpu {
             counter!(m::DEVICE_FALLBACKS).increment(1);
         }
         let settings = config.resolve(placement);
@@ -68,7 +80,7 @@ pub async fn open_models(
         };
         let mut models = vec![first];
         for _ in 1..settings.workers {
-            models.push(Model::open(&env, &model, fixed, config.intra_threads)?.0);
+            models.push(Model::open(&env, &model, fixed, engine.intra_threads)?.0);
         }
         // Warm up every session at batch 1 and at the largest batch, so the first requests pay no set-up cost.
         let zeros = vec![0.0f32; model.window_values()];
@@ -76,7 +88,7 @@ pub async fn open_models(
             for rows in [1, settings.max_batch] {
                 session
                     .run(std::iter::repeat_n(zeros.as_slice(), rows))
-                    .map_err(StartupError::Warmup)?;
+                    .map_err(|e| StartupError::Warmup(e.to_string()))?;
             }
         }
         Ok((models, placement, settings))
@@ -85,74 +97,102 @@ pub async fn open_models(
     .map_err(|e| StartupError::Session(format!("the start-up thread failed: {e}")))?
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartupError::Bind { what, addr, source })
+        .map_err(|source| StartupError::Bind { what, addr, source })?;
+    let local =
+        listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { what, addr, source })?;
+    Ok((listener, local))
+}
+
+/// Stream limits from the settings.
+pub fn limits(config: &ServeConfig) -> Limits {
+    Limits {
+        max_chunk_frames: config.streams.max_chunk_frames,
+        max_id_bytes: config.streams.max_id_bytes,
+        stream_buffer: config.streams.stream_buffer,
+        transport_buffer: STREAM_WINDOW,
+        max_stream_memory: config.streams.max_stream_memory,
+    }
 }
 
 /// Starts the server; returns once it is SERVING.
 pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
-    if config.max_unary_windows > config.queue_capacity {
-        return Err(StartupError::Config(format!(
-            "--max-unary-windows ({}) is larger than --queue-capacity ({}): such requests could never be queued",
-            config.max_unary_windows, config.queue_capacity
-        )));
-    }
+    config.validate()?;
+    let tokens = config.tokens()?;
+    let tls = match (&config.security.tls_cert, &config.security.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles::load(
+            cert,
+            key,
+            config.security.tls_client_ca.as_ref(),
+        )?),
+        _ => None,
+    };
     let handle = m::install().map_err(StartupError::Config)?;
     gauge!(m::SERVING).set(0.0);
     let model = Arc::new(LoadedModel::load(&config.model)?);
     tracing::info!(model = %model.card.name, version = %model.card.version, sha256 = %model.card.sha256,
         "model card loaded and checksum verified");
+    let limits = limits(&config);
+    let (plain_need, what) = limits.stream_memory(&model, 0);
+    if plain_need > limits.max_stream_memory {
+        return Err(StartupError::Config(format!(
+            "a stream needs about {} KiB ({what}), over --max-stream-memory ({} KiB): lower --max-chunk-frames or \
+             --stream-buffer, or raise the limit",
+            plain_need / 1024,
+            limits.max_stream_memory / 1024
+        )));
+    }
+    if model.card.input_range.is_none() {
+        tracing::warn!(
+            "the model card states no input_range: only flat windows and non-finite outputs are flagged"
+        );
+    }
+    m::zero_series(&model.card.classes, &status::error_series());
     let (models, placement, settings) = open_models(&config, model.clone()).await?;
-    tracing::info!(%placement, workers = settings.workers, intra_threads = config.intra_threads,
+    tracing::info!(%placement, workers = settings.workers, intra_threads = config.engine.intra_threads,
         max_batch = settings.max_batch, max_queue_delay = ?settings.max_queue_delay, "inference sessions warmed up");
 
-    let grpc = bind("gRPC", config.grpc_addr).await?;
-    let metrics_listener = bind("metrics", config.metrics_addr).await?;
-    let grpc_addr = grpc.local_addr().map_err(|source| StartupError::Bind {
-        what: "gRPC",
-        addr: config.grpc_addr,
-        source,
-    })?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|source| StartupError::Bind {
-            what: "metrics",
-            addr: config.metrics_addr,
-            source,
-        })?;
+    let (grpc, grpc_addr) = bind("gRPC", config.network.listen).await?;
+    let (metrics_listener, metrics_addr) = bind("metrics", config.network.metrics_listen).await?;
 
-    let (queue, queue_rx) = batch::queue(config.queue_capacity);
-    let stop_batcher = CancellationToken::new();
+    let mut lifecycle = Lifecycle::new(config.drain_timeout);
+    let scheduler = Scheduler::new(ScheduleConfig {
+        capacity: config.batching.queue_capacity,
+        reserve: 1,
+        max_wait: config.batching.max_queue_wait,
+    });
     let batcher = batch::spawn(
-        queue_rx,
+        scheduler.clone(),
         BatchConfig {
             max_batch: settings.max_batch,
             max_delay: settings.max_queue_delay,
         },
-        models,
-        stop_batcher.clone(),
-    );
-    let shutdown = CancellationToken::new();
-    let drain_expired = CancellationToken::new();
-    let max_streams = config.max_streams.max(1);
-    let shared = Arc::new(Shared {
-        model: model.clone(),
-        placement,
-        queue,
-        limits: Limits {
-            max_chunk_frames: config.max_chunk_frames,
+        Reading {
+            temperature: model.temperature(),
+            uncertain_below: model.uncertain_below(),
         },
-        stream_buffer: config.stream_buffer,
-        max_unary_windows: config.max_unary_windows,
-        shutdown: shutdown.clone(),
-        drain_expired: drain_expired.clone(),
-        streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
-        max_streams,
-        open_timeout: config.open_timeout,
-        results: Arc::new(ResultContext::new(&model)),
-    });
+        models,
+        lifecycle.stop_batcher.clone(),
+    );
+    let drain: Drain = lifecycle.drain.clone();
+    let pipeline = Arc::new(Pipeline::new(
+        model.clone(),
+        scheduler.clone(),
+        limits,
+        Admission {
+            max_streams: config.streams.max_streams,
+            max_streams_per_connection: config.streams.max_streams_per_connection,
+            max_unary_windows: config.streams.max_unary_windows,
+        },
+        drain,
+    ));
     gauge!(m::MODEL_INFO, "name" => model.card.name.clone(), "version" => model.card.version.clone(),
         "device" => placement.to_string()).set(1.0);
 
@@ -161,89 +201,126 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         .set_serving::<DiagnosisServer<DiagnosisService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
-    let max_message = config.max_chunk_frames * 4 * model.channels() * 2 + (64 << 10);
-    let diagnosis = DiagnosisServer::new(DiagnosisService(shared.clone()))
-        .max_decoding_message_size(
-            max_message.max(model.window_values() * 4 * config.max_unary_windows + (64 << 10)),
-        );
-    drop(shared);
+    let max_message = (config.streams.max_chunk_frames * 4 * model.channels() * 2 + (64 << 10))
+        .max(model.window_values() * 4 * config.streams.max_unary_windows * 2 + (64 << 10));
+    let diagnosis = DiagnosisServer::new(DiagnosisService::new(
+        pipeline,
+        placement,
+        StreamTimeouts {
+            open: config.streams.open_timeout,
+            idle: config.streams.idle_timeout,
+        },
+    ))
+    .max_decoding_message_size(max_message);
+    let diagnosis = TransportErrors(InterceptedService::new(diagnosis, tokens.interceptor()));
+    let reflection = if config.network.reflection {
+        let service = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
+        Some(InterceptedService::new(service, tokens.interceptor()))
+    } else {
+        None
+    };
+    let exposed = !grpc_addr.ip().is_loopback();
+    if exposed && tokens.is_empty() {
+        tracing::warn!(%grpc_addr, "serving beyond this machine without authentication: set --auth-tokens-file");
+    }
+    if exposed && tls.is_none() {
+        tracing::warn!(%grpc_addr, "serving beyond this machine without TLS: set --tls-cert and --tls-key");
+    }
 
-    let stop_metrics = CancellationToken::new();
-    tokio::spawn(m::serve(metrics_listener, handle, stop_metrics.clone()));
+    let metrics_tls = match (&tls, config.security.metrics_tls) {
+        (Some(files), true) => Some(files.rustls().map_err(StartupError::Tls)?),
+        _ => None,
+    };
+    tokio::spawn(metrics_http::serve(
+        metrics_listener,
+        handle,
+        metrics_tls,
+        lifecycle.stop_metrics.clone(),
+    ));
 
-    let drain_timeout = config.drain_timeout;
-    let draining = shutdown.clone();
-    // Small replies on many streams: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms per reply.
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-    let task = tokio::spawn(async move {
-        let signal = {
-            let draining = draining.clone();
-            let health = health.clone();
-            async move {
-                draining.cancelled().await;
-                tracing::info!(?drain_timeout, "draining: NOT_SERVING, no new streams");
-                gauge!(m::SERVING).set(0.0);
-                health
-                    .set_not_serving::<DiagnosisServer<DiagnosisService>>()
-                    .await;
-                health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-            }
-        };
-        let serve = Server::builder()
-            .max_frame_size(Some(1 << 20))
-            .initial_stream_window_size(Some(1 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            // Finds clients whose connection died without a goodbye, so their streams are freed.
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(diagnosis)
-            .serve_with_incoming_shutdown(incoming, signal);
-        tokio::pin!(serve);
-        let expire = async {
+    let incoming = net::accept(
+        grpc,
+        ConnLimits {
+            max_connections: config.network.max_connections,
+            idle: config.network.connection_idle_timeout,
+            max_age: config.network.max_connection_age,
+        },
+        lifecycle.drain.shutdown.clone(),
+    );
+    let mut builder = Server::builder();
+    if let Some(files) = &tls {
+        builder = builder
+            .tls_config(files.tonic())
+            .map_err(|e| StartupError::Tls(e.to_string()))?;
+    }
+    let mut builder = builder
+        .max_frame_size(Some(1 << 20))
+        .initial_stream_window_size(Some(STREAM_WINDOW as u32))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW as u32))
+        .max_concurrent_streams(Some(config.streams.max_streams_per_connection as u32 + 16))
+        .http2_max_pending_accept_reset_streams(Some(config.network.http2_max_pending_resets))
+        .http2_max_local_error_reset_streams(Some(config.network.http2_max_error_resets))
+        // Finds clients whose connection died without a goodbye, so their streams are freed.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+    if let Some(age) = config.network.max_connection_age {
+        // Streams end at the age with a resume point (the reader does it); then the connection is closed.
+        builder = builder
+            .max_connection_age(age + Duration::from_secs(1))
+            .max_connection_age_grace(config.drain_timeout);
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(diagnosis);
+    let signal = {
+        let draining = lifecycle.drain.shutdown.clone();
+        let health = health.clone();
+        let drain_timeout = config.drain_timeout;
+        async move {
             draining.cancelled().await;
-            tokio::time::sleep(drain_timeout).await;
-            drain_expired.cancel();
-            // Streams abandoned at the deadline end at once; give their statuses a moment to be written.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        tokio::select! {
-            result = &mut serve => {
-                if let Err(err) = result {
-                    tracing::error!(error = %err, "gRPC server failed");
-                }
-            }
-            _ = expire => tracing::warn!("drain timeout passed; abandoning connections still open"),
+            tracing::info!(?drain_timeout, "draining: NOT_SERVING, no new streams");
+            gauge!(m::SERVING).set(0.0);
+            health
+                .set_not_serving::<DiagnosisServer<DiagnosisService>>()
+                .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
         }
-        stop_metrics.cancel();
-        // Stop forming batches; the inference threads finish the batch they hold and end.
-        stop_batcher.cancel();
-        let joined = tokio::task::spawn_blocking(move || batcher.join());
-        if tokio::time::timeout(Duration::from_secs(5), joined)
-            .await
-            .is_err()
-        {
-            tracing::warn!("an inference thread is still busy; not waiting for it");
-        }
-        tracing::info!("stopped");
+    };
+    let serve = router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::ReceiverStream::new(incoming),
+        signal,
+    );
+    // A lost device leaves nothing to serve with: say so to probes and load balancers.
+    let gone = batcher.workers_gone.clone();
+    let health_gone = health.clone();
+    tokio::spawn(async move {
+        gone.cancelled().await;
+        tracing::error!("every inference worker has stopped: NOT_SERVING");
+        gauge!(m::SERVING).set(0.0);
+        health_gone
+            .set_not_serving::<DiagnosisServer<DiagnosisService>>()
+            .await;
+        health_gone
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
     });
+    lifecycle.run(serve, scheduler, batcher);
     gauge!(m::SERVING).set(1.0);
-    tracing::info!(%grpc_addr, %metrics_addr, "SERVING");
+    tracing::info!(%grpc_addr, %metrics_addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(TlsFiles::mutual),
+        tokens = tokens.len(), reflection = config.network.reflection, "SERVING");
     Ok(Running {
         grpc_addr,
         metrics_addr,
         placement,
         settings,
-        shutdown,
-        task,
+        lifecycle,
     })
 }
 

@@ -1,7 +1,7 @@
-//! Every Prometheus metric the service exports: names, help, buckets, and the `/metrics` endpoint.
+//! Every Prometheus metric the service exports: names, help, buckets, the recorder, and the zero series.
 //!
-//! Names follow Prometheus conventions: `drsn_` prefix, base units (seconds), `_total` counters, labels with
-//! bounded values only (classes, reasons, gRPC codes; never machine or sensor ids).
+//! Names follow Prometheus conventions: `drsn_` prefix, base units (seconds, bytes), `_total` counters, labels with
+//! bounded values only (classes, reasons, status codes; never machine or sensor ids).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -10,13 +10,14 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub const ACTIVE_STREAMS: &str = "drsn_active_streams";
 pub const SAMPLES_RECEIVED: &str = "drsn_samples_received_total";
 pub const WINDOWS_DIAGNOSED: &str = "drsn_windows_diagnosed_total";
+pub const WINDOWS_FLAGGED: &str = "drsn_windows_flagged_total";
+pub const WINDOWS_UNCERTAIN: &str = "drsn_windows_uncertain_total";
 pub const PREDICTIONS: &str = "drsn_predictions_total";
+pub const NOISE_SCORE: &str = "drsn_noise_score";
 pub const DISCONTINUITIES: &str = "drsn_stream_discontinuities_total";
 pub const BATCH_SIZE: &str = "drsn_batch_size";
 pub const QUEUE_WAIT: &str = "drsn_queue_wait_seconds";
@@ -25,17 +26,35 @@ pub const WINDOW_LATENCY: &str = "drsn_window_latency_seconds";
 pub const ERRORS: &str = "drsn_errors_total";
 pub const QUEUE_DEPTH: &str = "drsn_queue_depth";
 pub const QUEUE_CAPACITY: &str = "drsn_queue_capacity";
+pub const QUEUE_CLIENTS: &str = "drsn_queue_clients";
+pub const STREAM_MEMORY: &str = "drsn_stream_memory_bytes";
+pub const CONNECTIONS: &str = "drsn_connections";
+pub const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
 pub const MODEL_INFO: &str = "drsn_model_info";
 pub const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
 pub const SERVING: &str = "drsn_serving";
 
+/// Why a window came back without a class (the `reason` label of [`WINDOWS_FLAGGED`]).
+pub const FLAG_REASONS: &[&str] = &[
+    "flat",
+    "clipped",
+    "out_of_range",
+    "output_not_finite",
+    "shed",
+];
+/// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
+pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "handshake_timeout"];
+/// The APIs windows arrive on.
+pub const APIS: &[&str] = &["stream", "unary"];
+
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
 ];
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
+const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -47,6 +66,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(NOISE_SCORE.into()), SCORE_BUCKETS)
                 })
                 .map_err(|e| e.to_string())?
                 .build_recorder();
@@ -60,6 +82,34 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// Creates the counters that dashboards and alerts read at zero, so rates work from the first window: windows by
+/// API, flags by reason, predictions by class, errors by reason and the code each maps to.
+pub fn zero_series(classes: &[String], error_codes: &[(&'static str, &'static str)]) {
+    for api in APIS {
+        counter!(WINDOWS_DIAGNOSED, "api" => *api).absolute(0);
+        counter!(WINDOWS_UNCERTAIN, "api" => *api).absolute(0);
+        for reason in FLAG_REASONS {
+            counter!(WINDOWS_FLAGGED, "api" => *api, "reason" => *reason).absolute(0);
+        }
+    }
+    for class in classes {
+        counter!(PREDICTIONS, "class" => class.clone()).absolute(0);
+    }
+    for (reason, code) in error_codes {
+        counter!(ERRORS, "reason" => *reason, "code" => *code).absolute(0);
+    }
+    for reason in CLOSE_REASONS {
+        counter!(CONNECTIONS_CLOSED, "reason" => *reason).absolute(0);
+    }
+    counter!(SAMPLES_RECEIVED).absolute(0);
+    counter!(DISCONTINUITIES).absolute(0);
+    gauge!(ACTIVE_STREAMS).set(0.0);
+    gauge!(CONNECTIONS).set(0.0);
+    gauge!(STREAM_MEMORY).set(0.0);
+    gauge!(QUEUE_DEPTH).set(0.0);
+    gauge!(QUEUE_CLIENTS).set(0.0);
+}
+
 fn describe() {
     describe_gauge!(ACTIVE_STREAMS, "Open StreamDiagnose streams.");
     describe_counter!(
@@ -68,9 +118,21 @@ fn describe() {
     );
     describe_counter!(
         WINDOWS_DIAGNOSED,
-        "Windows classified and delivered, by API (stream or unary)."
+        "Windows classified and delivered, by API (stream or unary); uncertain ones included."
     );
-    describe_counter!(PREDICTIONS, "Delivered window results by predicted class.");
+    describe_counter!(
+        WINDOWS_FLAGGED,
+        "Windows delivered without a class, by API and reason (flat, clipped, out_of_range, output_not_finite, shed)."
+    );
+    describe_counter!(
+        WINDOWS_UNCERTAIN,
+        "Classified windows whose confidence is below the model card's threshold."
+    );
+    describe_counter!(PREDICTIONS, "Classified windows by predicted class.");
+    describe_histogram!(
+        NOISE_SCORE,
+        "Noise score of classified windows (1 - mean shrinkage alpha)."
+    );
     describe_counter!(
         DISCONTINUITIES,
         "Chunks that did not start where the previous one ended (gap or overlap)."
@@ -93,10 +155,27 @@ fn describe() {
     );
     describe_counter!(
         ERRORS,
-        "Requests ended with an error, by reason and gRPC code."
+        "Requests ended with an error, by reason and status code."
     );
     describe_gauge!(QUEUE_DEPTH, "Windows waiting in the batch queue.");
-    describe_gauge!(QUEUE_CAPACITY, "Capacity of the batch queue, in windows.");
+    describe_gauge!(
+        QUEUE_CAPACITY,
+        "Capacity of the batch queue, in windows (each stream may also hold a few beyond it)."
+    );
+    describe_gauge!(
+        QUEUE_CLIENTS,
+        "Clients (connections, and unary calls) with windows waiting; batches take from them in turn."
+    );
+    describe_gauge!(
+        STREAM_MEMORY,
+        Unit::Bytes,
+        "Memory budgeted for open streams (buffers, resampler state, windows in flight)."
+    );
+    describe_gauge!(CONNECTIONS, "Open gRPC connections.");
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Connections the server refused or closed, by reason (max_connections, idle, handshake_timeout)."
+    );
     describe_gauge!(
         MODEL_INFO,
         "The model being served (value 1), by name, version and device."
@@ -111,41 +190,37 @@ fn describe() {
     );
 }
 
-pub fn record_error(reason: &'static str, code: tonic::Code) {
-    counter!(ERRORS, "reason" => reason, "code" => code_name(code)).increment(1);
+/// Counts a request that ended with an error; `code` is the status the API answered with.
+pub fn record_error(reason: &'static str, code: &'static str) {
+    counter!(ERRORS, "reason" => reason, "code" => code).increment(1);
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// Records a delivered window.
-pub fn record_window(api: &'static str, label: &str, latency: Duration) {
+/// Records a delivered window that got a class.
+pub fn record_classified(
+    api: &'static str,
+    label: &str,
+    uncertain: bool,
+    noise_score: Option<f32>,
+    latency: Duration,
+) {
     counter!(WINDOWS_DIAGNOSED, "api" => api).increment(1);
     counter!(PREDICTIONS, "class" => label.to_owned()).increment(1);
+    if uncertain {
+        counter!(WINDOWS_UNCERTAIN, "api" => api).increment(1);
+    }
+    if let Some(score) = noise_score {
+        histogram!(NOISE_SCORE).record(score as f64);
+    }
     histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
 }
 
-/// Counts open streams; the gauge goes down when the last holder of the guard is dropped, however the stream ends.
+/// Records a delivered window that came back without a class.
+pub fn record_flagged(api: &'static str, reason: &'static str, latency: Duration) {
+    counter!(WINDOWS_FLAGGED, "api" => api, "reason" => reason).increment(1);
+    histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
+}
+
+/// Counts open streams; the gauge goes down when the guard is dropped, however the stream ends.
 pub struct StreamGauge(());
 
 impl StreamGauge {
@@ -158,42 +233,5 @@ impl StreamGauge {
 impl Drop for StreamGauge {
     fn drop(&mut self) {
         gauge!(ACTIVE_STREAMS).decrement(1.0);
-    }
-}
-
-/// Serves `GET /metrics` (and any other path, for simple scrapers) until `stop` fires.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
-    let upkeep = handle.clone();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }
-        }),
-    );
-    // The recorder needs periodic upkeep to drain histogram buffers when nobody scrapes.
-    let upkeep_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => upkeep.run_upkeep(),
-                _ = upkeep_stop.cancelled() => break,
-            }
-        }
-    });
-    if let Err(err) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %err, "metrics endpoint failed");
     }
 }

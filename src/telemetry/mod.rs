@@ -1,3 +1,4 @@
-//! Metric names and the `/metrics` endpoint.
+//! Telemetry: every metric name and the recorder, and logging set-up. No protocol, no transport.
 
+pub mod logging;
 pub mod metrics;

@@ -29,6 +29,40 @@ DEFAULT_HOP_FRACTION = 0.5
 PARITY_TOLERANCE = 1e-4
 
 
+# The accepted input is the trained range widened by this factor each way (20 dB): the graph standardises each
+# window, so any gain in that span gives the same class; beyond it lie wrong units, broken sensors and numbers
+# the float32 standardisation cannot carry.
+INPUT_MARGIN = 10.0
+# Samples exactly at a window's maximum (or minimum) that make it clipped: real CWRU windows reach their peak at
+# most twice.
+CLIP_SAMPLES = 4
+
+
+def input_range(recordings: list[Recording], window: int, seed: int = 0) -> dict:
+    """The model's input contract for the card: RMS (about the window mean) and peak of the training windows,
+    clean and with the training noise (mixed types, -12..8 dB), and the range the server accepts."""
+    from .train import NoiseProtocol
+
+    x, _ = split_windows(recordings, "train", window)
+    gen = torch.Generator().manual_seed(seed)
+    noisy = NoiseProtocol().corrupt(torch.from_numpy(x), gen).numpy()
+    stats = {}
+    for name, w in (("clean", x), ("noisy", noisy)):
+        rms = w.std(axis=1)
+        stats[name] = {"rms": [float(rms.min()), float(rms.max())], "peak": float(np.abs(w).max())}
+    return {
+        "unit": "g",
+        "trained": stats,
+        "rms_accepted": [stats["clean"]["rms"][0] / INPUT_MARGIN, stats["noisy"]["rms"][1] * INPUT_MARGIN],
+        "peak_accepted": stats["noisy"]["peak"] * INPUT_MARGIN,
+        "clip_samples": CLIP_SAMPLES,
+        "note": (
+            f"accepted = trained range widened {INPUT_MARGIN:g}x each way; windows outside it, flat windows and "
+            f"windows with {CLIP_SAMPLES}+ samples at their extreme value are flagged, not classified"
+        ),
+    }
+
+
 class ParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree beyond the tolerance."""
 
@@ -107,6 +141,7 @@ def ship(
         "shrinkage_units": cfg.units if "shrinkage" in names else 0,
         "classes": list(CLASSES),
         "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
+        "input_range": input_range(recordings, cfg.window),
         "evaluation": evaluation,
         "training": {
             "data": {

@@ -1,104 +1,31 @@
-//! Reads what a client sends: validates a stream's `open` message and decodes sample chunks into f32 frames.
+//! drsn.v1 requests into the pipeline's terms: `open` into an [`OpenRequest`], chunks and windows into f32
+//! frames, with sizes, framing and finiteness checked.
 
 use crate::api::grpc::proto::{self, ResultDetail, sample_chunk, window};
 use crate::error::ServeError;
-use crate::model::card::LoadedModel;
-use crate::pipeline::resample::{self, StreamResampler};
+use crate::pipeline::spec::{Detail, Limits, OpenRequest};
 
-/// Limits on what one request may carry.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_chunk_frames: usize,
-}
-
-impl Limits {
-    fn check(&self, frames: usize) -> Result<(), ServeError> {
-        if frames > self.max_chunk_frames {
-            return Err(ServeError::ChunkTooLarge {
-                frames,
-                max: self.max_chunk_frames,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// A validated `open`: how to window and answer this stream.
-#[derive(Debug, Clone)]
-pub struct StreamSpec {
-    pub machine_id: String,
-    pub sensor_id: String,
-    pub sample_rate_hz: f64,
-    pub channels: usize,
-    pub hop: usize,
-    pub detail: ResultDetail,
-    /// Integer (client, model) rates when the stream must be resampled.
-    pub resample: Option<(usize, usize)>,
-}
-
-impl StreamSpec {
-    pub fn from_open(open: &proto::StreamOpen, model: &LoadedModel) -> Result<Self, ServeError> {
-        let card = &model.card;
-        if open.channels as usize != card.input.channels {
-            return Err(ServeError::Channels {
-                got: open.channels,
-                want: card.input.channels,
-            });
-        }
-        let rate = open.sample_rate_hz;
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(ServeError::SampleRate(rate));
-        }
-        let model_rate = card.input.sample_rate_hz;
-        let resample = if (rate - model_rate).abs() < 1e-9 {
-            None
-        } else {
-            Some(
-                resample::plan(rate, model_rate)
-                    .map_err(|reason| ServeError::UnservableRate { rate, reason })?,
-            )
-        };
-        let max_hop = 1 << 20;
-        let hop = match open.hop {
-            0 => card.default_hop,
-            h if h as usize > max_hop => {
-                return Err(ServeError::Hop {
-                    hop: h,
-                    max: max_hop,
-                });
-            }
-            h => h as usize,
-        };
-        Ok(Self {
-            machine_id: open.machine_id.clone(),
-            sensor_id: open.sensor_id.clone(),
-            sample_rate_hz: rate,
-            channels: card.input.channels,
-            hop,
-            detail: detail(open.detail)?,
-            resample,
-        })
-    }
-
-    /// A resampler for this stream, when it needs one.
-    pub fn resampler(&self) -> Result<Option<StreamResampler>, ServeError> {
-        let Some((a, b)) = self.resample else {
-            return Ok(None);
-        };
-        StreamResampler::new(a, b, self.channels)
-            .map(Some)
-            .map_err(|reason| ServeError::UnservableRate {
-                rate: self.sample_rate_hz,
-                reason,
-            })
-    }
-}
-
-pub fn detail(value: i32) -> Result<ResultDetail, ServeError> {
-    ResultDetail::try_from(value).map_err(|_| ServeError::UnknownEnum {
-        field: "detail",
-        value,
+/// The pipeline's `open` from the wire's.
+pub fn open_request(open: proto::StreamOpen) -> Result<OpenRequest, ServeError> {
+    Ok(OpenRequest {
+        detail: detail(open.detail)?,
+        machine_id: open.machine_id,
+        sensor_id: open.sensor_id,
+        sample_rate_hz: open.sample_rate_hz,
+        channels: open.channels,
+        hop: open.hop,
     })
+}
+
+pub fn detail(value: i32) -> Result<Detail, ServeError> {
+    match ResultDetail::try_from(value) {
+        Ok(ResultDetail::Compact) => Ok(Detail::Compact),
+        Ok(ResultDetail::Full | ResultDetail::Unspecified) => Ok(Detail::Full),
+        Err(_) => Err(ServeError::UnknownEnum {
+            field: "detail",
+            value,
+        }),
+    }
 }
 
 /// Decodes a chunk's samples into interleaved f32 frames, checking size, framing and finiteness.
@@ -153,7 +80,7 @@ fn decode_f32le(bytes: &[u8], channels: usize, limits: Limits) -> Result<Vec<f32
             frame_bytes,
         });
     }
-    limits.check(bytes.len() / frame_bytes)?;
+    limits.check_chunk(bytes.len() / frame_bytes)?;
     Ok(f32le_to_vec(bytes))
 }
 
@@ -177,7 +104,7 @@ fn check_frames(values: Vec<f32>, channels: usize, limits: Limits) -> Result<Vec
             channels,
         });
     }
-    limits.check(values.len() / channels)?;
+    limits.check_chunk(values.len() / channels)?;
     Ok(values)
 }
 
@@ -199,6 +126,10 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_chunk_frames: 8,
+        max_id_bytes: 64,
+        stream_buffer: 4,
+        transport_buffer: 0,
+        max_stream_memory: 1 << 20,
     };
 
     fn bytes(values: &[f32]) -> Vec<u8> {
@@ -299,7 +230,8 @@ mod tests {
 
     #[test]
     fn unknown_detail_is_refused() {
-        assert!(detail(1).is_ok());
+        assert_eq!(detail(1).unwrap(), Detail::Compact);
+        assert_eq!(detail(0).unwrap(), Detail::Full);
         assert!(matches!(
             detail(42),
             Err(ServeError::UnknownEnum {

@@ -1,5 +1,9 @@
-//! drsn.v1 over gRPC: generated types, handlers, request decoding.
+//! drsn.v1 over gRPC: generated types, handlers, request decoding, result encoding, and the mapping of errors
+//! to status codes.
 
 pub mod decode;
+pub mod encode;
 pub mod proto;
 pub mod service;
+pub mod status;
+pub mod transport_errors;

@@ -1,50 +1,54 @@
-//! The gRPC service: StreamDiagnose wires a client's stream through ingest → window → batch → respond;
-//! Diagnose classifies whole windows; GetModel returns the card.
+//! The drsn.v1 handlers: StreamDiagnose reads a client's stream into the pipeline and encodes its events,
+//! Diagnose classifies whole windows, GetModel returns the card.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::counter;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use futures_util::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::grpc::decode::{self, Limits, StreamSpec};
+use crate::api::connection;
+use crate::api::grpc::encode::Encoder;
 use crate::api::grpc::proto::diagnosis_server::Diagnosis;
 use crate::api::grpc::proto::stream_diagnose_request::Message;
-use crate::api::grpc::proto::stream_diagnose_response::Event;
-use crate::api::grpc::proto::{self, StreamDiagnoseRequest};
-use crate::engine::onnx::Placement;
+use crate::api::grpc::proto::{self, StreamDiagnoseRequest, StreamDiagnoseResponse};
+use crate::api::grpc::{decode, status};
+use crate::engine::device::Placement;
 use crate::error::ServeError;
-use crate::model::card::LoadedModel;
-use crate::pipeline::batch::Queue;
-use crate::pipeline::respond::{self, Outgoing, ResponseStream, ResultContext, WindowMeta};
-use crate::pipeline::window::{self, Framer};
-use crate::telemetry::metrics::{self as m, StreamGauge};
+use crate::pipeline::Pipeline;
+use crate::pipeline::stream::StreamSession;
 
-/// Everything a request handler needs; shared by all calls.
-pub struct Shared {
-    pub model: Arc<LoadedModel>,
-    pub placement: Placement,
-    pub queue: Queue,
-    pub limits: Limits,
-    /// Windows a stream may have in flight (queued or awaiting delivery) before its reader pauses.
-    pub stream_buffer: usize,
-    pub max_unary_windows: usize,
-    /// Fires when the server starts draining.
-    pub shutdown: CancellationToken,
-    /// Fires when the drain timeout has passed: undelivered windows are abandoned.
-    pub drain_expired: CancellationToken,
-    /// Open streams allowed at once; each holds a permit.
-    pub streams: Arc<Semaphore>,
-    pub max_streams: usize,
+/// Timeouts a stream is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamTimeouts {
     /// How long a new stream may take to send `open`.
-    pub open_timeout: Duration,
-    pub results: Arc<ResultContext>,
+    pub open: Duration,
+    /// How long an open stream may go without a chunk before it is closed.
+    pub idle: Duration,
 }
 
 #[derive(Clone)]
-pub struct DiagnosisService(pub Arc<Shared>);
+pub struct DiagnosisService {
+    pipeline: Arc<Pipeline>,
+    encoder: Arc<Encoder>,
+    placement: Placement,
+    timeouts: StreamTimeouts,
+}
+
+impl DiagnosisService {
+    pub fn new(pipeline: Arc<Pipeline>, placement: Placement, timeouts: StreamTimeouts) -> Self {
+        Self {
+            encoder: Arc::new(Encoder::new(pipeline.model())),
+            pipeline,
+            placement,
+            timeouts,
+        }
+    }
+}
+
+pub type ResponseStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<StreamDiagnoseResponse, Status>> + Send + 'static>,
+>;
 
 #[tonic::async_trait]
 impl Diagnosis for DiagnosisService {
@@ -54,25 +58,22 @@ impl Diagnosis for DiagnosisService {
         &self,
         request: Request<Streaming<StreamDiagnoseRequest>>,
     ) -> Result<Response<Self::StreamDiagnoseStream>, Status> {
-        let shared = self.0.clone();
-        if shared.shutdown.is_cancelled() {
-            return Err(ServeError::ShuttingDown { resume_from: 0 }.into());
-        }
-        let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
-            return Err(ServeError::TooManyStreams {
-                max: shared.max_streams,
-            }
-            .into());
-        };
-        let slot = Box::new((StreamGauge::open(), permit));
+        let conn = connection::of(&request);
+        let slot = self
+            .pipeline
+            .admit_stream(conn.id)
+            .map_err(status::status)?;
         let mut inbound = request.into_inner();
+        let drain = self.pipeline.drain().clone();
         let first = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return Err(ServeError::ShuttingDown { resume_from: 0 }.into()),
-            _ = tokio::time::sleep(shared.open_timeout) => {
-                return Err(ServeError::OpenTimeout { after: shared.open_timeout }.into());
+            _ = drain.shutdown.cancelled() => {
+                return Err(status::status(ServeError::ShuttingDown { resume_from: 0 }));
             }
-            first = inbound.message() => first.map_err(ServeError::from_transport)?,
+            _ = tokio::time::sleep(self.timeouts.open) => {
+                return Err(status::status(ServeError::OpenTimeout { after: self.timeouts.open }));
+            }
+            first = inbound.message() => first.map_err(|s| status::status(status::from_transport(&s)))?,
         };
         let open = match first {
             Some(StreamDiagnoseRequest {
@@ -80,50 +81,41 @@ impl Diagnosis for DiagnosisService {
             }) => open,
             Some(StreamDiagnoseRequest {
                 message: Some(Message::Chunk(_)),
-            })
-            | None => {
-                return Err(ServeError::NotOpened.into());
-            }
+            }) => return Err(status::status(ServeError::NotOpened)),
+            None => return Err(status::status(ServeError::EndedBeforeOpen)),
             Some(StreamDiagnoseRequest { message: None }) => {
-                return Err(ServeError::EmptyMessage.into());
+                return Err(status::status(ServeError::EmptyMessage));
             }
         };
-        let spec = StreamSpec::from_open(&open, &shared.model)?;
-        let framer = Framer::new(
-            shared.model.window(),
-            spec.hop,
-            spec.channels,
-            spec.resampler()?,
-        );
-        tracing::info!(machine = %spec.machine_id, sensor = %spec.sensor_id, rate = spec.sample_rate_hz,
+        let open = decode::open_request(open).map_err(status::status)?;
+        let (session, events) = self
+            .pipeline
+            .open_stream(slot, open)
+            .map_err(status::status)?;
+        let spec = &session.spec;
+        // Ids are client text: logged through Debug, so control characters could never forge a line anyway.
+        tracing::info!(machine = ?spec.machine_id, sensor = ?spec.sensor_id, rate = spec.sample_rate_hz,
             hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
-        let card = &shared.model.card;
-        let opened = Event::Opened(proto::StreamOpened {
-            model_name: card.name.clone(),
-            model_version: card.version.clone(),
-            window: card.input.window as u32,
-            hop: spec.hop as u32,
-            model_sample_rate_hz: card.input.sample_rate_hz,
-            resampled: spec.resample.is_some(),
-            classes: card.classes.clone(),
-        });
-        let (tx, rx) = mpsc::channel(shared.stream_buffer.max(2));
-        // Capacity is at least 2 and nothing was sent yet.
-        let _ = tx.try_send(Outgoing::Event(opened));
+        let opened = self.encoder.opened(self.pipeline.model(), spec);
         let detail = spec.detail;
-        tokio::spawn(read_stream(
-            inbound,
-            framer,
-            spec.channels,
-            tx,
-            shared.clone(),
-        ));
-        Ok(Response::new(respond::ordered(
-            rx,
-            shared.results.clone(),
-            detail,
-            shared.drain_expired.clone(),
-            slot,
+        let reader = Reader {
+            pipeline: self.pipeline.clone(),
+            idle: self.timeouts.idle,
+            aged: conn.aged(),
+        };
+        drain.tasks.spawn(reader.run(inbound, session));
+        let encoder = self.encoder.clone();
+        // The connection is busy, not idle, for as long as the client holds the response stream.
+        let busy = conn.activity.hold();
+        let events = events.map(move |item| {
+            let _busy = &busy;
+            match item {
+                Ok(event) => Ok(encoder.event(event, detail)),
+                Err(err) => Err(status::status(err)),
+            }
+        });
+        Ok(Response::new(Box::pin(
+            futures_util::stream::once(async { Ok(opened) }).chain(events),
         )))
     }
 
@@ -131,59 +123,23 @@ impl Diagnosis for DiagnosisService {
         &self,
         request: Request<proto::DiagnoseRequest>,
     ) -> Result<Response<proto::DiagnoseResponse>, Status> {
-        let shared = &self.0;
-        if shared.shutdown.is_cancelled() {
-            return Err(ServeError::ShuttingDown { resume_from: 0 }.into());
-        }
         let request = request.into_inner();
-        let detail = decode::detail(request.detail)?;
-        let n = request.windows.len();
-        if n == 0 {
-            return Err(ServeError::NoWindows.into());
-        }
-        if n > shared.max_unary_windows {
-            return Err(ServeError::TooManyWindows {
-                got: n,
-                max: shared.max_unary_windows,
-            }
-            .into());
-        }
-        let want = shared.model.window_values();
+        let detail = decode::detail(request.detail).map_err(status::status)?;
+        let want = self.pipeline.model().window_values();
         let windows = request
             .windows
             .into_iter()
             .enumerate()
             .map(|(i, w)| decode::decode_window(w, i, want))
-            .collect::<Result<Vec<_>, _>>()?;
-        let arrived = Instant::now();
-        if shared.queue.room() < n {
-            return Err(ServeError::QueueFull {
-                capacity: shared.queue.capacity(),
-            }
-            .into());
-        }
-        let replies = windows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status::status)?;
+        let results = self
+            .pipeline
+            .diagnose(windows)
+            .await
+            .map_err(status::status)?
             .into_iter()
-            .map(|w| shared.queue.try_submit(w))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Every window is answered before any is counted as delivered.
-        let mut diagnoses = Vec::with_capacity(n);
-        for reply in replies {
-            diagnoses.push(reply.await.unwrap_or(Err(ServeError::WorkersGone))?);
-        }
-        let last = shared.model.window() as u64 - 1;
-        let results = diagnoses
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| {
-                let meta = WindowMeta {
-                    index: i as u64,
-                    first_sample: 0,
-                    last_sample: last,
-                    arrived,
-                };
-                shared.results.window_result("unary", detail, &meta, d)
-            })
+            .map(|w| self.encoder.window(w, detail))
             .collect();
         Ok(Response::new(proto::DiagnoseResponse { results }))
     }
@@ -192,7 +148,7 @@ impl Diagnosis for DiagnosisService {
         &self,
         _: Request<proto::GetModelRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        let model = &self.0.model;
+        let model = self.pipeline.model();
         let card = &model.card;
         Ok(Response::new(proto::ModelInfo {
             name: card.name.clone(),
@@ -204,131 +160,69 @@ impl Diagnosis for DiagnosisService {
             sample_rate_hz: card.input.sample_rate_hz,
             default_hop: card.default_hop as u32,
             sha256: card.sha256.clone(),
-            device: self.0.placement.to_string(),
+            device: self.placement.to_string(),
             card_json: model.card_json.clone(),
         }))
     }
 }
 
-/// Reads one client's chunks until it half-closes, errs, goes away, or the server drains.
-async fn read_stream(
-    mut inbound: Streaming<StreamDiagnoseRequest>,
-    mut framer: Framer,
-    channels: usize,
-    tx: mpsc::Sender<Outgoing>,
-    shared: Arc<Shared>,
-) {
-    let end = |err| async { tx.send(Outgoing::End(err)).await.ok() };
-    loop {
-        let message = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => {
-                end(ServeError::ShuttingDown { resume_from: framer.resume_from() }).await;
-                return;
-            }
-            _ = tx.closed() => return,
-            message = inbound.message() => message,
-        };
-        let chunk = match message {
-            Ok(Some(StreamDiagnoseRequest {
-                message: Some(Message::Chunk(chunk)),
-            })) => chunk,
-            Ok(Some(StreamDiagnoseRequest {
-                message: Some(Message::Open(_)),
-            })) => {
-                end(ServeError::OpenedTwice).await;
-                return;
-            }
-            Ok(Some(StreamDiagnoseRequest { message: None })) => {
-                end(ServeError::EmptyMessage).await;
-                return;
-            }
-            Ok(None) => {
-                // Half-closed: the last windows are still cut, diagnosed and delivered.
-                if let Err(reason) = framer.finish() {
-                    end(ServeError::Resample(reason)).await;
-                } else {
-                    let _ = forward(&mut framer, &tx, &shared, Instant::now()).await;
-                }
-                return;
-            }
-            Err(status) => {
-                // A message too large or undecodable, or the client went away; tell it if it is still there.
-                end(ServeError::from_transport(status)).await;
-                return;
-            }
-        };
-        let arrived = Instant::now();
-        let pushed =
-            decode::decode_chunk(chunk, channels, shared.limits).and_then(|(first, samples)| {
-                counter!(m::SAMPLES_RECEIVED).increment((samples.len() / channels) as u64);
-                framer.push(first, samples).map_err(ServeError::Resample)
-            });
-        if let Err(err) = pushed {
-            end(err).await;
-            return;
-        }
-        if forward(&mut framer, &tx, &shared, arrived).await.is_err() {
-            return;
-        }
-    }
+/// Reads one client's chunks into its stream session until it half-closes, errs, goes quiet, goes away, its
+/// connection reaches its maximum age, or the server drains.
+struct Reader {
+    pipeline: Arc<Pipeline>,
+    idle: Duration,
+    aged: Option<tokio::time::Instant>,
 }
 
-/// Queues the windows the last chunk completed, one at a time, and hands everything to the responder in order.
-/// Waits (and so stops reading the client) while the batch queue or this stream's buffer is full. Errs when the
-/// stream must end: the client is gone, resampling failed, or the drain deadline passed.
-async fn forward(
-    framer: &mut Framer,
-    tx: &mpsc::Sender<Outgoing>,
-    shared: &Shared,
-    arrived: Instant,
-) -> Result<(), ()> {
-    loop {
-        let event = match framer.next_event() {
-            Ok(Some(event)) => event,
-            Ok(None) => return Ok(()),
-            Err(reason) => {
-                let _ = tx.send(Outgoing::End(ServeError::Resample(reason))).await;
-                return Err(());
-            }
-        };
-        let permit = tokio::select! {
-            permit = tx.reserve() => permit.map_err(|_| ())?,
-            _ = shared.drain_expired.cancelled() => return Err(()),
-        };
-        match event {
-            window::Event::Window(cut) => {
-                let meta = WindowMeta {
-                    index: cut.index,
-                    first_sample: cut.first_sample,
-                    last_sample: cut.last_sample,
-                    arrived,
-                };
-                let submitted = tokio::select! {
-                    submitted = shared.queue.submit(cut.samples) => submitted,
-                    _ = shared.drain_expired.cancelled() => return Err(()),
-                };
-                match submitted {
-                    Ok(reply) => permit.send(Outgoing::Window { meta, reply }),
-                    Err(err) => {
-                        permit.send(Outgoing::End(err));
-                        return Err(());
+impl Reader {
+    async fn run(self, mut inbound: Streaming<StreamDiagnoseRequest>, mut session: StreamSession) {
+        let shutdown = self.pipeline.drain().shutdown.clone();
+        let limits = *self.pipeline.limits();
+        let channels = session.spec.channels;
+        let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let aged = self.aged.unwrap_or(far);
+        loop {
+            let quiet_until = tokio::time::Instant::now() + self.idle;
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let resume_from = session.resume_from();
+                    return session.end(ServeError::ShuttingDown { resume_from }).await;
+                }
+                _ = tokio::time::sleep_until(aged) => {
+                    let resume_from = session.resume_from();
+                    return session.end(ServeError::ConnectionAged { resume_from }).await;
+                }
+                _ = session.closed() => return,
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    let resume_from = session.resume_from();
+                    return session.end(ServeError::IdleTimeout { after: self.idle, resume_from }).await;
+                }
+                message = inbound.message() => message,
+            };
+            let chunk = match message {
+                Ok(Some(StreamDiagnoseRequest {
+                    message: Some(Message::Chunk(chunk)),
+                })) => chunk,
+                Ok(Some(StreamDiagnoseRequest {
+                    message: Some(Message::Open(_)),
+                })) => return session.end(ServeError::OpenedTwice).await,
+                Ok(Some(StreamDiagnoseRequest { message: None })) => {
+                    return session.end(ServeError::EmptyMessage).await;
+                }
+                // Half-closed: the last windows are still cut, diagnosed and delivered.
+                Ok(None) => return session.finish().await,
+                // A message too large or undecodable, or the client went away; tell it if it is still there.
+                Err(status) => return session.end(status::from_transport(&status)).await,
+            };
+            let arrived = Instant::now();
+            match decode::decode_chunk(chunk, channels, limits) {
+                Ok((first, samples)) => {
+                    if session.push(first, samples, arrived).await.is_err() {
+                        return;
                     }
                 }
-            }
-            window::Event::Discontinuity {
-                expected,
-                received,
-                samples_discarded,
-            } => {
-                counter!(m::DISCONTINUITIES).increment(1);
-                permit.send(Outgoing::Event(Event::Discontinuity(
-                    proto::Discontinuity {
-                        expected,
-                        received,
-                        samples_discarded,
-                    },
-                )));
+                Err(err) => return session.end(err).await,
             }
         }
     }

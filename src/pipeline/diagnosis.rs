@@ -1,0 +1,230 @@
+//! What the pipeline answers for a window, protocol-neutral: a class with its probabilities, shrinkage and noise
+//! score, or a flag saying why there is no class; with where the window came from and how long it took.
+
+use std::time::Duration;
+
+use crate::engine::BatchOutput;
+use crate::pipeline::quality::{Flag, Flagged};
+use crate::telemetry::metrics as m;
+
+/// The model's class for a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    pub class_index: usize,
+    /// Softmax of logits / temperature, in the card's class order.
+    pub probabilities: Vec<f32>,
+    /// Mean shrinkage alpha of each unit, when the model has that output.
+    pub shrinkage: Option<Vec<f32>>,
+    /// The confidence is below the card's `uncertain_below`.
+    pub uncertain: bool,
+}
+
+impl Classified {
+    pub fn confidence(&self) -> f32 {
+        self.probabilities
+            .get(self.class_index)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// 1 - mean shrinkage alpha, in [0, 1]: higher means the network judged more of the signal to be noise.
+    pub fn noise_score(&self) -> Option<f32> {
+        self.shrinkage.as_ref().filter(|s| !s.is_empty()).map(|s| {
+            let mean = s.iter().sum::<f32>() / s.len() as f32;
+            (1.0 - mean).clamp(0.0, 1.0)
+        })
+    }
+}
+
+/// A class, or why there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Classified(Classified),
+    Flagged(Flagged),
+}
+
+/// Where a window's time went inside the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub queue_wait: Duration,
+    /// The whole batch's inference.
+    pub inference: Duration,
+    pub batch_size: usize,
+}
+
+/// The answer the inference side gives for one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub verdict: Verdict,
+    pub timing: Timing,
+}
+
+impl Answer {
+    /// A window answered without running the model.
+    pub fn flagged(flagged: Flagged) -> Self {
+        Self {
+            verdict: Verdict::Flagged(flagged),
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// How the model's outputs become answers: the softmax temperature and the uncertainty threshold from the card.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    pub temperature: f32,
+    pub uncertain_below: Option<f32>,
+}
+
+impl Reading {
+    /// The answer for one row of a batch's output. Non-finite logits are flagged, never turned into a class.
+    pub fn answer(&self, out: &BatchOutput, row: usize, timing: Timing) -> Answer {
+        let logits = &out.logits[row * out.classes..(row + 1) * out.classes];
+        let shrinkage = out
+            .shrinkage
+            .as_ref()
+            .map(|(units, values)| values[row * units..(row + 1) * units].to_vec());
+        let finite = logits.iter().all(|x| x.is_finite())
+            && shrinkage
+                .as_ref()
+                .is_none_or(|s| s.iter().all(|x| x.is_finite()));
+        if !finite {
+            return Answer {
+                verdict: Verdict::Flagged(Flagged {
+                    flag: Flag::OutputNotFinite,
+                    detail: "the model's output for this window is not finite".into(),
+                }),
+                timing,
+            };
+        }
+        let probabilities = softmax(logits, self.temperature);
+        let class_index = probabilities
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+                if p > best.1 { (i, p) } else { best }
+            })
+            .0;
+        let uncertain = self
+            .uncertain_below
+            .is_some_and(|t| probabilities[class_index] < t);
+        Answer {
+            verdict: Verdict::Classified(Classified {
+                class_index,
+                probabilities,
+                shrinkage,
+                uncertain,
+            }),
+            timing,
+        }
+    }
+}
+
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let scaled: Vec<f32> = logits.iter().map(|x| x / temperature).collect();
+    let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = scaled.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|x| x / sum).collect()
+}
+
+/// A window's place in its stream: its index and the client sample range it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowPlace {
+    pub index: u64,
+    pub first_sample: u64,
+    pub last_sample: u64,
+}
+
+/// A delivered window: where it came from, the answer, and the time from its last sample's arrival to delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowDiagnosis {
+    pub place: WindowPlace,
+    pub verdict: Verdict,
+    pub timing: Timing,
+    pub total: Duration,
+}
+
+impl WindowDiagnosis {
+    /// Builds the delivered item and counts it in the metrics (`api`: "stream" or "unary").
+    pub fn deliver(
+        api: &'static str,
+        place: WindowPlace,
+        answer: Answer,
+        total: Duration,
+        classes: &[String],
+    ) -> Self {
+        match &answer.verdict {
+            Verdict::Classified(c) => {
+                let label = classes.get(c.class_index).map_or("", String::as_str);
+                m::record_classified(api, label, c.uncertain, c.noise_score(), total);
+            }
+            Verdict::Flagged(f) => m::record_flagged(api, f.flag.reason(), total),
+        }
+        Self {
+            place,
+            verdict: answer.verdict,
+            timing: answer.timing,
+            total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(logits: Vec<f32>) -> BatchOutput {
+        BatchOutput {
+            classes: 3,
+            logits,
+            shrinkage: Some((2, vec![0.2, 0.4, 0.2, 0.4])),
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_keeps_order_and_temperature_flattens() {
+        let p = softmax(&[1.0, 3.0, -2.0, 9.0], 1.0);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[3] > 0.99 && p[1] > p[0] && p[0] > p[2]);
+        let big = softmax(&[1000.0, 999.0], 1.0);
+        assert!((big[0] - 0.7311).abs() < 1e-3 && big.iter().all(|x| x.is_finite()));
+        let hot = softmax(&[2.0, 0.0], 2.0);
+        assert!((hot[0] - softmax(&[1.0, 0.0], 1.0)[0]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn classes_with_confidence_noise_score_and_uncertainty() {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: Some(0.9),
+        };
+        let out = output(vec![0.0, 5.0, 0.0, 1.0, 1.2, 0.9]);
+        let Verdict::Classified(sure) = reading.answer(&out, 0, Timing::default()).verdict else {
+            panic!("row 0 is classified")
+        };
+        assert_eq!(sure.class_index, 1);
+        assert!(!sure.uncertain && sure.confidence() > 0.9);
+        assert!((sure.noise_score().unwrap() - 0.7).abs() < 1e-6);
+        let Verdict::Classified(unsure) = reading.answer(&out, 1, Timing::default()).verdict else {
+            panic!("row 1 is classified")
+        };
+        assert_eq!(unsure.class_index, 1);
+        assert!(unsure.uncertain, "a near tie is uncertain");
+    }
+
+    #[test]
+    fn non_finite_outputs_are_flagged_never_normal() {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: None,
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let out = output(vec![bad, 0.0, 0.0, 0.0, 0.0, 0.0]);
+            match reading.answer(&out, 0, Timing::default()).verdict {
+                Verdict::Flagged(f) => assert_eq!(f.flag, Flag::OutputNotFinite),
+                v => panic!("{v:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! One open stream on the server side, protocol-neutral: takes decoded chunks, cuts windows, checks each one,
+//! queues those the model may judge, and hands everything to the in-order deliverer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use metrics::counter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServeError;
+use crate::model::card::LoadedModel;
+use crate::pipeline::deliver::{Discontinuity, Outgoing, Pending};
+use crate::pipeline::diagnosis::{Answer, WindowPlace};
+use crate::pipeline::quality;
+use crate::pipeline::schedule::Flow;
+use crate::pipeline::spec::StreamSpec;
+use crate::pipeline::window::{self, Framer};
+use crate::telemetry::metrics as m;
+
+/// The stream cannot go on: its client has been told why (or is gone).
+#[derive(Debug)]
+pub struct Ended;
+
+pub struct StreamSession {
+    pub spec: StreamSpec,
+    framer: Framer,
+    flow: Arc<Flow>,
+    tx: mpsc::Sender<Outgoing>,
+    model: Arc<LoadedModel>,
+    drain_expired: CancellationToken,
+    progress: Arc<AtomicU64>,
+}
+
+impl StreamSession {
+    pub(crate) fn new(
+        spec: StreamSpec,
+        framer: Framer,
+        flow: Arc<Flow>,
+        tx: mpsc::Sender<Outgoing>,
+        model: Arc<LoadedModel>,
+        drain_expired: CancellationToken,
+        progress: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            spec,
+            framer,
+            flow,
+            tx,
+            model,
+            drain_expired,
+            progress,
+        }
+    }
+
+    /// The client sample from which a reconnecting client gets the next window not yet cut.
+    pub fn resume_from(&self) -> u64 {
+        self.framer.resume_from()
+    }
+
+    /// Resolves when nobody reads this stream's results any more.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Takes a chunk of interleaved frames starting at client sample `first`, received at `arrived`. Waits (and so
+    /// stops the reading of the client) while the batch queue or this stream's buffer is full.
+    pub async fn push(
+        &mut self,
+        first: u64,
+        samples: Vec<f32>,
+        arrived: Instant,
+    ) -> Result<(), Ended> {
+        counter!(m::SAMPLES_RECEIVED).increment((samples.len() / self.spec.channels) as u64);
+        if let Err(reason) = self.framer.push(first, samples) {
+            let resume_from = self.resume_from();
+            return self
+                .fail(ServeError::Resample {
+                    reason,
+                    resume_from,
+                })
+                .await;
+        }
+        self.forward(arrived).await
+    }
+
+    /// The client half-closed: the last windows are cut, diagnosed and delivered, then the stream ends OK.
+    pub async fn finish(mut self) {
+        if let Err(reason) = self.framer.finish() {
+            let resume_from = self.resume_from();
+            let _ = self
+                .fail(ServeError::Resample {
+                    reason,
+                    resume_from,
+                })
+                .await;
+            return;
+        }
+        if self.forward(Instant::now()).await.is_ok() {
+            let _ = self.tx.send(Outgoing::Finished).await;
+        }
+    }
+
+    /// Ends the stream with `err`, after everything already handed over.
+    pub async fn end(self, err: ServeError) {
+        let _ = self.fail(err).await;
+    }
+
+    async fn fail(&self, err: ServeError) -> Result<(), Ended> {
+        let _ = self.tx.send(Outgoing::End(err)).await;
+        Err(Ended)
+    }
+
+    /// Queues the windows the input so far completed, one at a time, and hands everything over in order.
+    async fn forward(&mut self, arrived: Instant) -> Result<(), Ended> {
+        loop {
+            let event = match self.framer.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    self.progress
+                        .store(self.framer.resume_from(), Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(reason) => {
+                    let resume_from = self.resume_from();
+                    return self
+                        .fail(ServeError::Resample {
+                            reason,
+                            resume_from,
+                        })
+                        .await;
+                }
+            };
+            let permit = tokio::select! {
+                permit = self.tx.reserve() => permit.map_err(|_| Ended)?,
+                _ = self.drain_expired.cancelled() => return Err(Ended),
+            };
+            match event {
+                window::Event::Window(cut) => {
+                    let place = WindowPlace {
+                        index: cut.index,
+                        first_sample: cut.first_sample,
+                        last_sample: cut.last_sample,
+                    };
+                    let range = self.model.card.input_range.as_ref();
+                    let answer = match quality::check(&cut.samples, self.spec.channels, range) {
+                        Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
+                        None => {
+                            let submitted = tokio::select! {
+                                submitted = self.flow.submit(cut.samples) => submitted,
+                                _ = self.drain_expired.cancelled() => return Err(Ended),
+                            };
+                            match submitted {
+                                Ok(reply) => Pending::Waiting(reply),
+                                Err(err) => {
+                                    permit.send(Outgoing::End(err));
+                                    return Err(Ended);
+                                }
+                            }
+                        }
+                    };
+                    permit.send(Outgoing::Window {
+                        place,
+                        arrived,
+                        answer,
+                    });
+                }
+                window::Event::Discontinuity {
+                    expected,
+                    received,
+                    samples_discarded,
+                } => {
+                    counter!(m::DISCONTINUITIES).increment(1);
+                    permit.send(Outgoing::Discontinuity(Discontinuity {
+                        expected,
+                        received,
+                        samples_discarded,
+                    }));
+                }
+            }
+        }
+    }
+}

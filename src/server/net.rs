@@ -1,0 +1,187 @@
+//! Accepting connections with limits: a cap on open connections, connections closed when they go quiet, TCP_NODELAY,
+//! and an accept loop that backs off instead of spinning when the process runs out of file descriptors.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::connection::{self, Activity, ConnInfo};
+use crate::telemetry::metrics as m;
+
+/// How a listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    /// Close a connection that has sent nothing for this long while it has no open stream.
+    pub idle: Duration,
+    /// Streams on a connection older than this end (gRPC only).
+    pub max_age: Option<Duration>,
+}
+
+/// An accepted TCP connection: counted while open, closed when idle, carrying its [`ConnInfo`].
+pub struct ConnIo {
+    inner: TcpStream,
+    info: ConnInfo,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        gauge!(m::CONNECTIONS).decrement(1.0);
+    }
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let at = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(at);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => loop {
+                if self.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if self.info.activity.busy() {
+                    // Streams are open: their own idle timeout watches them. Look again later.
+                    let at = Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(at);
+                    continue;
+                }
+                counter!(m::CONNECTIONS_CLOSED, "reason" => "idle").increment(1);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle: closed by the server",
+                )));
+            },
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for ConnIo {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+/// Accepts connections on `listener` until `stop` fires, handing them out through the returned channel.
+pub fn accept(
+    listener: TcpListener,
+    limits: ConnLimits,
+    stop: CancellationToken,
+) -> mpsc::Receiver<io::Result<ConnIo>> {
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    tokio::spawn(async move {
+        let mut last_error_log: Option<Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors (or another transient failure): back off instead of spinning.
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %err, "cannot accept a connection; backing off");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                counter!(m::CONNECTIONS_CLOSED, "reason" => "max_connections").increment(1);
+                drop(stream);
+                continue;
+            };
+            if tx
+                .send(Ok(wrap(stream, remote, permit, limits)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wrap(
+    stream: TcpStream,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    limits: ConnLimits,
+) -> ConnIo {
+    // Small replies on many streams: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms per reply.
+    let _ = stream.set_nodelay(true);
+    gauge!(m::CONNECTIONS).increment(1.0);
+    let now = Instant::now();
+    ConnIo {
+        inner: stream,
+        info: ConnInfo {
+            id: connection::next_id(),
+            remote: Some(remote),
+            max_age_at: limits.max_age.map(|age| now + age),
+            activity: Arc::<Activity>::default(),
+        },
+        idle: limits.idle,
+        deadline: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+        _permit: permit,
+    }
+}
