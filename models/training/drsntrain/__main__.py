@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("--seeds", type=int, default=1)
     lo.add_argument("--archs", default="cw", help="comma-separated: cw, cs, none (default cw)")
     lo.add_argument("--runs-dir", required=True, help="checkpoints and results of every run")
+    lo.add_argument("--loads", help="held-out loads to run, comma-separated (default: every load)")
+    lo.add_argument("--train-fraction", type=float, default=0.6, help="share of each seen recording trained on")
     lo.set_defaults(func=cmd_lolo)
     args = parser.parse_args(argv)
     try:

@@ -171,14 +171,23 @@ def all_windows(recordings: list[Recording], window: int) -> tuple[np.ndarray, n
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def segment_bounds(n: int, split: str) -> tuple[int, int]:
+def split_fractions(train: float) -> dict[str, tuple[float, float]]:
+    """Time split with the first `train` of each recording for training, the next 0.2 for validation, the rest
+    for test (the default is SPLIT; a leave-one-load-out fold may train on 0.8 of the loads it sees, since its
+    test is another load)."""
+    if not 0.2 <= train <= 0.8:
+        raise ValueError(f"train fraction {train} must be between 0.2 and 0.8")
+    return {"train": (0.0, train), "val": (train, train + 0.2), "test": (train + 0.2, 1.0)}
+
+
+def segment_bounds(n: int, split: str, fractions: dict | None = None) -> tuple[int, int]:
     """Sample range [start, stop) of one split of an n-sample recording."""
-    lo, hi = SPLIT[split]
+    lo, hi = (fractions or SPLIT)[split]
     return round(n * lo), round(n * hi)
 
 
-def segment(signal: np.ndarray, split: str) -> np.ndarray:
-    start, stop = segment_bounds(len(signal), split)
+def segment(signal: np.ndarray, split: str, fractions: dict | None = None) -> np.ndarray:
+    start, stop = segment_bounds(len(signal), split, fractions)
     return signal[start:stop]
 
 
@@ -188,11 +197,13 @@ def contiguous_windows(signal: np.ndarray, window: int) -> np.ndarray:
     return signal[: k * window].reshape(k, window)
 
 
-def split_windows(recordings: list[Recording], split: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+def split_windows(
+    recordings: list[Recording], split: str, window: int, fractions: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows of one split of every recording, with class indices."""
     xs, ys = [], []
     for rec in recordings:
-        w = contiguous_windows(segment(rec.signal, split), window)
+        w = contiguous_windows(segment(rec.signal, split, fractions), window)
         xs.append(w)
         ys.append(np.full(len(w), rec.class_index, dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
@@ -207,11 +218,13 @@ class RandomWindows:
     change a motor's speed, and with it every fault frequency.
     """
 
-    def __init__(self, recordings: list[Recording], window: int, hop: int, speed: float = 0.0):
+    def __init__(
+        self, recordings: list[Recording], window: int, hop: int, speed: float = 0.0, fractions: dict | None = None
+    ):
         if not 0.0 <= speed < 0.5:
             raise ValueError(f"speed perturbation {speed} must be in [0, 0.5)")
         self.window, self.speed = window, speed
-        self.segments = [segment(r.signal, "train") for r in recordings]
+        self.segments = [segment(r.signal, "train", fractions) for r in recordings]
         self.labels = [r.class_index for r in recordings]
         self.span = int(np.ceil(window * (1 + speed))) + 1  # samples a stretched window may need
         for s in self.segments:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import RandomWindows, Recording, split_windows
+from .data import RandomWindows, Recording, split_fractions, split_windows
 from .model import DRSN, ModelConfig
 from .noise import NOISE_TYPES, add_mixed_noise, add_noise, noisy_copies
 
@@ -64,6 +64,8 @@ class TrainConfig:
     train_hop: int = 512
     # Random speed change of each training window, +-fraction (0: none); see data.RandomWindows.
     speed_perturb: float = 0.0
+    # Fraction of each recording trained on (the next 0.2 validates); see data.split_fractions.
+    train_fraction: float = 0.6
     seed: int = 0
     threads: int = 1
 
@@ -117,9 +119,12 @@ def train(
     )
     steps = [max(1, round(m * config.epochs)) for m in config.milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=0.1)
-    windows = RandomWindows(recordings, model_config.window, config.train_hop, speed=config.speed_perturb)
+    fractions = split_fractions(config.train_fraction)
+    windows = RandomWindows(
+        recordings, model_config.window, config.train_hop, speed=config.speed_perturb, fractions=fractions
+    )
 
-    xv, yv = split_windows(recordings, "val", model_config.window)
+    xv, yv = split_windows(recordings, "val", model_config.window, fractions)
     cells = protocol.validation_cells()
     val_x = np.concatenate([noisy_copies(xv, t, s, seed=10_000 + i) for i, (t, s) in enumerate(cells)])
     val_y = np.tile(yv, len(cells))
