@@ -9,12 +9,13 @@ BIN := target/release/drsn-serve
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help serve test lint pytest rust-test build bench ort ort-gpu reproduce venv
+.PHONY: help serve test lint pytest rust-test build bench soak ort ort-gpu reproduce venv
 
 help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
 	@echo "make test       lint and run every test, Python and Rust (what CI runs)"
 	@echo "make bench      raw ONNX Runtime vs end-to-end service throughput, side by side"
+	@echo "make soak       30 minutes of mixed good, bad, slow and vanishing clients; RSS and fds sampled"
 	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
 	@echo "make ort-gpu    the CUDA build (onnxruntime-gpu) into .ort/gpu, for --device cuda"
 	@echo "make reproduce  retrain every model of the study, ship the DRSN and rewrite models/reports/"
@@ -40,6 +41,10 @@ serve: ort build
 
 bench: ort build
 	$(BIN) bench $(ARGS)
+
+# The test command runs the same soak for 2 minutes.
+soak: ort
+	DRSN_SOAK_SECONDS=$${DRSN_SOAK_SECONDS:-1800} cargo test --release --locked --test soak -- --nocapture
 
 venv: $(VENV)/.installed
 

@@ -37,6 +37,7 @@ async fn wait_for_gauge(running: &drsn_serve::server::Running, want: f64) -> f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
+    let _serial = common::serial().await;
     let running = common::start(&[]).await;
     let (_, samples) = common::recordings().remove(2);
 
@@ -242,6 +243,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_do_not_hold_up_shutdown() {
+    let _serial = common::serial().await;
     let running = common::start(&["--drain-timeout", "1s"]).await;
     let addr = common::addr(&running);
     // A stream that never sends `open`.

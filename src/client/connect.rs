@@ -108,9 +108,26 @@ pub async fn connect_with(args: &ConnectArgs) -> anyhow::Result<Client> {
     };
     let channel = endpoint.connect().await.map_err(|e| {
         anyhow::anyhow!(
-            "cannot connect to {}: {e:#}; is `drsn-serve serve` running there (and TLS set on both ends or neither)?",
-            args.addr
+            "cannot connect to {}: {}; is `drsn-serve serve` running there (and TLS set on both ends or neither)?",
+            args.addr,
+            causes(&e)
         )
     })?;
     Ok(DiagnosisClient::with_interceptor(channel, bearer))
+}
+
+/// An error and its causes on one line: transport errors say little until their sources ("invalid peer
+/// certificate: Expired").
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = e.source();
+    }
+    text
 }

@@ -137,3 +137,105 @@ pub fn ordered(
         Some((out, st))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::diagnosis::{Classified, Timing, Verdict};
+    use futures_util::StreamExt;
+
+    fn window(index: u64, class_index: usize) -> Outgoing {
+        Outgoing::Window {
+            place: WindowPlace {
+                index,
+                first_sample: index * 1024,
+                last_sample: index * 1024 + 2047,
+            },
+            arrived: Instant::now(),
+            answer: Pending::Ready(Answer {
+                verdict: Verdict::Classified(Classified {
+                    class_index,
+                    probabilities: vec![0.0, 1.0],
+                    shrinkage: None,
+                    uncertain: false,
+                }),
+                timing: Timing::default(),
+            }),
+        }
+    }
+
+    fn events(rx: mpsc::Receiver<Outgoing>, progress: u64) -> EventStream {
+        ordered(
+            rx,
+            Arc::new(vec!["a".into(), "b".into()]),
+            CancellationToken::new(),
+            Arc::new(AtomicU64::new(progress)),
+            Box::new(()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_without_a_word_ends_the_stream_internal_never_ok() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(window(0, 1)).await.unwrap();
+        drop(tx); // as a panicking reader would: no Finished, no End
+        let got: Vec<_> = events(rx, 3072).collect().await;
+        assert!(
+            matches!(got[0], Ok(StreamEvent::Window(_))),
+            "what was handed over is delivered"
+        );
+        match &got[1] {
+            Err(ServeError::ReaderFailed { resume_from: 3072 }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn finished_ends_ok_and_errors_end_after_what_came_before() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(window(0, 1)).await.unwrap();
+        tx.send(Outgoing::Finished).await.unwrap();
+        let got: Vec<_> = events(rx, 0).collect().await;
+        assert_eq!(got.len(), 1);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(window(0, 1)).await.unwrap();
+        tx.send(Outgoing::End(ServeError::OpenedTwice))
+            .await
+            .unwrap();
+        tx.send(window(1, 1)).await.unwrap();
+        let got: Vec<_> = events(rx, 0).collect().await;
+        assert_eq!(got.len(), 2, "nothing after the error");
+        assert!(matches!(got[1], Err(ServeError::OpenedTwice)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_says_where_this_stream_resumes() {
+        let (tx, rx) = mpsc::channel(4);
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        tx.send(Outgoing::Window {
+            place: WindowPlace {
+                index: 5,
+                first_sample: 5120,
+                last_sample: 7167,
+            },
+            arrived: Instant::now(),
+            answer: Pending::Waiting(reply_rx),
+        })
+        .await
+        .unwrap();
+        reply_tx
+            .send(Err(ServeError::Inference {
+                reason: "boom".into(),
+                resume_from: 0,
+            }))
+            .unwrap();
+        let got: Vec<_> = events(rx, 0).collect().await;
+        match &got[0] {
+            Err(ServeError::Inference {
+                resume_from: 5120, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -434,4 +434,63 @@ mod tests {
         assert_eq!(windows(&ev).len(), 1);
         assert_eq!(f.resume_from(), u64::MAX, "saturates instead of wrapping");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any window, hop and chunking, with gaps and overlaps anywhere: windows come out in order, each holds
+            /// consecutive client samples of one segment only (never stitched across a discontinuity), starts a
+            /// whole number of hops after its segment's start, and a discontinuity is reported exactly where a
+            /// chunk does not start where the last one ended.
+            #[test]
+            fn windows_are_consecutive_in_order_and_never_stitched(
+                window in 2usize..48,
+                hop in 1usize..64,
+                chunks in proptest::collection::vec((1usize..90, -40i64..40, any::<bool>()), 1..40),
+            ) {
+                let mut f = Framer::new(window, hop, 1, None);
+                let mut events = Vec::new();
+                let mut at: u64 = 1_000;
+                let mut expected_gaps = 0;
+                let mut first_chunk = true;
+                for (len, jump, gap) in chunks {
+                    if gap && !first_chunk && jump != 0 {
+                        at = at.saturating_add_signed(jump);
+                        expected_gaps += 1;
+                    }
+                    first_chunk = false;
+                    // Sample values are their client index: a stitched window shows as a jump.
+                    let data: Vec<f32> = (at..at + len as u64).map(|i| i as f32).collect();
+                    f.push(at, data).unwrap();
+                    drain(&mut f, &mut events);
+                    at += len as u64;
+                }
+                let mut next_index = 0;
+                let mut segment_start: Option<u64> = None;
+                let mut gaps = 0;
+                for e in &events {
+                    match e {
+                        Event::Window(c) => {
+                            prop_assert_eq!(c.index, next_index);
+                            next_index += 1;
+                            prop_assert_eq!(c.samples.len(), window);
+                            for (k, v) in c.samples.iter().enumerate() {
+                                prop_assert_eq!(*v, (c.first_sample + k as u64) as f32);
+                            }
+                            prop_assert_eq!(c.last_sample, c.first_sample + window as u64 - 1);
+                            let start = *segment_start.get_or_insert(1_000);
+                            prop_assert_eq!((c.first_sample - start) % hop as u64, 0);
+                        }
+                        Event::Discontinuity { received, .. } => {
+                            gaps += 1;
+                            segment_start = Some(*received);
+                        }
+                    }
+                }
+                prop_assert_eq!(gaps, expected_gaps);
+            }
+        }
+    }
 }

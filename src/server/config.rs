@@ -66,8 +66,8 @@ pub struct NetworkArgs {
     /// Open gRPC connections at once; more are closed as they arrive.
     #[arg(long, env = "DRSN_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
-    /// A connection with no open stream that sends nothing for this long is closed (also a connection that never
-    /// completes its TLS or HTTP/2 handshake).
+    /// A connection with no open stream that sends nothing for this long is closed (also one that never completes
+    /// its TLS or HTTP/2 handshake, and a /metrics connection that stops mid-request).
     #[arg(long, env = "DRSN_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
     pub connection_idle_timeout: Duration,
     /// Streams on a connection end with UNAVAILABLE and a resume point once the connection is this old, so that

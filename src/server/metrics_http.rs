@@ -18,12 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::server::net::{self, ConnIo, ConnLimits};
 use crate::server::tls::HANDSHAKE_TIMEOUT;
 
-/// Scrapers are few; a connection that sends nothing for this long (keep-alive between scrapes included) is closed.
-const LIMITS: ConnLimits = ConnLimits {
-    max_connections: 64,
-    idle: Duration::from_secs(30),
-    max_age: None,
-};
+/// Scrapers are few.
+const MAX_CONNECTIONS: usize = 64;
 
 /// A metrics connection, plain or TLS.
 pub enum MetricsIo {
@@ -97,13 +93,21 @@ impl axum::serve::Listener for Accepted {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop` fires.
+/// Serves `/metrics` on `listener` until `stop` fires; a connection that sends nothing for `idle` (a half-sent
+/// request, or keep-alive between scrapes) is closed.
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     tls: Option<Arc<rustls::ServerConfig>>,
+    idle: Duration,
     stop: CancellationToken,
 ) {
+    let limits = ConnLimits {
+        listener: "metrics",
+        max_connections: MAX_CONNECTIONS,
+        idle,
+        max_age: None,
+    };
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(err) => {
@@ -111,7 +115,7 @@ pub async fn serve(
             return;
         }
     };
-    let mut raw = net::accept(listener, LIMITS, stop.clone());
+    let mut raw = net::accept(listener, limits, stop.clone());
     let (tx, rx) = mpsc::channel(16);
     let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {

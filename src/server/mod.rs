@@ -239,12 +239,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         metrics_listener,
         handle,
         metrics_tls,
+        config.network.connection_idle_timeout,
         lifecycle.stop_metrics.clone(),
     ));
 
     let incoming = net::accept(
         grpc,
         ConnLimits {
+            listener: "grpc",
             max_connections: config.network.max_connections,
             idle: config.network.connection_idle_timeout,
             max_age: config.network.max_connection_age,

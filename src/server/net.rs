@@ -21,6 +21,8 @@ use crate::telemetry::metrics as m;
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    /// The `listener` label of the connection metrics: "grpc" or "metrics".
+    pub listener: &'static str,
     pub max_connections: usize,
     /// Close a connection that has sent nothing for this long while it has no open stream.
     pub idle: Duration,
@@ -34,12 +36,13 @@ pub struct ConnIo {
     info: ConnInfo,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    listener: &'static str,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for ConnIo {
     fn drop(&mut self) {
-        gauge!(m::CONNECTIONS).decrement(1.0);
+        gauge!(m::CONNECTIONS, "listener" => self.listener).decrement(1.0);
     }
 }
 
@@ -69,7 +72,8 @@ impl AsyncRead for ConnIo {
                     self.deadline.as_mut().reset(at);
                     continue;
                 }
-                counter!(m::CONNECTIONS_CLOSED, "reason" => "idle").increment(1);
+                counter!(m::CONNECTIONS_CLOSED, "listener" => self.listener, "reason" => "idle")
+                    .increment(1);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "connection idle: closed by the server",
@@ -146,7 +150,8 @@ pub fn accept(
                 }
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                counter!(m::CONNECTIONS_CLOSED, "reason" => "max_connections").increment(1);
+                counter!(m::CONNECTIONS_CLOSED, "listener" => limits.listener, "reason" => "max_connections")
+                    .increment(1);
                 drop(stream);
                 continue;
             };
@@ -170,7 +175,7 @@ fn wrap(
 ) -> ConnIo {
     // Small replies on many streams: without TCP_NODELAY, Nagle and delayed ACKs add ~40 ms per reply.
     let _ = stream.set_nodelay(true);
-    gauge!(m::CONNECTIONS).increment(1.0);
+    gauge!(m::CONNECTIONS, "listener" => limits.listener).increment(1.0);
     let now = Instant::now();
     ConnIo {
         inner: stream,
@@ -182,6 +187,7 @@ fn wrap(
         },
         idle: limits.idle,
         deadline: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+        listener: limits.listener,
         _permit: permit,
     }
 }

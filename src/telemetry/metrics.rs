@@ -43,7 +43,7 @@ pub const FLAG_REASONS: &[&str] = &[
     "shed",
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
-pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "handshake_timeout"];
+pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle"];
 /// The APIs windows arrive on.
 pub const APIS: &[&str] = &["stream", "unary"];
 
@@ -98,13 +98,15 @@ pub fn zero_series(classes: &[String], error_codes: &[(&'static str, &'static st
     for (reason, code) in error_codes {
         counter!(ERRORS, "reason" => *reason, "code" => *code).absolute(0);
     }
-    for reason in CLOSE_REASONS {
-        counter!(CONNECTIONS_CLOSED, "reason" => *reason).absolute(0);
+    for listener in ["grpc", "metrics"] {
+        gauge!(CONNECTIONS, "listener" => listener).set(0.0);
+        for reason in CLOSE_REASONS {
+            counter!(CONNECTIONS_CLOSED, "listener" => listener, "reason" => *reason).absolute(0);
+        }
     }
     counter!(SAMPLES_RECEIVED).absolute(0);
     counter!(DISCONTINUITIES).absolute(0);
     gauge!(ACTIVE_STREAMS).set(0.0);
-    gauge!(CONNECTIONS).set(0.0);
     gauge!(STREAM_MEMORY).set(0.0);
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(QUEUE_CLIENTS).set(0.0);
@@ -171,10 +173,13 @@ fn describe() {
         Unit::Bytes,
         "Memory budgeted for open streams (buffers, resampler state, windows in flight)."
     );
-    describe_gauge!(CONNECTIONS, "Open gRPC connections.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open connections, by listener (grpc, metrics)."
+    );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Connections the server refused or closed, by reason (max_connections, idle, handshake_timeout)."
+        "Connections the server refused or closed, by listener and reason (max_connections, idle)."
     );
     describe_gauge!(
         MODEL_INFO,

@@ -16,6 +16,13 @@ use drsn_serve::server::{self, Running};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Metrics are process-wide: a test that asserts on gauges or exact counts holds this, so that in-process servers
+/// of other tests in the same binary do not move them meanwhile.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 pub fn model_card() -> PathBuf {
     Path::new(ROOT).join("models/drsn_cw_cwru.json")
 }
@@ -118,8 +125,13 @@ pub fn label_of(name: &str) -> String {
 
 /// Fetches the Prometheus exposition from a running server.
 pub async fn scrape(running: &Running) -> String {
+    scrape_at(running.metrics_addr).await
+}
+
+/// Fetches the Prometheus exposition from a metrics address.
+pub async fn scrape_at(metrics: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(running.metrics_addr)
+    let mut s = tokio::net::TcpStream::connect(metrics)
         .await
         .expect("metrics endpoint");
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -198,6 +210,8 @@ pub struct ServerProcess {
     pub child: std::process::Child,
     /// `http://host:port` of its gRPC listener.
     pub addr: String,
+    /// Its `/metrics` listener.
+    pub metrics: std::net::SocketAddr,
 }
 
 impl ServerProcess {
@@ -221,22 +235,27 @@ impl ServerProcess {
             .spawn()
             .expect("the drsn-serve binary starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let addr = loop {
+        let (addr, metrics) = loop {
             let line = lines
                 .next()
                 .expect("the server logs SERVING")
                 .expect("log line");
             if line.contains("SERVING") {
                 let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log");
-                break format!(
-                    "http://{}",
-                    v["fields"]["grpc_addr"].as_str().expect("grpc_addr")
+                let field = |k: &str| v["fields"][k].as_str().expect("address").to_owned();
+                break (
+                    format!("http://{}", field("grpc_addr")),
+                    field("metrics_addr").parse().expect("metrics address"),
                 );
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            metrics,
+        }
     }
 }
 

@@ -166,9 +166,16 @@ def cmd_train(args) -> None:
 def cmd_lolo(args) -> None:
     """Leave-one-load-out for one recipe: every fold, seed and architecture; prints the fold means."""
     recordings = load_recordings(args.data_dir)
-    train_config = TrainConfig(epochs=args.epochs, train_hop=args.hop, batch_size=args.batch, speed_perturb=args.speed)
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        train_hop=args.hop,
+        batch_size=args.batch,
+        speed_perturb=args.speed,
+        train_fraction=args.train_fraction,
+    )
+    folds = [int(x) for x in args.loads.split(",")] if args.loads else loads(recordings)
     runs = lolo_runs(
-        loads(recordings),
+        folds,
         args.seeds,
         tuple(args.archs.split(",")),
         model_config(args, "cw", args.width, args.stages),

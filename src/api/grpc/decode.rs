@@ -240,4 +240,64 @@ mod tests {
             })
         ));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes: a chunk decodes exactly when it is whole frames, within the limit and finite, and then to
+            /// the very floats the bytes encode; nothing panics.
+            #[test]
+            fn f32le_chunks_decode_exactly_or_are_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..80),
+                channels in 1usize..4,
+                first in any::<u64>(),
+            ) {
+                let chunk = proto::SampleChunk {
+                    first_sample_index: first,
+                    samples: Some(sample_chunk::Samples::F32le(bytes.clone())),
+                };
+                let floats: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let frames = bytes.len() / (4 * channels);
+                let whole = bytes.len() % (4 * channels) == 0;
+                let ok = whole
+                    && frames <= LIMITS.max_chunk_frames
+                    && floats.iter().all(|x| x.is_finite())
+                    && first.checked_add(frames as u64).is_some();
+                match decode_chunk(chunk, channels, LIMITS) {
+                    Ok((at, samples)) => {
+                        prop_assert!(ok);
+                        prop_assert_eq!(at, first);
+                        prop_assert_eq!(samples, floats);
+                    }
+                    Err(_) => prop_assert!(!ok),
+                }
+            }
+
+            #[test]
+            fn packed_floats_decode_exactly_or_are_refused(
+                values in proptest::collection::vec(any::<f32>(), 0..20),
+                channels in 1usize..4,
+            ) {
+                let chunk = proto::SampleChunk {
+                    first_sample_index: 0,
+                    samples: Some(sample_chunk::Samples::Values(FloatSamples { values: values.clone() })),
+                };
+                let ok = values.len() % channels == 0
+                    && values.len() / channels <= LIMITS.max_chunk_frames
+                    && values.iter().all(|x| x.is_finite());
+                match decode_chunk(chunk, channels, LIMITS) {
+                    Ok((_, samples)) => {
+                        prop_assert!(ok);
+                        prop_assert_eq!(samples.len(), values.len());
+                    }
+                    Err(_) => prop_assert!(!ok),
+                }
+            }
+        }
+    }
 }

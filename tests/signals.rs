@@ -1,0 +1,290 @@
+//! Windows the model cannot judge are flagged, never given a class: real recordings scaled far out of range,
+//! spiked, flat and clipped, on plain and resampled streams and in unary calls; a card's calibration marks
+//! low-confidence classes uncertain. Every window is still answered, in order, and the stream ends OK. The tests
+//! count process-wide metrics, so they run one at a time.
+
+mod common;
+
+use std::sync::Arc;
+
+use drsn_serve::api::grpc::proto::{
+    DiagnoseRequest, FloatSamples, InvalidReason, Window, WindowResult, WindowStatus, window,
+};
+use drsn_serve::client::replay::{self, StreamPlan};
+
+/// Streams `samples` at `rate` with hop 1024; returns every window result, checking the stream ended OK.
+async fn stream(
+    running: &drsn_serve::server::Running,
+    samples: Vec<f32>,
+    rate: f64,
+) -> Vec<WindowResult> {
+    let client = replay::connect(&common::addr(running)).await.unwrap();
+    let plan = StreamPlan::new(rate, samples.len() as u64);
+    let out = replay::stream_samples(client, Arc::new(samples), plan, |_| {})
+        .await
+        .unwrap();
+    assert!(
+        out.status.is_none(),
+        "the stream ended with {:?}",
+        out.status
+    );
+    out.windows
+}
+
+fn status(w: &WindowResult) -> (WindowStatus, InvalidReason) {
+    (
+        WindowStatus::try_from(w.status).unwrap(),
+        InvalidReason::try_from(w.invalid_reason).unwrap(),
+    )
+}
+
+fn assert_unclassified(w: &WindowResult) {
+    assert!(
+        w.label.is_empty() && w.class_index.is_none() && w.confidence.is_none(),
+        "{w:?}"
+    );
+    assert!(w.probabilities.is_empty() && w.noise_score.is_none());
+    assert!(!w.status_detail.is_empty());
+}
+
+fn expected_windows(n: usize) -> usize {
+    (n - 2048) / 1024 + 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaled_far_out_of_range_every_window_is_flagged() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let (_, samples) = common::recordings().remove(3);
+    let counts = |scrape: &str| {
+        let flagged = common::metric(
+            scrape,
+            r#"drsn_windows_flagged_total{api="stream",reason="out_of_range"}"#,
+        )
+        .unwrap_or(0.0);
+        let predicted: f64 = scrape
+            .lines()
+            .filter(|l| l.starts_with("drsn_predictions_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (flagged, predicted)
+    };
+    let before = counts(&common::scrape(&running).await);
+    for (scale, text) in [(1e20f32, "above"), (1e-4, "outside")] {
+        let scaled: Vec<f32> = samples.iter().map(|x| x * scale).collect();
+        let windows = stream(&running, scaled, 12_000.0).await;
+        assert_eq!(
+            windows.len(),
+            expected_windows(samples.len()),
+            "every window is answered"
+        );
+        for w in &windows {
+            assert_eq!(
+                status(w),
+                (WindowStatus::InvalidSignal, InvalidReason::OutOfRange),
+                "scale {scale}"
+            );
+            assert_unclassified(w);
+            assert!(w.status_detail.contains(text), "{}", w.status_detail);
+        }
+    }
+    // Counted by reason, and never as a prediction (counters are process-wide: compare with before).
+    let after = counts(&common::scrape(&running).await);
+    assert_eq!(
+        (after.0 - before.0) as usize,
+        2 * expected_windows(samples.len())
+    );
+    assert_eq!(after.1, before.1, "a flagged window is no prediction");
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_spike_flags_only_the_windows_that_hold_it() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let (label, samples) = common::recordings().remove(7);
+    let mut spiked = samples.to_vec();
+    spiked[3100] = 3.4e38;
+    let windows = stream(&running, spiked, 12_000.0).await;
+    assert_eq!(windows.len(), expected_windows(samples.len()));
+    for w in &windows {
+        let holds = w.first_sample_index <= 3100 && 3100 <= w.last_sample_index;
+        if holds {
+            assert_eq!(
+                status(w),
+                (WindowStatus::InvalidSignal, InvalidReason::OutOfRange)
+            );
+            assert_unclassified(w);
+        } else {
+            assert_eq!(status(w).0, WindowStatus::Ok);
+            assert_eq!(w.label, label, "window {}", w.window_index);
+        }
+    }
+    assert_eq!(
+        windows
+            .iter()
+            .filter(|w| status(w).0 == WindowStatus::InvalidSignal)
+            .count(),
+        2,
+        "windows 2 and 3 hold sample 3100"
+    );
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flat_and_clipped_signals_are_flagged() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let (_, samples) = common::recordings().remove(9);
+    let n = samples.len();
+    for (signal, reason) in [
+        (vec![0.0f32; n], InvalidReason::Flat),
+        (vec![0.31f32; n], InvalidReason::Flat),
+        (
+            {
+                let peak = samples.iter().fold(0f32, |m, x| m.max(x.abs()));
+                samples
+                    .iter()
+                    .map(|x| x.clamp(-0.3 * peak, 0.3 * peak))
+                    .collect()
+            },
+            InvalidReason::Clipped,
+        ),
+    ] {
+        let windows = stream(&running, signal, 12_000.0).await;
+        assert_eq!(windows.len(), expected_windows(n));
+        for w in &windows {
+            assert_eq!(
+                status(w),
+                (WindowStatus::InvalidSignal, reason),
+                "{}",
+                w.status_detail
+            );
+            assert_unclassified(w);
+        }
+    }
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_on_a_resampled_stream_are_flagged_and_nothing_is_lost() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let (label, samples) = common::recordings().remove(4);
+    let mut up: Vec<f32> = samples
+        .windows(2)
+        .flat_map(|p| (0..4).map(move |k| p[0] + (p[1] - p[0]) * k as f32 / 4.0))
+        .collect();
+    // A huge finite spike, and a stretch of values near the float32 limit.
+    up[6000] = 3.4e38;
+    for x in &mut up[12_000..12_100] {
+        *x = -3.0e38;
+    }
+    let frames = up.len();
+    let windows = stream(&running, up, 48_000.0).await;
+    assert_eq!(
+        windows.len(),
+        expected_windows(frames / 4),
+        "every window is answered"
+    );
+    let flagged: Vec<_> = windows
+        .iter()
+        .filter(|w| status(w).0 == WindowStatus::InvalidSignal)
+        .collect();
+    assert!(!flagged.is_empty(), "the spikes were flagged");
+    for w in &flagged {
+        assert_eq!(status(w).1, InvalidReason::OutOfRange);
+        // The resampler's filter rings for a few hundred samples after a spike.
+        assert!(
+            w.first_sample_index <= 12_100 + 1024,
+            "only windows near the spikes: {w:?}"
+        );
+    }
+    for w in windows.iter().filter(|w| status(w).0 == WindowStatus::Ok) {
+        assert_eq!(w.label, label);
+    }
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_calls_flag_windows_one_by_one() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let mut client = replay::connect(&common::addr(&running)).await.unwrap();
+    let (label, samples) = common::recordings().remove(2);
+    let win = |values: Vec<f32>| Window {
+        samples: Some(window::Samples::Values(FloatSamples { values })),
+    };
+    let good = samples[..2048].to_vec();
+    let resp = client
+        .diagnose(DiagnoseRequest {
+            windows: vec![
+                win(good.clone()),
+                win(vec![1.0; 2048]),
+                win(good.iter().map(|x| x * 1e30).collect()),
+                win(good),
+            ],
+            detail: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let got: Vec<_> = resp.results.iter().map(status).collect();
+    assert_eq!(
+        got,
+        [
+            (WindowStatus::Ok, InvalidReason::Unspecified),
+            (WindowStatus::InvalidSignal, InvalidReason::Flat),
+            (WindowStatus::InvalidSignal, InvalidReason::OutOfRange),
+            (WindowStatus::Ok, InvalidReason::Unspecified),
+        ]
+    );
+    assert_eq!(
+        (
+            resp.results[0].label.as_str(),
+            resp.results[3].label.as_str()
+        ),
+        (label.as_str(), label.as_str())
+    );
+    running.shutdown();
+    running.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calibrated_card_marks_low_confidence_classes_uncertain() {
+    let _serial = common::serial().await;
+    // The shipped card with a calibration that doubts everything below 99.9999%, beside a link to its model.
+    let dir = std::env::temp_dir().join(format!("drsn-calibrated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let card_path = common::model_card();
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card_path).unwrap()).unwrap();
+    card["calibration"] = serde_json::json!({"temperature": 3.0, "uncertain_below": 0.999999});
+    let onnx = card["onnx"].as_str().unwrap().to_owned();
+    let _ = std::fs::remove_file(dir.join(&onnx));
+    std::os::unix::fs::symlink(card_path.parent().unwrap().join(&onnx), dir.join(&onnx)).unwrap();
+    std::fs::write(dir.join("card.json"), card.to_string()).unwrap();
+    let running = common::start(&["--model", dir.join("card.json").to_str().unwrap()]).await;
+    let (label, samples) = common::recordings().remove(5);
+    let windows = stream(&running, samples.to_vec(), 12_000.0).await;
+    let uncertain = windows
+        .iter()
+        .filter(|w| status(w).0 == WindowStatus::Uncertain)
+        .count();
+    assert!(
+        uncertain > 0,
+        "temperature 3 and a 0.999999 bar leave some windows uncertain"
+    );
+    for w in &windows {
+        // Uncertain windows still carry their class: a hint, flagged.
+        assert_eq!(w.label, label);
+        assert!(w.confidence.is_some());
+    }
+    running.shutdown();
+    running.stopped().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
