@@ -59,8 +59,11 @@ fn main() -> std::process::ExitCode {
             }
             Command::Bench(args) => {
                 logging::init(false, "warn");
-                let report = bench::run(args).await?;
-                println!("{report}");
+                if args.fairness {
+                    println!("{}", bench::run_fairness(args).await?);
+                } else {
+                    println!("{}", bench::run(args).await?);
+                }
                 Ok(0)
             }
         }

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use drsn_serve::engine::{BatchOutput, InferError, Runner};
 use drsn_serve::error::ServeError;
-use drsn_serve::pipeline::batch::{self, BatchConfig, Batcher};
+use drsn_serve::pipeline::batch::{self, Batcher};
+use drsn_serve::pipeline::cost::CostModel;
 use drsn_serve::pipeline::diagnosis::{Reading, Verdict};
 use drsn_serve::pipeline::quality::Flag;
-use drsn_serve::pipeline::schedule::{ScheduleConfig, Scheduler};
+use drsn_serve::pipeline::schedule::{Cut, ScheduleConfig, Scheduler};
 use tokio_util::sync::CancellationToken;
 
 const CLASSES: usize = 4;
@@ -54,9 +55,15 @@ fn start(runners: Vec<Fake>, max_batch: usize, delay_ms: u64) -> (Arc<Scheduler>
     });
     let batcher = batch::spawn(
         scheduler.clone(),
-        BatchConfig {
+        Cut {
             max_batch,
             max_delay: Duration::from_millis(delay_ms),
+            budget: Duration::from_secs(10),
+            // A fixed cost per batch: the largest batch is the efficient one.
+            cost: Arc::new(CostModel::new(
+                max_batch,
+                &[(1, 1e-3), (max_batch, 1.001e-3)],
+            )),
         },
         Reading {
             temperature: 1.0,

@@ -1,10 +1,10 @@
-//! Dynamic batching with Triton's semantics on dedicated inference threads: a batch leaves the queue when it
-//! reaches `max_batch` or its oldest window has waited `max_delay`, and is formed only when a thread is free, so
-//! batches grow under load. Inference never runs on the async runtime.
+//! Dynamic batching on dedicated inference threads: a batch leaves the queue as [`Cut`] says (Triton's max size
+//! and max delay, the efficient batch size and the latency budget), and is formed only when a thread is free, so
+//! batches grow under load. Each batch's time updates the cost model. Inference never runs on the async runtime.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use metrics::histogram;
 use tokio::sync::Semaphore;
@@ -12,15 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{InferError, Runner};
 use crate::error::ServeError;
+use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::{Reading, Timing};
-use crate::pipeline::schedule::{Job, Scheduler};
+use crate::pipeline::schedule::{Cut, Job, Scheduler};
 use crate::telemetry::metrics as m;
-
-#[derive(Debug, Clone, Copy)]
-pub struct BatchConfig {
-    pub max_batch: usize,
-    pub max_delay: Duration,
-}
 
 /// The running batcher and its inference threads.
 pub struct Batcher {
@@ -50,7 +45,7 @@ struct Batch {
 /// when the queue is closed and empty, or at once when `stop` fires.
 pub fn spawn<R: Runner>(
     scheduler: Arc<Scheduler>,
-    config: BatchConfig,
+    cut: Cut,
     reading: Reading,
     runners: Vec<R>,
     stop: CancellationToken,
@@ -65,11 +60,12 @@ pub fn spawn<R: Runner>(
         .filter_map(|(i, mut runner)| {
             let batch_rx = batch_rx.clone();
             let (alive, gone, scheduler) = (alive.clone(), workers_gone.clone(), scheduler.clone());
+            let cost = cut.cost.clone();
             std::thread::Builder::new()
                 .name(format!("drsn-infer-{i}"))
                 .spawn(move || {
                     while let Ok(batch) = batch_rx.recv() {
-                        if !run_batch(&mut runner, batch, reading) {
+                        if !run_batch(&mut runner, batch, reading, &cost) {
                             tracing::error!(
                                 worker = i,
                                 "inference device failed; this worker stops"
@@ -88,7 +84,7 @@ pub fn spawn<R: Runner>(
         .collect();
     tokio::spawn(async move {
         tokio::select! {
-            _ = form_batches(&scheduler, config, idle, batch_tx) => {}
+            _ = form_batches(&scheduler, &cut, idle, batch_tx) => {}
             _ = stop.cancelled() => {}
         }
     });
@@ -100,7 +96,7 @@ pub fn spawn<R: Runner>(
 
 async fn form_batches(
     scheduler: &Scheduler,
-    config: BatchConfig,
+    cut: &Cut,
     idle: Arc<Semaphore>,
     batch_tx: crossbeam_channel::Sender<Batch>,
 ) {
@@ -109,10 +105,7 @@ async fn form_batches(
         let Ok(permit) = idle.clone().acquire_owned().await else {
             return;
         };
-        let Some(jobs) = scheduler
-            .next_batch(config.max_batch, config.max_delay)
-            .await
-        else {
+        let Some(jobs) = scheduler.next_batch(cut).await else {
             return;
         };
         // Never blocks: the channel holds as many batches as there are permits.
@@ -129,7 +122,7 @@ async fn form_batches(
 }
 
 /// Runs one batch and answers each window; false when the device failed and the worker must stop.
-fn run_batch<R: Runner>(runner: &mut R, batch: Batch, reading: Reading) -> bool {
+fn run_batch<R: Runner>(runner: &mut R, batch: Batch, reading: Reading, cost: &CostModel) -> bool {
     let started = Instant::now();
     let windows: Vec<&[f32]> = batch.jobs.iter().map(|j| j.samples.as_slice()).collect();
     let result = runner.run(&windows);
@@ -139,6 +132,7 @@ fn run_batch<R: Runner>(runner: &mut R, batch: Batch, reading: Reading) -> bool 
     histogram!(m::INFERENCE).record(inference.as_secs_f64());
     match result {
         Ok(out) => {
+            cost.observe(size, inference);
             let formed = batch.formed;
             for (row, job) in batch.jobs.into_iter().enumerate() {
                 let queue_wait = formed.saturating_duration_since(job.enqueued);

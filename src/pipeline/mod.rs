@@ -3,10 +3,11 @@
 //!
 //! Stages: [`spec`] (what a stream asks for, and its limits) → [`window`] + [`resample`] (sliding windows at the
 //! model's rate) → [`quality`] (windows the model cannot judge are flagged) → [`schedule`] (the fair, bounded
-//! queue) → [`batch`] (dynamic batches on inference threads) → [`diagnosis`] (class or flag) → [`deliver`]
-//! (window order). [`stream`] runs one stream through them.
+//! queue) → [`batch`] (dynamic batches on inference threads, sized by [`cost`]) → [`diagnosis`] (class or flag) →
+//! [`deliver`] (window order). [`stream`] runs one stream through them.
 
 pub mod batch;
+pub mod cost;
 pub mod deliver;
 pub mod diagnosis;
 pub mod quality;

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::error::ServeError;
+use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::Answer;
 use crate::pipeline::quality::{Flag, Flagged};
 use crate::telemetry::metrics as m;
@@ -46,6 +47,25 @@ pub struct ScheduleConfig {
     pub reserve: usize,
     /// Longest a window may wait before it is shed.
     pub max_wait: Duration,
+}
+
+/// When a batch leaves the queue, and how large it is.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// Never more windows than this.
+    pub max_batch: usize,
+    /// How long the oldest window may wait for its batch to fill.
+    pub max_delay: Duration,
+    /// Queue wait plus inference a window should stay within: a batch leaves, smaller, before it would overrun.
+    pub budget: Duration,
+    pub cost: Arc<CostModel>,
+}
+
+impl Cut {
+    /// The most windows worth putting in one batch now: the efficient batch size, within `max_batch`.
+    fn cap(&self) -> usize {
+        self.max_batch.min(self.cost.efficient_batch()).max(1)
+    }
 }
 
 pub struct Scheduler {
@@ -193,11 +213,12 @@ impl Scheduler {
         self.lock().queued
     }
 
-    /// The next batch, at most `max` windows: as soon as `max` are waiting, or when the oldest has waited
-    /// `max_delay`. Windows that waited past `max_wait` are answered as shed instead; windows whose stream ended are
+    /// The next batch. It leaves as soon as the efficient batch size is waiting (see [`Cut`]), when the oldest
+    /// window has waited `max_delay`, or when waiting longer would overrun the latency budget; it is cut smaller
+    /// when its inference would overrun the budget (unless its windows are late anyway: then throughput comes
+    /// first). Windows that waited past `max_wait` are answered as shed instead; windows whose stream ended are
     /// dropped. `None` once the queue is closed and empty.
-    pub async fn next_batch(&self, max: usize, max_delay: Duration) -> Option<Vec<Job>> {
-        let max = max.max(1);
+    pub async fn next_batch(&self, cut: &Cut) -> Option<Vec<Job>> {
         loop {
             let mut notified = pin!(self.work.notified());
             notified.as_mut().enable();
@@ -210,12 +231,29 @@ impl Scheduler {
                     None
                 } else {
                     let now = Instant::now();
-                    let due = st.oldest().map_or(now, |t| t + max_delay);
-                    if st.queued >= max || now >= due {
+                    let cap = cut.cap();
+                    let oldest = st.oldest().unwrap_or(now);
+                    let waited = now.saturating_duration_since(oldest);
+                    let size = st.queued.min(cap);
+                    // Waiting for one more window must leave room for the bigger batch's inference.
+                    let grow_until = cut
+                        .budget
+                        .saturating_sub(cut.cost.estimate((size + 1).min(cap)));
+                    let due = oldest + cut.max_delay.min(grow_until);
+                    if st.queued >= cap || now >= due {
+                        let max = if waited + cut.cost.estimate(size) <= cut.budget
+                            || waited >= cut.budget
+                        {
+                            cap
+                        } else {
+                            cut.cost.fits(cap, cut.budget - waited)
+                        };
+                        let before = st.queued;
                         let batch = self.take(&mut st, max, now);
                         st.record();
+                        let freed = before - st.queued;
                         drop(st);
-                        self.room.notify_waiters();
+                        self.wake(freed);
                         if !batch.is_empty() {
                             return Some(batch);
                         }
@@ -233,6 +271,14 @@ impl Scheduler {
                 }
                 None => notified.await,
             }
+        }
+    }
+
+    /// Wakes one waiting submitter per freed place, not all of them: with hundreds of streams waiting, waking
+    /// every one for each batch would keep the runtime busy with submitters that go straight back to sleep.
+    fn wake(&self, freed: usize) {
+        for _ in 0..freed {
+            self.room.notify_one();
         }
     }
 
@@ -341,16 +387,32 @@ impl Flow {
 impl Drop for Flow {
     fn drop(&mut self) {
         let mut st = self.scheduler.lock();
+        let before = st.queued;
         st.remove_flow(self.id);
         st.record();
+        let freed = before - st.queued;
         drop(st);
-        self.scheduler.room.notify_waiters();
+        self.scheduler.wake(freed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cuts at `max` windows or `delay`, with a cost model that never stands in the way: a fixed overhead makes
+    /// the largest batch the efficient one, and everything is fast against the budget.
+    fn cut(max: usize, delay: Duration) -> Cut {
+        Cut {
+            max_batch: max,
+            max_delay: delay,
+            budget: Duration::from_secs(10),
+            cost: Arc::new(CostModel::new(
+                max,
+                &[(1, 1e-3), (max, 1e-3 + max as f64 * 1e-9)],
+            )),
+        }
+    }
 
     fn scheduler(capacity: usize, reserve: usize) -> Arc<Scheduler> {
         Scheduler::new(ScheduleConfig {
@@ -380,10 +442,13 @@ mod tests {
             keep.push(b.submit(tag(2, k)).await.unwrap());
         }
         keep.push(c.submit(tag(3, 0)).await.unwrap());
-        let batch = s.next_batch(6, Duration::from_millis(5)).await.unwrap();
+        let batch = s
+            .next_batch(&cut(6, Duration::from_millis(5)))
+            .await
+            .unwrap();
         // Client 1 and client 2 alternate; within client 1, its two streams alternate.
         assert_eq!(tags(&batch), [1000, 3000, 2000, 1001, 2001, 1002]);
-        let rest = s.next_batch(100, Duration::ZERO).await.unwrap();
+        let rest = s.next_batch(&cut(100, Duration::ZERO)).await.unwrap();
         assert_eq!(tags(&rest), [2002, 1003, 2003, 1004, 2004]);
     }
 
@@ -393,13 +458,16 @@ mod tests {
         let f = s.flow(1);
         let _r = f.submit(tag(1, 0)).await.unwrap();
         let started = Instant::now();
-        let batch = s.next_batch(4, Duration::from_millis(5)).await.unwrap();
+        let batch = s
+            .next_batch(&cut(4, Duration::from_millis(5)))
+            .await
+            .unwrap();
         assert_eq!(batch.len(), 1);
         assert_eq!(started.elapsed(), Duration::from_millis(5));
         let _r: Vec<_> = f.submit_all((0..4).map(|k| tag(1, k)).collect()).unwrap();
         let started = Instant::now();
         assert_eq!(
-            s.next_batch(4, Duration::from_millis(5))
+            s.next_batch(&cut(4, Duration::from_millis(5)))
                 .await
                 .unwrap()
                 .len(),
@@ -426,7 +494,7 @@ mod tests {
         // Room frees when a batch leaves; the waiting submitter then gets in.
         let waiter = tokio::spawn(async move { busy.submit(tag(1, 2)).await.map(drop).is_ok() });
         tokio::task::yield_now().await;
-        let _batch = s.next_batch(3, Duration::ZERO).await.unwrap();
+        let _batch = s.next_batch(&cut(3, Duration::ZERO)).await.unwrap();
         assert!(waiter.await.unwrap());
     }
 
@@ -457,7 +525,7 @@ mod tests {
         let old = f.submit(tag(1, 0)).await.unwrap();
         tokio::time::advance(Duration::from_millis(1500)).await;
         let fresh = f.submit(tag(1, 1)).await.unwrap();
-        let batch = s.next_batch(8, Duration::ZERO).await.unwrap();
+        let batch = s.next_batch(&cut(8, Duration::ZERO)).await.unwrap();
         assert_eq!(tags(&batch), [1001], "only the fresh window runs");
         let answer = old.await.unwrap().unwrap();
         match answer.verdict {
@@ -481,14 +549,14 @@ mod tests {
         let _keep = stays.submit(tag(2, 0)).await.unwrap();
         drop(gone);
         assert_eq!(s.queued(), 1);
-        let batch = s.next_batch(8, Duration::ZERO).await.unwrap();
+        let batch = s.next_batch(&cut(8, Duration::ZERO)).await.unwrap();
         assert_eq!(tags(&batch), [2000]);
         // And a window whose receiver is gone is skipped, not run.
         let f = s.flow(3);
         drop(f.submit(tag(3, 0)).await.unwrap());
         let _k = f.submit(tag(3, 1)).await.unwrap();
         assert_eq!(
-            tags(&s.next_batch(8, Duration::ZERO).await.unwrap()),
+            tags(&s.next_batch(&cut(8, Duration::ZERO)).await.unwrap()),
             [3001]
         );
     }
@@ -504,12 +572,16 @@ mod tests {
             Err(ServeError::WorkersGone)
         ));
         assert_eq!(
-            s.next_batch(8, Duration::from_millis(5))
+            s.next_batch(&cut(8, Duration::from_millis(5)))
                 .await
                 .unwrap()
                 .len(),
             1
         );
-        assert!(s.next_batch(8, Duration::from_millis(5)).await.is_none());
+        assert!(
+            s.next_batch(&cut(8, Duration::from_millis(5)))
+                .await
+                .is_none()
+        );
     }
 }

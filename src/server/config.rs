@@ -142,6 +142,10 @@ pub struct BatchArgs {
     /// Windows the batch queue holds, all streams together (each stream may hold one more).
     #[arg(long, env = "DRSN_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Queue wait plus inference a window should stay within: a batch leaves early, and smaller, rather than
+    /// overrun it (batches are also never larger than the efficient size measured at start-up).
+    #[arg(long, env = "DRSN_LATENCY_BUDGET", value_parser = humantime::parse_duration, default_value = "50ms")]
+    pub latency_budget: Duration,
     /// A window that has waited this long for inference is answered as shed instead of run (overload).
     #[arg(long, env = "DRSN_MAX_QUEUE_WAIT", value_parser = humantime::parse_duration, default_value = "2s")]
     pub max_queue_wait: Duration,

@@ -26,9 +26,10 @@ use crate::engine::device::{Device, Placement};
 use crate::engine::onnx::{self, Model};
 use crate::error::StartupError;
 use crate::model::card::LoadedModel;
-use crate::pipeline::batch::{self, BatchConfig};
+use crate::pipeline::batch;
+use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::Reading;
-use crate::pipeline::schedule::{ScheduleConfig, Scheduler};
+use crate::pipeline::schedule::{Cut, ScheduleConfig, Scheduler};
 use crate::pipeline::spec::Limits;
 use crate::pipeline::{Admission, Drain, Pipeline};
 use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
@@ -58,11 +59,21 @@ impl Running {
     }
 }
 
-/// Opens one session per worker on a blocking thread; the first decides the placement for `Device::Auto`.
+/// Sessions ready to serve: one per worker, where they run, the settings that follow, and the inference time per
+/// batch size measured while warming up.
+pub struct Opened {
+    pub models: Vec<Model>,
+    pub placement: Placement,
+    pub settings: Resolved,
+    pub costs: Vec<(usize, f64)>,
+}
+
+/// Opens one session per worker on a blocking thread (the first decides the placement for `Device::Auto`), warms
+/// each up, and times the first at batch sizes 1, 2, 4, ... up to the largest.
 pub async fn open_models(
     config: &ServeConfig,
     model: Arc<LoadedModel>,
-) -> Result<(Vec<Model>, Placement, Resolved), StartupError> {
+) -> Result<Opened, StartupError> {
     let engine = config.engine.clone();
     let library = onnx::locate_library(engine.ort_lib.as_deref(), engine.device)?;
     let config = config.clone();
@@ -84,14 +95,37 @@ pub async fn open_models(
         }
         // Warm up every session at batch 1 and at the largest batch, so the first requests pay no set-up cost.
         let zeros = vec![0.0f32; model.window_values()];
+        let run = |session: &mut Model, rows: usize| {
+            let started = std::time::Instant::now();
+            session
+                .run(std::iter::repeat_n(zeros.as_slice(), rows))
+                .map(|_| started.elapsed().as_secs_f64())
+                .map_err(|e| StartupError::Warmup(e.to_string()))
+        };
         for session in &mut models {
             for rows in [1, settings.max_batch] {
-                session
-                    .run(std::iter::repeat_n(zeros.as_slice(), rows))
-                    .map_err(|e| StartupError::Warmup(e.to_string()))?;
+                run(session, rows)?;
             }
         }
-        Ok((models, placement, settings))
+        let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+            .take_while(|b| *b < settings.max_batch)
+            .collect();
+        sizes.push(settings.max_batch);
+        let mut costs = Vec::new();
+        for rows in sizes {
+            let mut t = [0.0; 3];
+            for x in &mut t {
+                *x = run(&mut models[0], rows)?;
+            }
+            t.sort_by(f64::total_cmp);
+            costs.push((rows, t[1]));
+        }
+        Ok(Opened {
+            models,
+            placement,
+            settings,
+            costs,
+        })
     })
     .await
     .map_err(|e| StartupError::Session(format!("the start-up thread failed: {e}")))?
@@ -155,9 +189,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         );
     }
     m::zero_series(&model.card.classes, &status::error_series());
-    let (models, placement, settings) = open_models(&config, model.clone()).await?;
+    let Opened {
+        models,
+        placement,
+        settings,
+        costs,
+    } = open_models(&config, model.clone()).await?;
+    let cost = Arc::new(CostModel::new(settings.max_batch, &costs));
     tracing::info!(%placement, workers = settings.workers, intra_threads = config.engine.intra_threads,
-        max_batch = settings.max_batch, max_queue_delay = ?settings.max_queue_delay, "inference sessions warmed up");
+        max_batch = settings.max_batch, efficient_batch = cost.efficient_batch(),
+        max_queue_delay = ?settings.max_queue_delay, "inference sessions warmed up");
 
     let (grpc, grpc_addr) = bind("gRPC", config.network.listen).await?;
     let (metrics_listener, metrics_addr) = bind("metrics", config.network.metrics_listen).await?;
@@ -170,9 +211,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     });
     let batcher = batch::spawn(
         scheduler.clone(),
-        BatchConfig {
+        Cut {
             max_batch: settings.max_batch,
             max_delay: settings.max_queue_delay,
+            budget: config.batching.latency_budget,
+            cost: cost.clone(),
         },
         Reading {
             temperature: model.temperature(),
@@ -302,8 +345,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     // A lost device leaves nothing to serve with: say so to probes and load balancers.
     let gone = batcher.workers_gone.clone();
     let health_gone = health.clone();
+    let draining = lifecycle.drain.shutdown.clone();
     tokio::spawn(async move {
         gone.cancelled().await;
+        if draining.is_cancelled() {
+            return; // the drain stops them
+        }
         tracing::error!("every inference worker has stopped: NOT_SERVING");
         gauge!(m::SERVING).set(0.0);
         health_gone

@@ -1,5 +1,8 @@
 //! `drsn-serve bench`: raw ONNX Runtime throughput in-process and the service's end-to-end throughput over
-//! loopback gRPC, measured one after the other in one run on the same settings, with their ratio and latencies.
+//! loopback gRPC, measured one after the other in one run on the same settings, with their ratio and latencies;
+//! with `--fairness`, real-time latency beside floods ([`fairness`]).
+
+pub mod fairness;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +24,9 @@ pub struct BenchArgs {
     /// Concurrent gRPC streams.
     #[arg(long, default_value_t = 64)]
     pub streams: usize,
+    /// Measure fairness instead: a real-time sensor's latency alone, beside floods, and after one.
+    #[arg(long)]
+    pub fairness: bool,
     /// Folder of CWRU .mat recordings to stream (default: the test fixtures in the repository).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/tests/fixtures/cwru_mini/0HP"))]
     pub recordings: PathBuf,
@@ -68,7 +74,12 @@ async fn raw_throughput(
     seconds: f64,
 ) -> anyhow::Result<(f64, String, usize, usize)> {
     let model = Arc::new(LoadedModel::load(&config.model)?);
-    let (models, placement, settings) = server::open_models(config, model.clone()).await?;
+    let server::Opened {
+        models,
+        placement,
+        settings,
+        ..
+    } = server::open_models(config, model.clone()).await?;
     let window = model.window_values();
     let batch: Vec<Vec<f32>> = recordings
         .iter()
@@ -153,11 +164,28 @@ async fn service_throughput(
     Ok((windows as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+/// Runs the fairness measurement on a server started for it.
+pub async fn run_fairness(args: BenchArgs) -> anyhow::Result<fairness::FairnessReport> {
     let recordings = load_recordings(&args.recordings)?;
-    let mut config = args.serve.clone();
+    let running = server::start(local(&args.serve)?).await?;
+    let addr = format!("http://{}", running.grpc_addr);
+    let report = fairness::run(&addr, recordings[0].clone(), args.seconds).await;
+    running.shutdown();
+    running.stopped().await;
+    report
+}
+
+/// The settings on loopback, ephemeral ports.
+fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
+    let mut config = serve.clone();
     config.network.listen = "127.0.0.1:0".parse()?;
     config.network.metrics_listen = "127.0.0.1:0".parse()?;
+    Ok(config)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    let recordings = load_recordings(&args.recordings)?;
+    let config = local(&args.serve)?;
 
     eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
     let (raw, device, workers, max_batch) =
