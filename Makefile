@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 REQS := models/training/requirements.txt
+DEPLOY_REQS := deploy/tests/requirements.txt
 ORT_VERSION := 1.31.1
 ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
 BIN := target/release/drsn-serve
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help serve test lint pytest rust-test build bench soak ort ort-gpu reproduce venv
+.PHONY: help serve test lint pytest rust-test deploy-test deploy-gen image-test local-stack build bench soak ort ort-gpu \
+	reproduce venv
 
 help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
@@ -19,6 +21,10 @@ help:
 	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
 	@echo "make ort-gpu    the CUDA build (onnxruntime-gpu) into .ort/gpu, for --device cuda"
 	@echo "make reproduce  retrain every model of the study, ship the DRSN and rewrite models/reports/"
+	@echo "make deploy-test   deploy/ checks: manifests, rules, dashboard queries against the real server (in make test)"
+	@echo "make deploy-gen    regenerate the PrometheusRule from deploy/prometheus/rules.yml"
+	@echo "make image-test    build the CPU image with podman (root, Debian packages) and run it: health, uid, drain"
+	@echo "make local-stack   the server, Prometheus and a replay load on this machine (deploy/local-stack.sh)"
 
 # ONNX Runtime: download the pinned wheel (pip checks its sha256), keep only the shared libraries.
 ort: .ort/cpu/$(ORT_LIB)
@@ -48,15 +54,17 @@ soak: ort
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: $(REQS)
+$(VENV)/.installed: $(REQS) $(DEPLOY_REQS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(REQS)
+	$(PY) -m pip install --quiet -r $(REQS) -r $(DEPLOY_REQS)
 	touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check models/training
 	$(VENV)/bin/ruff format --check models/training
+	$(VENV)/bin/ruff check deploy
+	$(VENV)/bin/ruff format --check deploy
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
@@ -66,7 +74,24 @@ pytest: venv
 rust-test: ort
 	cargo test --release --locked
 
-test: lint pytest rust-test
+# After rust-test: the live checks run the release binary with .ort/ (build is a no-op by then).
+deploy-test: venv ort build
+	$(PY) -m pytest -q -c deploy/tests/pytest.ini deploy/tests
+
+deploy-gen:
+	{ printf '%s\n' '# Generated from deploy/prometheus/rules.yml by `make deploy-gen`: edit that file, not this one.' \
+		'apiVersion: monitoring.coreos.com/v1' 'kind: PrometheusRule' 'metadata:' '  name: drsn-serve' \
+		'  namespace: drsn' '  labels:' '    app.kubernetes.io/name: drsn-serve' 'spec:'; \
+		sed -e 's/^\(.\)/  \1/' deploy/prometheus/rules.yml; } > deploy/kubernetes/monitoring/prometheusrule.yaml
+
+# Not in `make test`: needs root, podman/buildah/mmdebstrap from Debian, and a few minutes.
+image-test: venv ort build
+	bash deploy/tests/image-test.sh
+
+local-stack: ort build
+	bash deploy/local-stack.sh $(ARGS)
+
+test: lint pytest rust-test deploy-test
 
 reproduce: venv
 	cd models/training && ../../$(PY) -m drsntrain reproduce

@@ -1,0 +1,280 @@
+"""Shared helpers for deploy/tests: paths, the real binary, kustomize rendering, metric names, gRPC health."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUBE = DEPLOY / "kubernetes"
+BIN = REPO / "target" / "release" / "drsn-serve"
+FIXTURES = REPO / "models" / "training" / "tests" / "fixtures" / "cwru_mini" / "0HP"
+METRICS_RS = REPO / "src" / "telemetry" / "metrics.rs"
+
+# Everything `kubectl kustomize` must render; components are rendered through a temporary kustomization.
+TARGETS = {
+    "cpu": ("overlays/cpu", []),
+    "gpu": ("overlays/gpu", []),
+    "cpu+tls": ("overlays/cpu", ["components/tls"]),
+    "gpu+tls": ("overlays/gpu", ["components/tls"]),
+    "monitoring": ("monitoring", []),
+}
+
+
+def binary() -> Path:
+    assert BIN.is_file(), f"{BIN} is missing: run `make build` (make deploy-test builds it first)"
+    return BIN
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    assert path, "kubectl (with its built-in kustomize) is needed to render deploy/kubernetes; it is not on PATH"
+    return path
+
+
+@functools.cache
+def render(target: str) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize` renders for one entry of TARGETS."""
+    base, components = TARGETS[target]
+    if not components:
+        return _kustomize(KUBE / base)
+    # kustomize takes only relative paths to other kustomizations: a temporary one points back here.
+    tmp = Path(tempfile.mkdtemp(prefix="drsn-kustomize-"))
+    try:
+        (tmp / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(KUBE / base, tmp)],
+                    "components": [os.path.relpath(KUBE / c, tmp) for c in components],
+                }
+            )
+        )
+        return _kustomize(tmp)
+    finally:
+        shutil.rmtree(tmp)
+
+
+def _kustomize(path: Path) -> tuple[dict, ...]:
+    out = subprocess.run([kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def one(objs, kind: str, name: str | None = None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_configmap_env(objs) -> dict[str, str]:
+    """The DRSN_* settings the Deployment's pods get from their ConfigMap(s)."""
+    dep = one(objs, "Deployment", "drsn-serve")
+    env: dict[str, str] = {}
+    for c in dep["spec"]["template"]["spec"]["containers"]:
+        for src in c.get("envFrom", []):
+            env.update(one(objs, "ConfigMap", src["configMapRef"]["name"])["data"])
+    return env
+
+
+@functools.cache
+def help_env_names(command: str) -> frozenset[str]:
+    """Environment variables `drsn-serve COMMAND --help` documents (`[env: NAME=...]` or `[env: NAME]`)."""
+    out = subprocess.run([str(binary()), command, "--help"], capture_output=True, text=True, timeout=30, check=True)
+    names = frozenset(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out.stdout))
+    assert len(names) > 20 if command == "serve" else names, f"no env names parsed from `{command} --help`"
+    return names
+
+
+@functools.cache
+def exported_metrics() -> dict[str, str]:
+    """Metric name -> kind (counter, gauge, histogram), from src/telemetry/metrics.rs."""
+    text = METRICS_RS.read_text()
+    consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "(drsn_[a-z0-9_]+)";', text))
+    kinds = {}
+    for kind, const in re.findall(r"describe_(counter|gauge|histogram)!\(\s*([A-Z_]+)", text):
+        kinds[consts[const]] = kind
+    assert consts and set(kinds) == set(consts.values()), "every metric constant should be described"
+    return kinds
+
+
+# A metric name in PromQL: drsn_... not part of a recording-rule name (those have colons).
+METRIC_RE = re.compile(r"(?<![\w:])(drsn_[a-z0-9_]+)(?![\w:])")
+
+
+def metric_names_in(expr: str) -> set[str]:
+    return set(METRIC_RE.findall(expr))
+
+
+def is_exported(name: str) -> bool:
+    kinds = exported_metrics()
+    if name in kinds:
+        return True
+    base, _, suffix = name.rpartition("_")
+    return suffix in ("bucket", "sum", "count") and kinds.get(base) == "histogram"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The real drsn-serve on ephemeral loopback ports; addresses read from its JSON SERVING log line."""
+
+    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DRSN_")}
+        full_env.update(env or {})
+        full_env.update({"DRSN_LISTEN": "127.0.0.1:0", "DRSN_METRICS_LISTEN": "127.0.0.1:0", "DRSN_LOG_FORMAT": "json"})
+        self.proc = subprocess.Popen(
+            [str(binary()), "serve", *(args or [])],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.grpc_addr = self.metrics_addr = None
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        if not ready.wait(60) or self.grpc_addr is None:
+            self.stop()
+            raise AssertionError("server did not report SERVING:\n" + "\n".join(self.lines[-20:]))
+
+    def _read(self, ready: threading.Event) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if self.grpc_addr is None and '"SERVING"' in line:
+                fields = json.loads(line)["fields"]
+                self.grpc_addr, self.metrics_addr = fields["grpc_addr"], fields["metrics_addr"]
+                ready.set()
+        ready.set()
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM (a pod's stop) and the exit code, within timeout seconds."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def http_get_json(url: str, params: dict | None = None, timeout: float = 10) -> dict:
+    if params:
+        url += "?" + urllib.parse.urlencode(params, doseq=True)
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.load(r)
+
+
+class Prometheus:
+    """Debian's prometheus binary in a temporary directory, with the given config."""
+
+    def __init__(self, config: dict, workdir: Path):
+        exe = shutil.which("prometheus")
+        assert exe, "the prometheus binary (Debian package `prometheus`) is needed; .ci/run installs it"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = workdir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log = open(workdir / "prometheus.log", "w")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.logfile = workdir / "prometheus.log"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "prometheus exited:\n" + self.logfile.read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("prometheus did not become ready:\n" + self.logfile.read_text()[-3000:])
+
+    def query(self, expr: str) -> list:
+        body = http_get_json(f"{self.url}/api/v1/query", {"query": expr})
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def api(self, path: str, params: dict | None = None) -> dict:
+        body = http_get_json(f"{self.url}/api/v1/{path}", params)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def grpc_health(addr: str, timeout: float = 5) -> str:
+    """grpc.health.v1.Health/Check for the whole server (service ""): SERVING, NOT_SERVING, ..."""
+    import grpc
+
+    statuses = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+    with grpc.insecure_channel(addr) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")
+        # An empty HealthCheckRequest is zero bytes; the response is field 1 (enum status), a varint.
+        reply = check(b"", timeout=timeout)
+    return statuses[reply[1]] if reply[:1] == b"\x08" else "UNKNOWN"
+
+
+def grpc_diagnose_raw(addr: str, samples: list[float] | None, nbytes: int | None = None):
+    """drsn.v1.Diagnosis/Diagnose with one window, encoded by hand: f32le samples, or nbytes zero bytes (invalid).
+    Returns (grpc.StatusCode, reply bytes or None)."""
+    import struct
+
+    import grpc
+
+    payload = struct.pack(f"<{len(samples)}f", *samples) if samples is not None else bytes(nbytes or 0)
+    window = b"\x0a" + _varint(len(payload)) + payload  # Window.f32le = 1
+    request = b"\x0a" + _varint(len(window)) + window  # DiagnoseRequest.windows = 1
+    with grpc.insecure_channel(addr) as channel:
+        call = channel.unary_unary("/drsn.v1.Diagnosis/Diagnose")
+        try:
+            return grpc.StatusCode.OK, call(request, timeout=10)
+        except grpc.RpcError as e:
+            return e.code(), None
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
