@@ -23,6 +23,20 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Where a client should pick a stream up again on a new stream: from a sample, or from the start of what it
+/// meant to send when the server had received none of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume(pub Option<u64>);
+
+impl std::fmt::Display for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "resume from sample {n}"),
+            None => f.write_str("send the stream again from its start (none of it was received)"),
+        }
+    }
+}
+
 /// Why a request (a stream, a unary call) failed. Every message says what was wrong and what to do instead.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -88,10 +102,8 @@ pub enum ServeError {
         "the diagnosis queue has no room for {want} window(s) ({capacity} windows at most); retry with backoff"
     )]
     QueueFull { want: usize, capacity: usize },
-    #[error(
-        "the server is shutting down; reconnect to another replica and resume from sample {resume_from}"
-    )]
-    ShuttingDown { resume_from: u64 },
+    #[error("the server is shutting down; reconnect to another replica and {resume}")]
+    ShuttingDown { resume: Resume },
     #[error(
         "the server is shutting down and its drain timeout passed before every window was diagnosed; \
          reconnect to another replica and resume from sample {resume_from}"
@@ -99,16 +111,15 @@ pub enum ServeError {
     DrainTimeout { resume_from: u64 },
     #[error(
         "this connection has been open longer than the server's --max-connection-age; reconnect (the next connection \
-         may reach another replica) and resume from sample {resume_from}"
+         may reach another replica) and {resume}"
     )]
-    ConnectionAged { resume_from: u64 },
+    ConnectionAged { resume: Resume },
     #[error("no `open` message within {after:?} of the stream starting")]
     OpenTimeout { after: Duration },
     #[error(
-        "no samples for {after:?}: the stream was closed to free its slot; open a new stream and resume from \
-         sample {resume_from}"
+        "no samples for {after:?}: the stream was closed to free its slot; open a new stream and {resume}"
     )]
-    IdleTimeout { after: Duration, resume_from: u64 },
+    IdleTimeout { after: Duration, resume: Resume },
     #[error("the server already has {max} open streams; retry later or on another replica")]
     TooManyStreams { max: usize },
     #[error(
@@ -252,13 +263,17 @@ impl ServeError {
                 want: 0,
                 capacity: 0,
             },
-            ShuttingDown { resume_from: 0 },
+            ShuttingDown {
+                resume: Resume(None),
+            },
             DrainTimeout { resume_from: 0 },
-            ConnectionAged { resume_from: 0 },
+            ConnectionAged {
+                resume: Resume(None),
+            },
             OpenTimeout { after: d },
             IdleTimeout {
                 after: d,
-                resume_from: 0,
+                resume: Resume(None),
             },
             TooManyStreams { max: 0 },
             TooManyStreamsOnConnection { max: 0 },

@@ -281,3 +281,29 @@ async fn stalled_clients_do_not_hold_up_shutdown() {
     drop(silent_tx);
     feeder.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_carries_on() {
+    let running = common::start(&["--max-connection-age", "1s"]).await;
+    let addr = common::addr(&running);
+    let (_, samples) = common::recordings().remove(6);
+    // Three seconds of signal at real-time pace: the connection reaches its age mid-stream.
+    let frames = 36_000u64;
+    let target = drsn_serve::client::connect::ConnectArgs {
+        addr,
+        ..Default::default()
+    };
+    let mut plan = StreamPlan::new(12_000.0, frames);
+    plan.realtime = true;
+    let out = replay::stream_resuming(&[target], samples, plan, 5, |_| {})
+        .await
+        .unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert!(out.resumed >= 1, "the stream was never aged out");
+    // Every window exactly once, across the reconnections: contiguous starts, one hop apart.
+    let starts: Vec<u64> = out.windows.iter().map(|w| w.first_sample_index).collect();
+    let expected: Vec<u64> = (0..=(frames - 2048) / 1024).map(|k| k * 1024).collect();
+    assert_eq!(starts, expected);
+    running.shutdown();
+    running.stopped().await;
+}

@@ -35,6 +35,8 @@ pub struct StreamPlan {
     pub detail: ResultDetail,
     /// Frames to send; past the recording's end it is replayed again with continuing indices.
     pub frames: u64,
+    /// Client sample index to start from (a stream resumed after UNAVAILABLE).
+    pub start: u64,
     /// Stop sending at this instant (load generation).
     pub until: Option<Instant>,
     /// Keep every `WindowResult` in the outcome (off for long load runs).
@@ -52,6 +54,7 @@ impl StreamPlan {
             realtime: false,
             detail: ResultDetail::Compact,
             frames,
+            start: 0,
             until: None,
             keep_windows: true,
         }
@@ -70,6 +73,8 @@ pub struct StreamOutcome {
     pub latencies_us: Vec<u64>,
     /// How the stream ended: `Ok` when the server closed it normally.
     pub status: Option<Status>,
+    /// How many times the stream was resumed on a new stream after UNAVAILABLE.
+    pub resumed: u64,
 }
 
 /// What a window's result amounts to, for counting: its class, or why it has none.
@@ -133,7 +138,8 @@ pub async fn stream_samples(
                 Some(Event::Opened(o)) => out.opened = Some(o),
                 Some(Event::Discontinuity(d)) => out.discontinuities.push(d),
                 Some(Event::Window(w)) => {
-                    let chunk = (w.last_sample_index / plan.chunk_frames as u64) as usize;
+                    let chunk = (w.last_sample_index.saturating_sub(plan.start)
+                        / plan.chunk_frames as u64) as usize;
                     let sent_at = sent.lock().ok().and_then(|s| s.get(chunk).copied());
                     if let Some(t) = sent_at {
                         out.latencies_us.push(t.elapsed().as_micros() as u64);
@@ -165,7 +171,7 @@ async fn send_chunks(
     sent: Arc<Mutex<Vec<Instant>>>,
 ) {
     let start = Instant::now();
-    let mut at: u64 = 0;
+    let mut at: u64 = plan.start;
     let n = samples.len() as u64;
     while at < plan.frames {
         if plan.until.is_some_and(|t| Instant::now() >= t) {
@@ -177,7 +183,8 @@ async fn send_chunks(
             bytes.extend_from_slice(&samples[(i % n) as usize].to_le_bytes());
         }
         if plan.realtime {
-            let due = start + Duration::from_secs_f64(end as f64 / plan.sample_rate_hz);
+            let due =
+                start + Duration::from_secs_f64((end - plan.start) as f64 / plan.sample_rate_hz);
             tokio::time::sleep_until(due.into()).await;
         }
         let chunk = SampleChunk {
@@ -200,6 +207,68 @@ async fn send_chunks(
     }
 }
 
+/// Where a stream that ended with UNAVAILABLE (a draining or aged-out server) should go on: `Some(Some(n))` from
+/// sample n, `Some(None)` from where it started (the server received none of it); `None` for any other ending.
+pub fn resume_point(status: &Status) -> Option<Option<u64>> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let text = status.message();
+    let Some(at) = text.find("resume from sample ") else {
+        return text.contains("send the stream again").then_some(None);
+    };
+    let digits = &text[at + "resume from sample ".len()..];
+    Some(
+        digits
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok(),
+    )
+}
+
+/// Streams like [`stream_samples`], and when the server ends the stream with UNAVAILABLE and a resume point (a
+/// drain, a connection at its maximum age), connects again to the next of `targets` (round-robin: a new
+/// connection, which may reach another replica) and carries on from that sample, as a gateway should. At most
+/// `retries` resumptions.
+pub async fn stream_resuming(
+    targets: &[ConnectArgs],
+    samples: Arc<Vec<f32>>,
+    mut plan: StreamPlan,
+    retries: usize,
+    on_window: impl Fn(&WindowResult) + Send + Sync,
+) -> Result<StreamOutcome, Status> {
+    let mut total = StreamOutcome::default();
+    for attempt in 0..=retries {
+        let target = &targets[attempt % targets.len().max(1)];
+        let client = crate::client::connect::connect_with(target)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        let out = stream_samples(client, samples.clone(), plan.clone(), &on_window).await?;
+        total.opened = total.opened.or(out.opened);
+        total.windows.extend(out.windows);
+        total.window_count += out.window_count;
+        for (k, v) in out.class_counts {
+            *total.class_counts.entry(k).or_default() += v;
+        }
+        total.discontinuities.extend(out.discontinuities);
+        total.latencies_us.extend(out.latencies_us);
+        total.resumed += out.resumed;
+        match out.status.as_ref().and_then(resume_point) {
+            Some(from) if attempt < retries && from.is_none_or(|n| n < plan.frames) => {
+                tracing::warn!(?from, "the server asked to resume elsewhere; reconnecting");
+                plan.start = from.unwrap_or(plan.start);
+                total.resumed += 1;
+            }
+            _ => {
+                total.status = out.status;
+                return Ok(total);
+            }
+        }
+    }
+    Ok(total)
+}
+
 /// `drsn-serve replay` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReplayArgs {
@@ -208,6 +277,13 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// Other replicas to resume on when a server ends a stream with UNAVAILABLE and a resume point (draining,
+    /// connection age); repeatable. Without it, the stream resumes on a new connection to --addr.
+    #[arg(long = "fallback-addr")]
+    pub fallback_addrs: Vec<String>,
+    /// How many times one stream may resume after UNAVAILABLE (0: never).
+    #[arg(long, default_value_t = 3)]
+    pub resume: usize,
     /// Sample rate of the recordings (default: the .wav header, else 12000).
     #[arg(long)]
     pub sample_rate: Option<f64>,
@@ -300,7 +376,15 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     for path in &args.files {
         recordings.push(read_recording(path, &opts)?);
     }
-    let channel = crate::client::connect::connect_with(&args.connect).await?;
+    // Fail early, with the reason, when the first server cannot be reached.
+    crate::client::connect::connect_with(&args.connect).await?;
+    let mut targets = vec![args.connect.clone()];
+    for addr in &args.fallback_addrs {
+        let mut other = args.connect.clone();
+        other.addr = addr.clone();
+        targets.push(other);
+    }
+    let targets = Arc::new(targets);
     let total_frames: u64 = recordings
         .iter()
         .map(|r| r.samples.len() as u64)
@@ -341,29 +425,30 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             plan.keep_windows = false;
             let (json, quiet, label) = (args.json, args.quiet || bar, plan.sensor_id.clone());
             let progress = progress.clone();
-            let channel = channel.clone();
+            let targets = targets.clone();
             let samples = samples.clone();
-            tasks.push(tokio::spawn(stream_samples(
-                channel,
-                samples,
-                plan,
-                move |w| {
+            let retries = args.resume;
+            tasks.push(tokio::spawn(async move {
+                stream_resuming(&targets, samples, plan, retries, move |w| {
                     progress.inc(1);
                     if !quiet {
                         println!("{}", window_line(&label, w, json));
                     }
-                },
-            )));
+                })
+                .await
+            }));
         }
     }
     let mut windows = 0u64;
     let mut classes: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies = Vec::new();
     let mut failures = 0;
+    let mut resumed = 0;
     for task in tasks {
         match task.await? {
             Ok(out) => {
                 windows += out.window_count;
+                resumed += out.resumed;
                 for (k, v) in out.class_counts {
                     *classes.entry(k).or_default() += v;
                 }
@@ -398,14 +483,15 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             "seconds": elapsed,
             "windows_per_s": rate,
             "failed_streams": failures,
+            "resumed": resumed,
         }
     });
     if args.json {
         println!("{summary}");
     } else {
         println!(
-            "\n{} windows from {} stream(s) in {:.2} s ({:.0} windows/s); failed streams: {}",
-            windows, streams, elapsed, rate, failures
+            "\n{} windows from {} stream(s) in {:.2} s ({:.0} windows/s); failed streams: {}; resumed: {}",
+            windows, streams, elapsed, rate, failures, resumed
         );
         for (class, n) in &classes {
             println!(

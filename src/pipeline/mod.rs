@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::ServeError;
+use crate::error::{Resume, ServeError};
 use crate::model::card::LoadedModel;
 use crate::pipeline::deliver::EventStream;
 use crate::pipeline::diagnosis::{Answer, WindowDiagnosis, WindowPlace};
@@ -139,7 +139,9 @@ impl Pipeline {
     /// A slot for a new stream of `client`'s, before it has sent `open`.
     pub fn admit_stream(&self, client: ClientKey) -> Result<StreamSlot, ServeError> {
         if self.drain.shutdown.is_cancelled() {
-            return Err(ServeError::ShuttingDown { resume_from: 0 });
+            return Err(ServeError::ShuttingDown {
+                resume: Resume(None),
+            });
         }
         let global =
             self.streams
@@ -221,7 +223,9 @@ impl Pipeline {
         windows: Vec<Vec<f32>>,
     ) -> Result<Vec<WindowDiagnosis>, ServeError> {
         if self.drain.shutdown.is_cancelled() {
-            return Err(ServeError::ShuttingDown { resume_from: 0 });
+            return Err(ServeError::ShuttingDown {
+                resume: Resume(None),
+            });
         }
         let n = windows.len();
         if n == 0 {

@@ -9,7 +9,7 @@ use metrics::counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ServeError;
+use crate::error::{Resume, ServeError};
 use crate::model::card::LoadedModel;
 use crate::pipeline::deliver::{Discontinuity, Outgoing, Pending};
 use crate::pipeline::diagnosis::{Answer, WindowPlace};
@@ -54,9 +54,13 @@ impl StreamSession {
         }
     }
 
-    /// The client sample from which a reconnecting client gets the next window not yet cut.
-    pub fn resume_from(&self) -> u64 {
-        self.framer.resume_from()
+    /// Where a reconnecting client picks up: the next window not yet cut.
+    pub fn resume(&self) -> Resume {
+        Resume(self.framer.resume_from())
+    }
+
+    fn resume_from(&self) -> u64 {
+        self.framer.resume_from().unwrap_or(0)
     }
 
     /// Resolves when nobody reads this stream's results any more.
@@ -118,8 +122,7 @@ impl StreamSession {
             let event = match self.framer.next_event() {
                 Ok(Some(event)) => event,
                 Ok(None) => {
-                    self.progress
-                        .store(self.framer.resume_from(), Ordering::SeqCst);
+                    self.progress.store(self.resume_from(), Ordering::SeqCst);
                     return Ok(());
                 }
                 Err(reason) => {

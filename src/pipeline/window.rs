@@ -133,12 +133,10 @@ impl Framer {
         }))
     }
 
-    /// Client index from which a reconnecting client gets the next window that was not cut yet.
-    pub fn resume_from(&self) -> u64 {
-        match self.expected {
-            Some(_) => self.client_index(self.next_start),
-            None => 0,
-        }
+    /// Client index from which a reconnecting client gets the next window that was not cut yet; `None` before the
+    /// first chunk.
+    pub fn resume_from(&self) -> Option<u64> {
+        self.expected.map(|_| self.client_index(self.next_start))
     }
 
     /// Model-rate frames held (memory use is this plus at most one deferred chunk).
@@ -342,7 +340,7 @@ mod tests {
         assert_eq!(ranges, vec![(0, 3), (3, 6), (7, 10)]);
         assert_eq!(
             f.resume_from(),
-            11,
+            Some(11),
             "the next window starts at client sample 11"
         );
     }
@@ -432,7 +430,11 @@ mod tests {
         let mut ev = Vec::new();
         feed(&mut f, u64::MAX - 8, &ramp(0, 8), &mut ev);
         assert_eq!(windows(&ev).len(), 1);
-        assert_eq!(f.resume_from(), u64::MAX, "saturates instead of wrapping");
+        assert_eq!(
+            f.resume_from(),
+            Some(u64::MAX),
+            "saturates instead of wrapping"
+        );
     }
 
     mod properties {

@@ -14,7 +14,7 @@ use crate::api::grpc::proto::stream_diagnose_request::Message;
 use crate::api::grpc::proto::{self, StreamDiagnoseRequest, StreamDiagnoseResponse};
 use crate::api::grpc::{decode, status};
 use crate::engine::device::Placement;
-use crate::error::ServeError;
+use crate::error::{Resume, ServeError};
 use crate::pipeline::Pipeline;
 use crate::pipeline::stream::StreamSession;
 
@@ -59,6 +59,14 @@ impl Diagnosis for DiagnosisService {
         request: Request<Streaming<StreamDiagnoseRequest>>,
     ) -> Result<Response<Self::StreamDiagnoseStream>, Status> {
         let conn = connection::of(&request);
+        if conn
+            .aged()
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+        {
+            return Err(status::status(ServeError::ConnectionAged {
+                resume: Resume(None),
+            }));
+        }
         let slot = self
             .pipeline
             .admit_stream(conn.id)
@@ -68,7 +76,7 @@ impl Diagnosis for DiagnosisService {
         let first = tokio::select! {
             biased;
             _ = drain.shutdown.cancelled() => {
-                return Err(status::status(ServeError::ShuttingDown { resume_from: 0 }));
+                return Err(status::status(ServeError::ShuttingDown { resume: Resume(None) }));
             }
             _ = tokio::time::sleep(self.timeouts.open) => {
                 return Err(status::status(ServeError::OpenTimeout { after: self.timeouts.open }));
@@ -186,17 +194,17 @@ impl Reader {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    let resume_from = session.resume_from();
-                    return session.end(ServeError::ShuttingDown { resume_from }).await;
+                    let resume = session.resume();
+                    return session.end(ServeError::ShuttingDown { resume }).await;
                 }
                 _ = tokio::time::sleep_until(aged) => {
-                    let resume_from = session.resume_from();
-                    return session.end(ServeError::ConnectionAged { resume_from }).await;
+                    let resume = session.resume();
+                    return session.end(ServeError::ConnectionAged { resume }).await;
                 }
                 _ = session.closed() => return,
                 _ = tokio::time::sleep_until(quiet_until) => {
-                    let resume_from = session.resume_from();
-                    return session.end(ServeError::IdleTimeout { after: self.idle, resume_from }).await;
+                    let resume = session.resume();
+                    return session.end(ServeError::IdleTimeout { after: self.idle, resume }).await;
                 }
                 message = inbound.message() => message,
             };
