@@ -27,7 +27,7 @@ files=("$DATA"/*.mat "$DATA"/*.csv "$DATA"/*.npy "$DATA"/*.wav)
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
-  touch "$tmp/stop"  # ends the load loop after its current replay
+  touch "$tmp/stop"
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$tmp"
@@ -53,9 +53,13 @@ prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
 pids+=($!)
 
 (
+  child=
+  trap 'kill $child 2>/dev/null; exit 0' TERM  # take the replay in flight along
   while [ ! -e "$tmp/stop" ]; do
     "$BIN" replay --addr "http://127.0.0.1:$GRPC_PORT" --realtime --quiet --streams "$STREAMS" "${files[@]}" \
-      > /dev/null 2>> "$tmp/load.log" || sleep 1
+      > /dev/null 2>> "$tmp/load.log" &
+    child=$!
+    wait "$child" || sleep 1
   done
 ) &
 pids+=($!)

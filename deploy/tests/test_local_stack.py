@@ -18,7 +18,9 @@ def test_local_stack_runs_and_cleans_up():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "windows diagnosed" in out.stdout
-    # Its processes are gone: nothing listens on its ports any more.
+    # Its processes are gone: nothing listens on its ports, no replay of it is left running.
     for port in ports.values():
         probe = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True)
         assert probe.returncode != 0, f"port {port} still open after the script ended"
+    left = subprocess.run(["pgrep", "-f", f"replay --addr http://127.0.0.1:{ports['GRPC_PORT']} "], capture_output=True)
+    assert left.returncode == 1, f"replay still running: {left.stdout}"
