@@ -155,7 +155,8 @@ class Server:
         self.lines: list[str] = []
         self.grpc_addr = self.metrics_addr = None
         ready = threading.Event()
-        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        self.reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
+        self.reader.start()
         if not ready.wait(60) or self.grpc_addr is None:
             self.stop()
             raise AssertionError("server did not report SERVING:\n" + "\n".join(self.lines[-20:]))
@@ -170,9 +171,11 @@ class Server:
         ready.set()
 
     def terminate(self, timeout: float) -> int:
-        """SIGTERM (a pod's stop) and the exit code, within timeout seconds."""
+        """SIGTERM (a pod's stop) and the exit code, within timeout seconds; the log is read to its end."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
 
     def stop(self) -> None:
         if self.proc.poll() is None:
