@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 REQS := models/training/requirements.txt
 DEPLOY_REQS := deploy/tests/requirements.txt
+V2_REQS := tests/v2/requirements.txt
 ORT_VERSION := 1.31.1
 ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
 BIN := target/release/drsn-serve
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help serve test lint pytest rust-test deploy-test deploy-gen image-test local-stack build bench soak ort ort-gpu \
+.PHONY: help serve test lint pytest rust-test v2-test deploy-test deploy-gen image-test local-stack build bench soak ort ort-gpu \
 	reproduce venv
 
 help:
@@ -54,10 +55,10 @@ soak: ort
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: $(REQS) $(DEPLOY_REQS)
+$(VENV)/.installed: $(REQS) $(DEPLOY_REQS) $(V2_REQS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(REQS) -r $(DEPLOY_REQS)
+	$(PY) -m pip install --quiet -r $(REQS) -r $(DEPLOY_REQS) -r $(V2_REQS)
 	touch $@
 
 lint: venv
@@ -65,6 +66,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check models/training
 	$(VENV)/bin/ruff check deploy
 	$(VENV)/bin/ruff format --check deploy
+	$(VENV)/bin/ruff check --line-length 120 tests/v2
+	$(VENV)/bin/ruff format --check --line-length 120 tests/v2
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
@@ -73,6 +76,10 @@ pytest: venv
 
 rust-test: ort
 	cargo test --release --locked
+
+# After rust-test: the Open Inference Protocol conformance tests run the unmodified tritonclient against the binary.
+v2-test: venv ort build
+	$(PY) -m pytest -q tests/v2
 
 # After rust-test: the live checks run the release binary with .ort/ (build is a no-op by then).
 deploy-test: venv ort build
@@ -91,7 +98,7 @@ image-test: venv ort build
 local-stack: ort build
 	bash deploy/local-stack.sh $(ARGS)
 
-test: lint pytest rust-test deploy-test
+test: lint pytest rust-test v2-test deploy-test
 
 reproduce: venv
 	cd models/training && ../../$(PY) -m drsntrain reproduce

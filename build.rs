@@ -1,4 +1,5 @@
-//! Compiles proto/drsn/v1 with the vendored protoc, so a build needs no system protoc.
+//! Compiles the APIs (proto/drsn/v1, and the Open Inference Protocol in proto/kserve/v2) with the vendored protoc,
+//! so a build needs no system protoc; one descriptor set serves reflection for both.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
     if std::env::var_os("PROTOC").is_none() {
@@ -7,7 +8,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("drsn_descriptor.bin"))
-        .compile_protos(&["proto/drsn/v1/diagnosis.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/drsn/v1/diagnosis.proto",
+                "proto/kserve/v2/grpc_predict_v2.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

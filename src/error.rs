@@ -37,6 +37,31 @@ impl std::fmt::Display for Resume {
     }
 }
 
+impl ErrorKind {
+    /// A bounded label (`how` of `drsn_streams_ended_total`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Exhausted => "exhausted",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub const ALL: [ErrorKind; 7] = [
+        Self::InvalidInput,
+        Self::Unauthenticated,
+        Self::Exhausted,
+        Self::Timeout,
+        Self::Cancelled,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+}
+
 /// Why a request (a stream, a unary call) failed. Every message says what was wrong and what to do instead.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

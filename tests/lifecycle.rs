@@ -268,7 +268,9 @@ async fn stalled_clients_do_not_hold_up_shutdown() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("DBG before shutdown");
     running.shutdown();
+    eprintln!("DBG after shutdown");
     tokio::time::timeout(Duration::from_secs(8), running.stopped())
         .await
         .expect("the server stopped despite stalled clients");

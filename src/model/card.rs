@@ -20,6 +20,9 @@ pub struct ModelCard {
     pub outputs: CardOutputs,
     pub classes: Vec<String>,
     pub default_hop: usize,
+    /// Width of the `shrinkage` output: the model's residual shrinkage units.
+    #[serde(default)]
+    pub shrinkage_units: Option<usize>,
     /// The input the model was trained on and accepts; without it only flat windows and non-finite outputs are
     /// flagged.
     #[serde(default)]

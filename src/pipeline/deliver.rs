@@ -52,6 +52,16 @@ pub enum Outgoing {
     Finished,
 }
 
+/// What a stream holds until it is dropped (its slot, its queue flow), told how the stream ended: "ok", an error
+/// kind's label, or (never told) the client went away.
+pub trait Ending: Send + Sync {
+    fn ended(&mut self, how: &'static str);
+}
+
+impl Ending for () {
+    fn ended(&mut self, _: &'static str) {}
+}
+
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<StreamEvent, ServeError>> + Send + 'static>>;
 
@@ -63,7 +73,7 @@ struct Deliverer {
     progress: Arc<AtomicU64>,
     done: bool,
     /// Held until the stream is dropped, however it ends (the active-streams gauge, the stream's slot).
-    _guard: Box<dyn Send + Sync>,
+    guard: Box<dyn Ending>,
 }
 
 /// The events of one stream: items in the reader's order, each window once its answer is ready. Ends after
@@ -74,7 +84,7 @@ pub fn ordered(
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     progress: Arc<AtomicU64>,
-    guard: Box<dyn Send + Sync>,
+    guard: Box<dyn Ending>,
 ) -> EventStream {
     let state = Deliverer {
         rx,
@@ -82,7 +92,7 @@ pub fn ordered(
         drain_expired,
         progress,
         done: false,
-        _guard: guard,
+        guard,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -95,7 +105,10 @@ pub fn ordered(
             }),
         };
         let out = match item {
-            Outgoing::Finished => return None,
+            Outgoing::Finished => {
+                st.guard.ended("ok");
+                return None;
+            }
             Outgoing::Discontinuity(d) => Ok(StreamEvent::Discontinuity(d)),
             Outgoing::End(err) => Err(err),
             Outgoing::Window {
@@ -133,7 +146,10 @@ pub fn ordered(
                     })
             }
         };
-        st.done = out.is_err();
+        if let Err(e) = &out {
+            st.guard.ended(e.kind().label());
+            st.done = true;
+        }
         Some((out, st))
     }))
 }
@@ -155,6 +171,7 @@ mod tests {
             answer: Pending::Ready(Answer {
                 verdict: Verdict::Classified(Classified {
                     class_index,
+                    logits: vec![0.0, 5.0],
                     probabilities: vec![0.0, 1.0],
                     shrinkage: None,
                     uncertain: false,

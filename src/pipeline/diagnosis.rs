@@ -11,6 +11,8 @@ use crate::telemetry::metrics as m;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Classified {
     pub class_index: usize,
+    /// The model's raw outputs, in the card's class order.
+    pub logits: Vec<f32>,
     /// Softmax of logits / temperature, in the card's class order.
     pub probabilities: Vec<f32>,
     /// Mean shrinkage alpha of each unit, when the model has that output.
@@ -111,6 +113,7 @@ impl Reading {
         Answer {
             verdict: Verdict::Classified(Classified {
                 class_index,
+                logits: logits.to_vec(),
                 probabilities,
                 shrinkage,
                 uncertain,

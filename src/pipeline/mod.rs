@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use metrics::gauge;
+use metrics::{counter, gauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,9 +78,25 @@ pub struct StreamSlot {
     client: ClientKey,
     per_connection: Arc<Mutex<HashMap<ClientKey, usize>>>,
     memory: usize,
+    /// How the stream ended, for `drsn_streams_ended_total` (a client that goes away never says).
+    how: &'static str,
+    /// The stream's place in the queue, kept while its client listens.
+    flow: Option<Arc<schedule::Flow>>,
+}
+
+impl deliver::Ending for StreamSlot {
+    fn ended(&mut self, how: &'static str) {
+        self.how = how;
+    }
 }
 
 impl StreamSlot {
+    /// The stream ends before it opened: counted with `err`'s kind; `err` is handed back.
+    pub fn refuse(mut self, err: ServeError) -> ServeError {
+        self.how = err.kind().label();
+        err
+    }
+
     fn budget(&mut self, bytes: usize) {
         gauge!(m::STREAM_MEMORY).increment(bytes as f64);
         self.memory += bytes;
@@ -89,6 +105,7 @@ impl StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        counter!(m::STREAMS_ENDED, "how" => self.how).increment(1);
         gauge!(m::STREAM_MEMORY).decrement(self.memory as f64);
         let mut counts = self
             .per_connection
@@ -163,12 +180,15 @@ impl Pipeline {
             }
             *n += 1;
         }
+        counter!(m::STREAMS_OPENED).increment(1);
         Ok(StreamSlot {
             _global: global,
             _gauge: StreamGauge::open(),
             client,
             per_connection: self.per_connection.clone(),
             memory: 0,
+            how: "cancelled",
+            flow: None,
         })
     }
 
@@ -179,17 +199,13 @@ impl Pipeline {
         mut slot: StreamSlot,
         open: OpenRequest,
     ) -> Result<(StreamSession, EventStream), ServeError> {
-        let spec = StreamSpec::new(open, &self.model, &self.limits)?;
-        let resampler = spec.resampler()?;
-        let state = resampler.as_ref().map_or(0, |r| r.memory_bytes());
-        let (need, what) = self.limits.stream_memory(&self.model, state);
-        if need > self.limits.max_stream_memory {
-            return Err(ServeError::StreamMemory {
-                need: need / 1024,
-                max: self.limits.max_stream_memory / 1024,
-                what,
-            });
-        }
+        let (spec, resampler, need) = match self.plan_stream(open) {
+            Ok(planned) => planned,
+            Err(err) => {
+                slot.how = err.kind().label();
+                return Err(err);
+            }
+        };
         slot.budget(need);
         let framer = Framer::new(self.model.window(), spec.hop, spec.channels, resampler);
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(2));
@@ -197,12 +213,13 @@ impl Pipeline {
         // The flow lives while either end does: its queued windows leave when the reader has finished and the
         // client has stopped listening.
         let flow = Arc::new(self.scheduler.flow(slot.client));
+        slot.flow = Some(flow.clone());
         let events = deliver::ordered(
             rx,
             self.classes.clone(),
             self.drain.expired.clone(),
             progress.clone(),
-            Box::new((slot, flow.clone())),
+            Box::new(slot),
         );
         let session = StreamSession::new(
             spec,
@@ -216,12 +233,38 @@ impl Pipeline {
         Ok((session, events))
     }
 
-    /// Diagnoses whole windows (each the model's window length, interleaved frames): all are queued or none, and
-    /// the answers come back in request order.
+    /// Whether new work is taken: not draining, and inference workers alive.
+    pub fn ready(&self) -> bool {
+        !self.drain.shutdown.is_cancelled() && !self.scheduler.is_closed()
+    }
+
+    /// The validated spec, its resampler and its memory budget, or why the stream cannot be served.
+    fn plan_stream(
+        &self,
+        open: OpenRequest,
+    ) -> Result<(StreamSpec, Option<resample::StreamResampler>, usize), ServeError> {
+        let spec = StreamSpec::new(open, &self.model, &self.limits)?;
+        let resampler = spec.resampler()?;
+        let state = resampler.as_ref().map_or(0, |r| r.memory_bytes());
+        let (need, what) = self.limits.stream_memory(&self.model, state);
+        if need > self.limits.max_stream_memory {
+            return Err(ServeError::StreamMemory {
+                need: need / 1024,
+                max: self.limits.max_stream_memory / 1024,
+                what,
+            });
+        }
+        Ok((spec, resampler, need))
+    }
+
+    /// Diagnoses whole windows (each the model's window length, interleaved frames) for `api` (the metrics label):
+    /// all are queued or none, and the answers come back in request order.
     pub async fn diagnose(
         &self,
+        api: &'static str,
         windows: Vec<Vec<f32>>,
     ) -> Result<Vec<WindowDiagnosis>, ServeError> {
+        counter!(m::REQUESTS, "api" => api).increment(1);
         if self.drain.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown {
                 resume: Resume(None),
@@ -286,7 +329,7 @@ impl Pipeline {
                     first_sample: 0,
                     last_sample: last,
                 };
-                WindowDiagnosis::deliver("unary", place, a, total, &self.classes)
+                WindowDiagnosis::deliver(api, place, a, total, &self.classes)
             })
             .collect())
     }

@@ -208,6 +208,11 @@ impl Scheduler {
         self.work.notify_one();
     }
 
+    /// Whether [`Scheduler::close`] was called (a drain finished, or every inference worker stopped).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Windows waiting.
     pub fn queued(&self) -> usize {
         self.lock().queued

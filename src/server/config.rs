@@ -55,6 +55,9 @@ pub struct NetworkArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub listen: SocketAddr,
+    /// KServe V2 (Open Inference Protocol) REST listen address; V2 over gRPC shares --listen.
+    #[arg(long, env = "DRSN_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: SocketAddr,
     /// Prometheus `/metrics` listen address.
     #[arg(
         long,

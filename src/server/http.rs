@@ -1,13 +1,11 @@
-//! Serves `GET /metrics` (optionally over TLS) from the telemetry recorder, with the same connection limits as
-//! the gRPC listener: a slow or silent client (half a request) is closed, not held.
+//! Serves an HTTP/1.1 router (`/metrics`, the KServe V2 REST API), optionally over TLS, with the same connection
+//! limits as the gRPC listener: a slow or silent client (half a request) is closed, not held.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -18,11 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::server::net::{self, ConnIo, ConnLimits};
 use crate::server::tls::HANDSHAKE_TIMEOUT;
 
-/// Scrapers are few.
-const MAX_CONNECTIONS: usize = 64;
-
-/// A metrics connection, plain or TLS.
-pub enum MetricsIo {
+/// A connection, plain or TLS.
+pub enum HttpIo {
     Plain(ConnIo),
     Tls(Box<tokio_rustls::server::TlsStream<ConnIo>>),
 }
@@ -30,11 +25,11 @@ pub enum MetricsIo {
 macro_rules! delegate {
     ($self:ident, $io:ident => $e:expr) => {
         match $self.get_mut() {
-            MetricsIo::Plain($io) => {
+            HttpIo::Plain($io) => {
                 let $io = Pin::new($io);
                 $e
             }
-            MetricsIo::Tls($io) => {
+            HttpIo::Tls($io) => {
                 let $io = Pin::new($io.as_mut());
                 $e
             }
@@ -42,7 +37,7 @@ macro_rules! delegate {
     };
 }
 
-impl AsyncRead for MetricsIo {
+impl AsyncRead for HttpIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,7 +47,7 @@ impl AsyncRead for MetricsIo {
     }
 }
 
-impl AsyncWrite for MetricsIo {
+impl AsyncWrite for HttpIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -72,15 +67,15 @@ impl AsyncWrite for MetricsIo {
 
 /// Accepted (and, with TLS, handshaken) connections for axum.
 struct Accepted {
-    rx: mpsc::Receiver<MetricsIo>,
+    rx: mpsc::Receiver<HttpIo>,
     local: std::net::SocketAddr,
 }
 
 impl axum::serve::Listener for Accepted {
-    type Io = MetricsIo;
+    type Io = HttpIo;
     type Addr = std::net::SocketAddr;
 
-    async fn accept(&mut self) -> (MetricsIo, std::net::SocketAddr) {
+    async fn accept(&mut self) -> (HttpIo, std::net::SocketAddr) {
         match self.rx.recv().await {
             Some(io) => (io, self.local),
             // The accept loop ended (shutdown): wait for axum's graceful shutdown to stop calling.
@@ -93,25 +88,19 @@ impl axum::serve::Listener for Accepted {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop` fires; a connection that sends nothing for `idle` (a half-sent
-/// request, or keep-alive between scrapes) is closed.
+/// Serves `router` on `listener` until `stop` fires; connections as `limits` say (a connection that sends nothing
+/// for `limits.idle`, a half-sent request or keep-alive between requests, is closed).
 pub async fn serve(
     listener: TcpListener,
-    handle: PrometheusHandle,
+    router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-    idle: Duration,
+    limits: ConnLimits,
     stop: CancellationToken,
 ) {
-    let limits = ConnLimits {
-        listener: "metrics",
-        max_connections: MAX_CONNECTIONS,
-        idle,
-        max_age: None,
-    };
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(err) => {
-            tracing::error!(error = %err, "metrics listener has no address");
+            tracing::error!(error = %err, "HTTP listener has no address");
             return;
         }
     };
@@ -123,7 +112,7 @@ pub async fn serve(
             let tx = tx.clone();
             match &acceptor {
                 None => {
-                    if tx.send(MetricsIo::Plain(io)).await.is_err() {
+                    if tx.send(HttpIo::Plain(io)).await.is_err() {
                         return;
                     }
                 }
@@ -133,7 +122,7 @@ pub async fn serve(
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                             Ok(Ok(tls)) => {
-                                let _ = tx.send(MetricsIo::Tls(Box::new(tls))).await;
+                                let _ = tx.send(HttpIo::Tls(Box::new(tls))).await;
                             }
                             Ok(Err(err)) => {
                                 tracing::debug!(error = %err, "metrics TLS handshake failed")
@@ -145,37 +134,10 @@ pub async fn serve(
             }
         }
     });
-    let upkeep = handle.clone();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }
-        }),
-    );
-    // The recorder needs periodic upkeep to drain histogram buffers when nobody scrapes.
-    let upkeep_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => upkeep.run_upkeep(),
-                _ = upkeep_stop.cancelled() => break,
-            }
-        }
-    });
-    if let Err(err) = axum::serve(Accepted { rx, local }, app)
+    if let Err(err) = axum::serve(Accepted { rx, local }, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
-        tracing::error!(error = %err, "metrics endpoint failed");
+        tracing::error!(error = %err, listener = limits.listener, "HTTP endpoint failed");
     }
 }

@@ -3,8 +3,8 @@
 //! `/metrics`, and drains on SIGTERM/SIGINT.
 
 pub mod config;
+pub mod http;
 pub mod lifecycle;
-pub mod metrics_http;
 pub mod net;
 pub mod tls;
 
@@ -22,6 +22,8 @@ use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
 use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
 use crate::api::grpc::status;
 use crate::api::grpc::transport_errors::TransportErrors;
+use crate::api::kserve;
+use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::engine::device::{Device, Placement};
 use crate::engine::onnx::{self, Model};
 use crate::error::StartupError;
@@ -42,6 +44,8 @@ use crate::telemetry::metrics as m;
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The KServe V2 REST listener.
+    pub http_addr: SocketAddr,
     pub placement: Placement,
     pub settings: Resolved,
     lifecycle: Lifecycle,
@@ -188,7 +192,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             "the model card states no input_range: only flat windows and non-finite outputs are flagged"
         );
     }
-    m::zero_series(&model.card.classes, &status::error_series());
+    let endings: Vec<&'static str> = std::iter::once("ok")
+        .chain(crate::error::ErrorKind::ALL.iter().map(|k| k.label()))
+        .collect();
+    m::zero_series(&model.card.classes, &status::error_series(), &endings);
     let Opened {
         models,
         placement,
@@ -202,6 +209,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
 
     let (grpc, grpc_addr) = bind("gRPC", config.network.listen).await?;
     let (metrics_listener, metrics_addr) = bind("metrics", config.network.metrics_listen).await?;
+    let (http_listener, http_addr) = bind("HTTP", config.network.http_listen).await?;
 
     let mut lifecycle = Lifecycle::new(config.drain_timeout);
     let scheduler = Scheduler::new(ScheduleConfig {
@@ -246,8 +254,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     health.set_service_status("", ServingStatus::Serving).await;
     let max_message = (config.streams.max_chunk_frames * 4 * model.channels() * 2 + (64 << 10))
         .max(model.window_values() * 4 * config.streams.max_unary_windows * 2 + (64 << 10));
+    let v2 = Arc::new(kserve::V2::new(pipeline.clone()));
+    let inference = GrpcInferenceServiceServer::new(kserve::grpc::InferenceService(v2.clone()))
+        .max_decoding_message_size(max_message);
+    let inference = TransportErrors(InterceptedService::new(inference, tokens.interceptor()));
     let diagnosis = DiagnosisServer::new(DiagnosisService::new(
-        pipeline,
+        pipeline.clone(),
         placement,
         StreamTimeouts {
             open: config.streams.open_timeout,
@@ -278,11 +290,41 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         (Some(files), true) => Some(files.rustls().map_err(StartupError::Tls)?),
         _ => None,
     };
-    tokio::spawn(metrics_http::serve(
+    tokio::spawn(m::upkeep(handle.clone(), lifecycle.stop_metrics.clone()));
+    tokio::spawn(http::serve(
         metrics_listener,
-        handle,
+        m::router(handle).merge(probes(pipeline.clone())),
         metrics_tls,
-        config.network.connection_idle_timeout,
+        ConnLimits {
+            listener: "metrics",
+            // Scrapers are few.
+            max_connections: 64,
+            idle: config.network.connection_idle_timeout,
+            max_age: None,
+        },
+        lifecycle.stop_metrics.clone(),
+    ));
+    // The Open Inference Protocol over REST, with the gRPC listener's TLS; it stops taking requests on drain.
+    let v2_rest = kserve::rest::router(
+        v2.clone(),
+        tokens.clone(),
+        model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
+    );
+    let rest_tls = tls
+        .as_ref()
+        .map(|f| f.rustls())
+        .transpose()
+        .map_err(StartupError::Tls)?;
+    tokio::spawn(http::serve(
+        http_listener,
+        v2_rest,
+        rest_tls,
+        ConnLimits {
+            listener: "http",
+            max_connections: config.network.max_connections,
+            idle: config.network.connection_idle_timeout,
+            max_age: None,
+        },
         lifecycle.stop_metrics.clone(),
     ));
 
@@ -321,7 +363,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     let router = builder
         .add_service(health_service)
         .add_optional_service(reflection)
-        .add_service(diagnosis);
+        .add_service(diagnosis)
+        .add_service(inference);
     let signal = {
         let draining = lifecycle.drain.shutdown.clone();
         let health = health.clone();
@@ -362,15 +405,37 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     });
     lifecycle.run(serve, scheduler, batcher);
     gauge!(m::SERVING).set(1.0);
-    tracing::info!(%grpc_addr, %metrics_addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(TlsFiles::mutual),
+    tracing::info!(%grpc_addr, %metrics_addr, %http_addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(TlsFiles::mutual),
         tokens = tokens.len(), reflection = config.network.reflection, "SERVING");
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        http_addr,
         placement,
         settings,
         lifecycle,
     })
+}
+
+/// `/healthz` (the process answers) and `/readyz` (SERVING: not draining, inference workers alive) on the metrics
+/// listener, for probes that cannot speak gRPC over TLS.
+fn probes(pipeline: Arc<Pipeline>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = pipeline.ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -395,4 +460,61 @@ pub async fn termination_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::schedule::ScheduleConfig;
+    use tonic::codegen::Service;
+
+    async fn get(router: &mut axum::Router, path: &str) -> u16 {
+        let request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let _ = std::future::poll_fn(|cx| {
+            <axum::Router as Service<axum::http::Request<axum::body::Body>>>::poll_ready(router, cx)
+        })
+        .await;
+        router.call(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn probes_say_ready_until_the_drain_and_alive_throughout() {
+        let card =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/drsn_cw_cwru.json");
+        let model = Arc::new(LoadedModel::load(&card).unwrap());
+        let drain = Drain::default();
+        let pipeline = Arc::new(Pipeline::new(
+            model,
+            Scheduler::new(ScheduleConfig {
+                capacity: 4,
+                reserve: 1,
+                max_wait: Duration::from_secs(1),
+            }),
+            Limits {
+                max_chunk_frames: 16,
+                max_id_bytes: 8,
+                stream_buffer: 2,
+                transport_buffer: 0,
+                max_stream_memory: 1 << 20,
+            },
+            Admission {
+                max_streams: 1,
+                max_streams_per_connection: 1,
+                max_unary_windows: 1,
+            },
+            drain.clone(),
+        ));
+        let mut router = probes(pipeline);
+        assert_eq!(get(&mut router, "/healthz").await, 200);
+        assert_eq!(get(&mut router, "/readyz").await, 200);
+        drain.shutdown.cancel();
+        assert_eq!(
+            get(&mut router, "/readyz").await,
+            503,
+            "draining is not ready"
+        );
+        assert_eq!(get(&mut router, "/healthz").await, 200, "but alive");
+    }
 }

@@ -1,4 +1,5 @@
-//! Every Prometheus metric the service exports: names, help, buckets, the recorder, and the zero series.
+//! Every Prometheus metric the service exports: names, help, buckets, the recorder, the zero series, and the
+//! `/metrics` route.
 //!
 //! Names follow Prometheus conventions: `drsn_` prefix, base units (seconds, bytes), `_total` counters, labels with
 //! bounded values only (classes, reasons, status codes; never machine or sensor ids).
@@ -12,6 +13,9 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const ACTIVE_STREAMS: &str = "drsn_active_streams";
+pub const STREAMS_OPENED: &str = "drsn_streams_opened_total";
+pub const STREAMS_ENDED: &str = "drsn_streams_ended_total";
+pub const REQUESTS: &str = "drsn_requests_total";
 pub const SAMPLES_RECEIVED: &str = "drsn_samples_received_total";
 pub const WINDOWS_DIAGNOSED: &str = "drsn_windows_diagnosed_total";
 pub const WINDOWS_FLAGGED: &str = "drsn_windows_flagged_total";
@@ -44,8 +48,8 @@ pub const FLAG_REASONS: &[&str] = &[
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
 pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle"];
-/// The APIs windows arrive on.
-pub const APIS: &[&str] = &["stream", "unary"];
+/// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
+pub const APIS: &[&str] = &["stream", "unary", "v2"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -84,7 +88,19 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// Creates the counters that dashboards and alerts read at zero, so rates work from the first window: windows by
 /// API, flags by reason, predictions by class, errors by reason and the code each maps to.
-pub fn zero_series(classes: &[String], error_codes: &[(&'static str, &'static str)]) {
+pub fn zero_series(
+    classes: &[String],
+    error_codes: &[(&'static str, &'static str)],
+    endings: &[&'static str],
+) {
+    counter!(STREAMS_OPENED).absolute(0);
+    for how in endings {
+        counter!(STREAMS_ENDED, "how" => *how).absolute(0);
+    }
+    counter!(DEVICE_FALLBACKS).absolute(0);
+    for api in ["unary", "v2"] {
+        counter!(REQUESTS, "api" => api).absolute(0);
+    }
     for api in APIS {
         counter!(WINDOWS_DIAGNOSED, "api" => *api).absolute(0);
         counter!(WINDOWS_UNCERTAIN, "api" => *api).absolute(0);
@@ -98,7 +114,7 @@ pub fn zero_series(classes: &[String], error_codes: &[(&'static str, &'static st
     for (reason, code) in error_codes {
         counter!(ERRORS, "reason" => *reason, "code" => *code).absolute(0);
     }
-    for listener in ["grpc", "metrics"] {
+    for listener in ["grpc", "http", "metrics"] {
         gauge!(CONNECTIONS, "listener" => listener).set(0.0);
         for reason in CLOSE_REASONS {
             counter!(CONNECTIONS_CLOSED, "listener" => listener, "reason" => *reason).absolute(0);
@@ -114,6 +130,18 @@ pub fn zero_series(classes: &[String], error_codes: &[(&'static str, &'static st
 
 fn describe() {
     describe_gauge!(ACTIVE_STREAMS, "Open StreamDiagnose streams.");
+    describe_counter!(
+        STREAMS_OPENED,
+        "StreamDiagnose streams admitted (before their open message is checked)."
+    );
+    describe_counter!(
+        STREAMS_ENDED,
+        "Streams ended, by how: ok, cancelled (the client went away), or the error kind."
+    );
+    describe_counter!(
+        REQUESTS,
+        "Unary calls (drsn.v1 Diagnose, KServe V2 infer), by API."
+    );
     describe_counter!(
         SAMPLES_RECEIVED,
         "Samples (frames) received on streams, before resampling."
@@ -175,7 +203,7 @@ fn describe() {
     );
     describe_gauge!(
         CONNECTIONS,
-        "Open connections, by listener (grpc, metrics)."
+        "Open connections, by listener (grpc, http, metrics)."
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
@@ -223,6 +251,36 @@ pub fn record_classified(
 pub fn record_flagged(api: &'static str, reason: &'static str, latency: Duration) {
     counter!(WINDOWS_FLAGGED, "api" => api, "reason" => reason).increment(1);
     histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
+}
+
+/// `GET /metrics`: the exposition of the process-wide recorder.
+pub fn router(handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
+}
+
+/// Drains the recorder's histogram buffers every few seconds, so memory stays flat when nobody scrapes.
+pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = stop.cancelled() => break,
+        }
+    }
 }
 
 /// Counts open streams; the gauge goes down when the guard is dropped, however the stream ends.

@@ -39,6 +39,8 @@ pub fn config(extra: &[&str]) -> ServeConfig {
         "127.0.0.1:0".into(),
         "--metrics-addr".into(),
         "127.0.0.1:0".into(),
+        "--http-listen".into(),
+        "127.0.0.1:0".into(),
         "--workers".into(),
         "2".into(),
         "--device".into(),
@@ -212,6 +214,8 @@ pub struct ServerProcess {
     pub addr: String,
     /// Its `/metrics` listener.
     pub metrics: std::net::SocketAddr,
+    /// Its KServe V2 REST listener.
+    pub http: std::net::SocketAddr,
 }
 
 impl ServerProcess {
@@ -225,6 +229,8 @@ impl ServerProcess {
                 "127.0.0.1:0",
                 "--metrics-addr",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
             ])
@@ -235,7 +241,7 @@ impl ServerProcess {
             .spawn()
             .expect("the drsn-serve binary starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
-        let (addr, metrics) = loop {
+        let (addr, metrics, http) = loop {
             let line = lines
                 .next()
                 .expect("the server logs SERVING")
@@ -246,6 +252,7 @@ impl ServerProcess {
                 break (
                     format!("http://{}", field("grpc_addr")),
                     field("metrics_addr").parse().expect("metrics address"),
+                    field("http_addr").parse().expect("HTTP address"),
                 );
             }
         };
@@ -255,6 +262,7 @@ impl ServerProcess {
             child,
             addr,
             metrics,
+            http,
         }
     }
 }

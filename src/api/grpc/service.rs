@@ -50,6 +50,34 @@ pub type ResponseStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<StreamDiagnoseResponse, Status>> + Send + 'static>,
 >;
 
+impl DiagnosisService {
+    /// A new stream's `open` message, within the open timeout.
+    async fn read_open(
+        &self,
+        inbound: &mut Streaming<StreamDiagnoseRequest>,
+    ) -> Result<crate::pipeline::spec::OpenRequest, ServeError> {
+        let shutdown = self.pipeline.drain().shutdown.clone();
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Err(ServeError::ShuttingDown { resume: Resume(None) }),
+            _ = tokio::time::sleep(self.timeouts.open) => {
+                return Err(ServeError::OpenTimeout { after: self.timeouts.open });
+            }
+            first = inbound.message() => first.map_err(|s| status::from_transport(&s))?,
+        };
+        match first {
+            Some(StreamDiagnoseRequest {
+                message: Some(Message::Open(open)),
+            }) => decode::open_request(open),
+            Some(StreamDiagnoseRequest {
+                message: Some(Message::Chunk(_)),
+            }) => Err(ServeError::NotOpened),
+            None => Err(ServeError::EndedBeforeOpen),
+            Some(StreamDiagnoseRequest { message: None }) => Err(ServeError::EmptyMessage),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Diagnosis for DiagnosisService {
     type StreamDiagnoseStream = ResponseStream;
@@ -72,30 +100,10 @@ impl Diagnosis for DiagnosisService {
             .admit_stream(conn.id)
             .map_err(status::status)?;
         let mut inbound = request.into_inner();
-        let drain = self.pipeline.drain().clone();
-        let first = tokio::select! {
-            biased;
-            _ = drain.shutdown.cancelled() => {
-                return Err(status::status(ServeError::ShuttingDown { resume: Resume(None) }));
-            }
-            _ = tokio::time::sleep(self.timeouts.open) => {
-                return Err(status::status(ServeError::OpenTimeout { after: self.timeouts.open }));
-            }
-            first = inbound.message() => first.map_err(|s| status::status(status::from_transport(&s)))?,
+        let open = match self.read_open(&mut inbound).await {
+            Ok(open) => open,
+            Err(err) => return Err(status::status(slot.refuse(err))),
         };
-        let open = match first {
-            Some(StreamDiagnoseRequest {
-                message: Some(Message::Open(open)),
-            }) => open,
-            Some(StreamDiagnoseRequest {
-                message: Some(Message::Chunk(_)),
-            }) => return Err(status::status(ServeError::NotOpened)),
-            None => return Err(status::status(ServeError::EndedBeforeOpen)),
-            Some(StreamDiagnoseRequest { message: None }) => {
-                return Err(status::status(ServeError::EmptyMessage));
-            }
-        };
-        let open = decode::open_request(open).map_err(status::status)?;
         let (session, events) = self
             .pipeline
             .open_stream(slot, open)
@@ -111,7 +119,10 @@ impl Diagnosis for DiagnosisService {
             idle: self.timeouts.idle,
             aged: conn.aged(),
         };
-        drain.tasks.spawn(reader.run(inbound, session));
+        self.pipeline
+            .drain()
+            .tasks
+            .spawn(reader.run(inbound, session));
         let encoder = self.encoder.clone();
         // The connection is busy, not idle, for as long as the client holds the response stream.
         let busy = conn.activity.hold();
@@ -143,7 +154,7 @@ impl Diagnosis for DiagnosisService {
             .map_err(status::status)?;
         let results = self
             .pipeline
-            .diagnose(windows)
+            .diagnose("unary", windows)
             .await
             .map_err(status::status)?
             .into_iter()

@@ -37,6 +37,8 @@ pub fn error_series() -> Vec<(&'static str, &'static str)> {
         .map(|e| (e.reason(), code_name(code(e.kind()))))
         .collect();
     pairs.push((crate::api::auth::REASON, code_name(Code::Unauthenticated)));
+    pairs.push(("model_not_found", code_name(Code::NotFound)));
+    pairs.push(("tensor", code_name(Code::InvalidArgument)));
     pairs
 }
 

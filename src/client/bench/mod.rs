@@ -180,6 +180,7 @@ fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
     let mut config = serve.clone();
     config.network.listen = "127.0.0.1:0".parse()?;
     config.network.metrics_listen = "127.0.0.1:0".parse()?;
+    config.network.http_listen = "127.0.0.1:0".parse()?;
     Ok(config)
 }
 

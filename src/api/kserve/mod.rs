@@ -1,0 +1,268 @@
+//! The Open Inference Protocol (KServe V2), a second front door to the same pipeline: gRPC
+//! `inference.GRPCInferenceService` on the drsn.v1 port ([`grpc`]) and REST on `--http-listen` ([`rest`]), with the
+//! binary tensor extension tritonclient uses. Both call [`V2`], which knows the model's tensors; V2 requests share
+//! the batch queue with streams, so they are batched together.
+//!
+//! Input: `vibration`, FP32, `[N, channels, window]` raw samples at the model's rate. Outputs per window: `logits`
+//! and `probabilities` (FP32 `[N, classes]`), `shrinkage` (FP32 `[N, units]`), `noise_score` (FP32 `[N]`), `label`
+//! (BYTES `[N]`), and `status` (BYTES `[N]`: `ok`, `uncertain`, `invalid_signal:<reason>`, `shed`). A window without
+//! a class has an empty label and zeros in its numeric rows: read `status` before them.
+
+pub mod grpc;
+pub mod proto;
+pub mod rest;
+pub mod tensor;
+
+use std::sync::Arc;
+
+use crate::error::{ErrorKind, ServeError};
+use crate::model::card::LoadedModel;
+use crate::pipeline::Pipeline;
+use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};
+use crate::pipeline::quality::Flag;
+use crate::telemetry::metrics;
+
+pub use tensor::{Data, Tensor};
+
+/// The server name V2 clients see.
+pub const SERVER_NAME: &str = "drsn-serve";
+/// The protocol extensions served.
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
+/// The `api` label of V2 windows in the metrics.
+pub const API: &str = "v2";
+
+/// Why a V2 request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum V2Error {
+    #[error("model `{0}` is not served here; GET /v2/models/<name> lists ours: {1}")]
+    ModelNotFound(String, String),
+    #[error("{0}")]
+    Tensor(String),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+impl V2Error {
+    /// The label for `drsn_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ModelNotFound(..) => "model_not_found",
+            Self::Tensor(_) => "tensor",
+            Self::Serve(e) => e.reason(),
+        }
+    }
+
+    /// `None` for a model that is not here (NOT_FOUND / 404), else the kind of error.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            Self::ModelNotFound(..) => None,
+            Self::Tensor(_) => Some(ErrorKind::InvalidInput),
+            Self::Serve(e) => Some(e.kind()),
+        }
+    }
+
+    /// Counts the error under the status `code` the adapter answers with.
+    pub fn record(&self, code: &'static str) {
+        metrics::record_error(self.reason(), code);
+    }
+}
+
+/// Tensor metadata: name, datatype, shape (-1 for the batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorMeta {
+    pub name: &'static str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// The V2 view of the served model, shared by both front doors.
+pub struct V2 {
+    pipeline: Arc<Pipeline>,
+}
+
+impl V2 {
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self { pipeline }
+    }
+
+    pub fn model(&self) -> &LoadedModel {
+        self.pipeline.model()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.pipeline.ready()
+    }
+
+    /// Checks that a request names our model (and, if it names one, our version).
+    pub fn check_model(&self, name: &str, version: &str) -> Result<(), V2Error> {
+        let card = &self.model().card;
+        if name != card.name || !(version.is_empty() || version == card.version) {
+            return Err(V2Error::ModelNotFound(
+                if version.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name}/versions/{version}")
+                },
+                format!("{} (version {})", card.name, card.version),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn inputs(&self) -> Vec<TensorMeta> {
+        let m = self.model();
+        vec![TensorMeta {
+            name: "vibration",
+            datatype: "FP32",
+            shape: vec![-1, m.channels() as i64, m.window() as i64],
+        }]
+    }
+
+    pub fn outputs(&self) -> Vec<TensorMeta> {
+        let card = &self.model().card;
+        let classes = card.classes.len() as i64;
+        let mut out = vec![
+            TensorMeta {
+                name: "logits",
+                datatype: "FP32",
+                shape: vec![-1, classes],
+            },
+            TensorMeta {
+                name: "probabilities",
+                datatype: "FP32",
+                shape: vec![-1, classes],
+            },
+        ];
+        if let Some(units) = self.units() {
+            out.push(TensorMeta {
+                name: "shrinkage",
+                datatype: "FP32",
+                shape: vec![-1, units as i64],
+            });
+            out.push(TensorMeta {
+                name: "noise_score",
+                datatype: "FP32",
+                shape: vec![-1],
+            });
+        }
+        out.push(TensorMeta {
+            name: "label",
+            datatype: "BYTES",
+            shape: vec![-1],
+        });
+        out.push(TensorMeta {
+            name: "status",
+            datatype: "BYTES",
+            shape: vec![-1],
+        });
+        out
+    }
+
+    fn units(&self) -> Option<usize> {
+        let card = &self.model().card;
+        card.outputs.shrinkage.as_ref()?;
+        card.shrinkage_units.filter(|u| *u > 0)
+    }
+
+    /// Diagnoses the `vibration` tensor; returns the requested outputs (all when `wanted` is empty), in the order
+    /// asked.
+    pub async fn infer(&self, input: Tensor, wanted: &[String]) -> Result<Vec<Tensor>, V2Error> {
+        let windows = tensor::windows(input, &self.inputs()[0], self.model().channels())?;
+        let diagnoses = self.pipeline.diagnose(API, windows).await?;
+        let all = self.outputs();
+        let names: Vec<&str> = if wanted.is_empty() {
+            all.iter().map(|m| m.name).collect()
+        } else {
+            for w in wanted {
+                if !all.iter().any(|m| m.name == w) {
+                    return Err(V2Error::Tensor(format!(
+                        "output `{w}` is not one of: {}",
+                        all.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            wanted.iter().map(String::as_str).collect()
+        };
+        Ok(names
+            .into_iter()
+            .map(|name| self.output(name, &diagnoses))
+            .collect())
+    }
+
+    fn output(&self, name: &str, rows: &[WindowDiagnosis]) -> Tensor {
+        let n = rows.len() as i64;
+        let classes = self.model().card.classes.len();
+        let classified = |w: &WindowDiagnosis| match &w.verdict {
+            Verdict::Classified(c) => Some(c.clone()),
+            Verdict::Flagged(_) => None,
+        };
+        let floats =
+            |width: usize, f: &dyn Fn(&crate::pipeline::diagnosis::Classified) -> Vec<f32>| {
+                rows.iter()
+                    .flat_map(|w| classified(w).map_or_else(|| vec![0.0; width], |c| f(&c)))
+                    .collect::<Vec<f32>>()
+            };
+        let (data, shape) = match name {
+            "logits" => (
+                Data::F32(floats(classes, &|c| c.logits.clone())),
+                vec![n, classes as i64],
+            ),
+            "probabilities" => (
+                Data::F32(floats(classes, &|c| c.probabilities.clone())),
+                vec![n, classes as i64],
+            ),
+            "shrinkage" => {
+                let units = self.units().unwrap_or(0);
+                (
+                    Data::F32(floats(units, &|c| {
+                        let mut s = c.shrinkage.clone().unwrap_or_default();
+                        s.resize(units, 0.0);
+                        s
+                    })),
+                    vec![n, units as i64],
+                )
+            }
+            "noise_score" => (
+                Data::F32(floats(1, &|c| vec![c.noise_score().unwrap_or(0.0)])),
+                vec![n],
+            ),
+            "label" => (
+                Data::Bytes(
+                    rows.iter()
+                        .map(|w| {
+                            classified(w)
+                                .and_then(|c| self.model().card.classes.get(c.class_index).cloned())
+                                .unwrap_or_default()
+                                .into_bytes()
+                        })
+                        .collect(),
+                ),
+                vec![n],
+            ),
+            _ => (
+                Data::Bytes(rows.iter().map(|w| status(w).into_bytes()).collect()),
+                vec![n],
+            ),
+        };
+        let datatype = match data {
+            Data::F32(_) => "FP32",
+            Data::Bytes(_) => "BYTES",
+        };
+        Tensor {
+            name: name.to_owned(),
+            datatype: datatype.to_owned(),
+            shape,
+            data,
+        }
+    }
+}
+
+/// A window's status as text: `ok`, `uncertain`, `invalid_signal:<reason>` or `shed`.
+fn status(w: &WindowDiagnosis) -> String {
+    match &w.verdict {
+        Verdict::Classified(c) if c.uncertain => "uncertain".into(),
+        Verdict::Classified(_) => "ok".into(),
+        Verdict::Flagged(f) if f.flag == Flag::Shed => "shed".into(),
+        Verdict::Flagged(f) => format!("invalid_signal:{}", f.flag.reason()),
+    }
+}
