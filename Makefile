@@ -12,7 +12,7 @@ BIN := target/release/drsn-serve
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
 .PHONY: help serve test lint pytest rust-test v2-test deploy-test deploy-gen image-test local-stack build bench soak ort ort-gpu \
-	reproduce venv
+	reproduce study venv
 
 help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
@@ -21,7 +21,8 @@ help:
 	@echo "make soak       30 minutes of mixed good, bad, slow and vanishing clients; RSS and fds sampled"
 	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
 	@echo "make ort-gpu    the CUDA build (onnxruntime-gpu) into .ort/gpu, for --device cuda"
-	@echo "make reproduce  retrain every model of the study, ship the DRSN and rewrite models/reports/"
+	@echo "make reproduce  the shipped recipe's study (leave-one-load-out + time split), ship the DRSN, write models/reports/"
+	@echo "make study      every recipe tried (models/reports/pilots.json), then make reproduce"
 	@echo "make deploy-test   deploy/ checks: manifests, rules, dashboard queries against the real server (in make test)"
 	@echo "make deploy-gen    regenerate the PrometheusRule from deploy/prometheus/rules.yml"
 	@echo "make image-test    build the CPU image with podman (root, Debian packages) and run it: health, uid, drain"
@@ -102,3 +103,6 @@ test: lint pytest rust-test v2-test deploy-test
 
 reproduce: venv
 	cd models/training && ../../$(PY) -m drsntrain reproduce
+
+study: venv
+	cd models/training && ../../$(PY) -m drsntrain pareto && ../../$(PY) -m drsntrain reproduce

@@ -8,11 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .bench import onnx_throughput
-from .data import REPO_ROOT, DataNotFoundError, load_recordings, loads, split_windows
-from .experiments import ARCHS, Run, execute, lolo_runs, run_all, study_runs
+from .calibrate import calibrate
+from .data import REPO_ROOT, DataNotFoundError, load_recordings, loads
+from .experiments import ARCHS, PILOTS, Run, execute, lolo_runs, run_all, study_runs
 from .export import export_onnx, load_checkpoint
-from .model import ModelConfig, parameter_count
+from .model import DRSN, ModelConfig, parameter_count
 from .report import write_report
 from .ship import ship
 from .train import NoiseProtocol, TrainConfig
@@ -22,6 +26,15 @@ RUNS_DIR = REPO_ROOT / "models" / "training" / "runs"
 SHIPPED_NAME = "drsn-cw-cwru"
 TRAIN_BATCH = 64  # not the paper's 128: see models/training/README.md
 PAPER_STAGES = 3  # the paper-protocol runs keep the paper's depth
+# The shipped recipe, chosen by validation on the training loads of the leave-one-load-out folds (see
+# models/training/README.md): 8192-sample windows, a wide stem (kernel 64, stride 32), 16-32-64 channels, two units
+# per stage, random speed changes of +-4%. Every command starts from it.
+RECIPE = {"window": 8192, "width": 4, "units": 2, "stem_kernel": 64, "stem_stride": 32, "speed": 0.04}
+
+
+def paper_config(arch: str) -> ModelConfig:
+    """The paper's network (Zhao et al. 2020): 2048-sample windows, a kernel-3 stem, 4-8-16 channels, 4 units."""
+    return ModelConfig(shrinkage=arch, window=2048, stem_channels=4, stages=((4, 4), (8, 4), (16, 4)))
 
 
 def model_config(args, arch: str, width: int, stages: int) -> ModelConfig:
@@ -40,13 +53,15 @@ def model_config(args, arch: str, width: int, stages: int) -> ModelConfig:
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="CWRU folder (default $DRSN_CWRU_DIR or ../shared/data/cwru)")
-    p.add_argument("--window", type=int, default=2048, help="window length in samples (default 2048)")
-    p.add_argument("--width", type=int, default=3, help="channel multiplier over the paper's 4-8-16 (default 3)")
-    p.add_argument("--units", type=int, default=4, help="residual units per stage (default 4)")
+    p.add_argument("--window", type=int, default=RECIPE["window"], help="window length in samples")
+    p.add_argument("--width", type=int, default=RECIPE["width"], help="channel multiplier over the paper's 4-8-16")
+    p.add_argument("--units", type=int, default=RECIPE["units"], help="residual units per stage")
     p.add_argument("--stages", type=int, default=3, help="stages of residual units (default 3, the paper's)")
-    p.add_argument("--stem-kernel", type=int, default=3, help="first layer's kernel (default 3, the paper's)")
-    p.add_argument("--stem-stride", type=int, default=2, help="first layer's stride (default 2, the paper's)")
-    p.add_argument("--speed", type=float, default=0.0, help="random speed change of training windows, +-fraction")
+    p.add_argument("--stem-kernel", type=int, default=RECIPE["stem_kernel"], help="first layer's kernel (paper: 3)")
+    p.add_argument("--stem-stride", type=int, default=RECIPE["stem_stride"], help="first layer's stride (paper: 2)")
+    p.add_argument(
+        "--speed", type=float, default=RECIPE["speed"], help="random speed change of training windows, +-fraction"
+    )
     p.add_argument("--hop", type=int, default=512, help="mean spacing of training windows (default 512)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument(
@@ -58,13 +73,29 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="parallel training processes, one thread each")
 
 
+def recipe_train(args, seed: int = 0) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs,
+        seed=seed,
+        train_hop=args.hop,
+        batch_size=args.batch,
+        speed_perturb=args.speed,
+        train_fraction=getattr(args, "train_fraction", TrainConfig.train_fraction),
+    )
+
+
 def cmd_reproduce(args) -> None:
+    """The study of the shipped recipe (leave-one-load-out folds, then the time split), the shipped model with its
+    calibration, and the report."""
     started = time.perf_counter()
     recordings = load_recordings(args.data_dir)
     models_dir, runs_dir = Path(args.out), Path(args.runs_dir)
     base = model_config(args, "cw", args.width, args.stages)
-    paper = model_config(args, "cw", args.paper_width, PAPER_STAGES)
-    runs = study_runs(args.seeds, args.epochs, base, args.hop, paper, args.paper_epochs, args.paper_seeds, args.batch)
+    archs = tuple(args.archs.split(","))
+    paper = paper_config("cw") if args.paper_seeds else None
+    runs = study_runs(
+        loads(recordings), args.seeds, archs, base, recipe_train(args), paper, args.paper_epochs, args.paper_seeds
+    )
     results = run_all(runs, args.data_dir, runs_dir, args.jobs)
     # Wall time spent running the study, summed over resumed invocations.
     timing_file = runs_dir / "timing.json"
@@ -73,28 +104,30 @@ def cmd_reproduce(args) -> None:
     timing_file.write_text(json.dumps({"study_seconds": study_seconds}))
     started = time.perf_counter()
 
-    # The shipped model: the DRSN-CW seed with the best validation accuracy (test unseen).
+    # Calibration on held-out loads: the DRSN-CW fold models' logits for the load they never saw.
+    heldout: dict[int, list[dict]] = {}
+    for r in results.values():
+        if r["protocol"].startswith("lolo") and r["arch"] == "cw":
+            with np.load(runs_dir / r["run"] / "heldout.npz") as z:
+                heldout.setdefault(r["test_load"], []).append(dict(z))
+    calibration = calibrate(heldout)
+
+    # The shipped model: trained on every load with the recipe; the DRSN-CW seed with the best validation accuracy.
     cw = [r for r in results.values() if r["protocol"] == "mixed" and r["arch"] == "cw"]
     best = max(cw, key=lambda r: (r["best_val_acc"], -r["seed"]))
-    model = load_checkpoint(runs_dir / best["run"] / "model.pt")
+    lolo_cw = [r for r in results.values() if r["protocol"].startswith("lolo") and r["arch"] == "cw"]
     card = ship(
-        model,
+        load_checkpoint(runs_dir / best["run"] / "model.pt"),
         SHIPPED_NAME,
         models_dir,
         recordings,
-        evaluation=card_evaluation(best),
+        evaluation=card_evaluation(best, lolo_cw),
         training=card_training(best, "best validation accuracy among the DRSN-CW seeds"),
+        calibration=card_calibration(calibration),
     )
-
-    x_test, _ = split_windows(recordings, "test", base.window)
-    bench, params = {}, {}
-    for arch in ARCHS:
-        path = runs_dir / "onnx" / f"{arch}.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arch_model = load_checkpoint(runs_dir / f"mixed/{arch}-s0" / "model.pt")
-        params[arch] = parameter_count(arch_model)
-        export_onnx(arch_model, path)
-        bench[arch] = onnx_throughput(path, x_test[:64], batch=64, threads=1)
+    bench = cost_side_by_side(args, archs)
+    pilots_file = models_dir / "reports" / "pilots.json"
+    pilots = json.loads(pilots_file.read_text()) if pilots_file.exists() else {}
     elapsed = study_seconds + time.perf_counter() - started
     train_seconds = sum(r["train_seconds"] + r.get("eval_seconds", 0) for r in results.values())
     write_report(
@@ -103,22 +136,105 @@ def cmd_reproduce(args) -> None:
         shipped=best,
         card=card,
         bench=bench,
-        params=params,
+        calibration=calibration,
+        pilots=pilots,
         timing={"wall_seconds": elapsed, "run_seconds": train_seconds, "jobs": args.jobs},
         command=" ".join(["python -m drsntrain", *sys.argv[1:]]),
     )
     print(f"shipped {card['onnx']} (sha256 {card['sha256'][:12]}...), report in models/reports/")
 
 
-def card_evaluation(result: dict) -> dict:
-    test = result["test"]
+def cost_side_by_side(args, archs: tuple[str, ...]) -> dict:
+    """Windows/s in ONNX Runtime (batch 64, one thread) of the shipped recipe's architectures, the previous shipped
+    architecture (1.1.0) and the paper's network, measured one after another in this run (cost does not depend on
+    the weights: fresh networks)."""
+    nets = {f"recipe-{a}": model_config(args, a, args.width, args.stages) for a in archs}
+    nets["shipped-1.1.0"] = ModelConfig(
+        shrinkage="cw", window=2048, stem_channels=12, stages=((12, 4), (24, 4), (48, 4))
+    )
+    nets["paper"] = paper_config("cw")
     return {
+        name: {"parameters": parameter_count(DRSN(cfg)), "window": cfg.window, **cost(cfg)}
+        for name, cfg in nets.items()
+    }
+
+
+def cost(cfg: ModelConfig) -> dict:
+    """ONNX Runtime windows/s of a fresh network of `cfg`, batch 64, one thread."""
+    import tempfile
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        export_onnx(DRSN(cfg), path)
+        x = np.random.default_rng(0).normal(size=(64, cfg.window)).astype(np.float32)
+        return onnx_throughput(path, x, batch=64, threads=1)
+
+
+def card_calibration(c: dict) -> dict:
+    return {
+        "temperature": round(c["temperature"], 4),
+        "uncertain_below": round(c["uncertain_below"], 4),
+        "method": (
+            "temperature scaling fitted on the leave-one-load-out models' held-out loads (every noise cell and clean); "
+            f"uncertain_below: the lowest confidence at which held-out windows are {100 * c['target_precision']:g}% "
+            "right"
+        ),
+        "ece_before": round(c["ece_before"], 4),
+        "ece_after": round(c["ece_after"], 4),
+        "coverage": round(c["coverage"], 4),
+    }
+
+
+def cmd_pareto(args) -> None:
+    """Every recipe tried on the leave-one-load-out folds (one seed, DRSN-CW), and its cost measured side by side;
+    writes models/reports/pilots.json for the report."""
+    recordings = load_recordings(args.data_dir)
+    folds = loads(recordings)
+    out = {}
+    for name, overrides in PILOTS.items():
+        a = argparse.Namespace(**{**vars(args), **overrides})
+        runs = lolo_runs(folds, 1, ("cw",), model_config(a, "cw", a.width, a.stages), recipe_train(a))
+        results = run_all(runs, args.data_dir, Path(args.runs_dir) / name, args.jobs)
+        out[name] = {"settings": overrides, **lolo_summary(list(results.values()))["cw"]}
+    for name, overrides in PILOTS.items():
+        a = argparse.Namespace(**{**vars(args), **overrides})
+        out[name]["windows_per_s"] = cost(model_config(a, "cw", a.width, a.stages))["windows_per_s"]
+    path = Path(args.out) / "reports" / "pilots.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+def card_evaluation(result: dict, lolo: list[dict] | None = None) -> dict:
+    """The time split's test grid of the shipped model, and, when the study ran, the leave-one-load-out grid (mean
+    and standard deviation over folds and seeds): what to expect on a load the model never saw."""
+    test = result["test"]
+    out = {
         "split": "test",
         "windows": test["windows"],
         "noise_realisations_per_cell": test["repeats"],
         "accuracy": test["accuracy"],
         "report": "models/reports/README.md",
     }
+    if lolo:
+        grid: dict = {}
+        for key, value in lolo[0]["test"]["accuracy"].items():
+            if isinstance(value, dict):
+                grid[key] = {snr: mean_std([r["test"]["accuracy"][key][snr] for r in lolo]) for snr in value}
+            else:
+                grid[key] = mean_std([r["test"]["accuracy"][key] for r in lolo])
+        out["leave_one_load_out"] = {
+            "protocol": "train on two loads, test on every window of the third; mean and std over folds and seeds",
+            "runs": len(lolo),
+            "accuracy": grid,
+        }
+    return out
+
+
+def mean_std(values: list[float]) -> dict:
+    v = np.array(values)
+    return {"mean": round(float(v.mean()), 5), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 5)}
 
 
 def card_training(result: dict, chosen: str) -> dict:
@@ -183,27 +299,13 @@ def cmd_lolo(args) -> None:
     )
     results = run_all(runs, args.data_dir, Path(args.runs_dir), args.jobs)
     summary = lolo_summary(list(results.values()))
-    summary["windows_per_s"] = onnx_cost(load_checkpoint(Path(args.runs_dir) / runs[0].name / "model.pt"))
+    summary["windows_per_s"] = cost(runs[0].model)["windows_per_s"]
     (Path(args.runs_dir) / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 
-def onnx_cost(model) -> float:
-    """Windows/s in ONNX Runtime, batch 64, one thread, on random windows (cost does not depend on the values)."""
-    import tempfile
-
-    import numpy as np
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "m.onnx"
-        export_onnx(model, path)
-        x = np.random.default_rng(0).normal(size=(64, model.config.window)).astype(np.float32)
-        return onnx_throughput(path, x, batch=64, threads=1)["windows_per_s"]
-
-
 def lolo_summary(results: list[dict]) -> dict:
     """Mean over folds and seeds of validation accuracy and of the headline test cells, per architecture."""
-    import numpy as np
 
     cells = [("clean", None), ("gaussian", -8), ("laplacian", -8), ("pink", -8), ("gaussian", -10)]
     out: dict = {}
@@ -224,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="train every architecture and seed, ship the model, write the report")
     add_common(rep)
     rep.add_argument("--seeds", type=int, default=3)
+    rep.add_argument("--archs", default="none,cw", help="comma-separated: cw, cs, none (default none,cw)")
     rep.add_argument("--paper-epochs", type=int, default=40)
-    rep.add_argument("--paper-seeds", type=int, default=3)
-    rep.add_argument("--paper-width", type=int, default=1, help="width of the paper-protocol runs (default 1)")
+    rep.add_argument(
+        "--paper-seeds", type=int, default=0, help="seeds of the paper's fixed-SNR protocol (default 0: not run)"
+    )
     rep.add_argument("--out", default=str(MODELS_DIR), help="where the shipped model and reports/ go")
     rep.add_argument("--runs-dir", default=str(RUNS_DIR), help="checkpoints and results of every run")
     rep.set_defaults(func=cmd_reproduce)
@@ -246,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     lo.add_argument("--loads", help="held-out loads to run, comma-separated (default: every load)")
     lo.add_argument("--train-fraction", type=float, default=0.6, help="share of each seen recording trained on")
     lo.set_defaults(func=cmd_lolo)
+    pa = sub.add_parser("pareto", help="every recipe tried, on the folds, with its cost: models/reports/pilots.json")
+    add_common(pa)
+    pa.add_argument("--runs-dir", default=str(RUNS_DIR / "pilots"), help="one folder of runs per recipe")
+    pa.add_argument("--out", default=str(MODELS_DIR), help="where reports/pilots.json goes")
+    pa.add_argument("--train-fraction", type=float, default=0.6, help="share of each seen recording trained on")
+    pa.set_defaults(func=cmd_pareto)
     args = parser.parse_args(argv)
     try:
         args.func(args)

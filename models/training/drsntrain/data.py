@@ -110,6 +110,18 @@ def _mat_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def shaft_speed_rpm(path: Path, file_number: int) -> float | None:
+    """The shaft speed recorded in a CWRU file (X<num>RPM), if it has one."""
+    mat = scipy.io.loadmat(path)
+    key = f"X{file_number:03d}RPM"
+    if key not in mat:
+        candidates = [k for k in mat if k.endswith("RPM")]
+        if len(candidates) != 1:
+            return None
+        key = candidates[0]
+    return float(np.asarray(mat[key]).reshape(-1)[0])
+
+
 def load_recordings(directory: str | os.PathLike | None = None) -> list[Recording]:
     """Every recognisable recording below the CWRU folder, sorted by path."""
     root = data_dir(directory)

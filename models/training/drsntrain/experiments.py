@@ -29,6 +29,80 @@ from .train import NoiseProtocol, TrainConfig, train
 ARCHS = ("none", "cs", "cw")
 PAPER_SNRS_DB = (-10.0, -8.0, -6.0)
 
+# Every recipe tried for the leave-one-load-out targets (one seed, DRSN-CW, 60 epochs, batch 64), by the name of its
+# runs folder; the settings override the command's. The shipped recipe is the last one. `python -m drsntrain
+# pareto` reruns them (reusing finished runs) and measures their cost side by side.
+_2048 = {"window": 2048, "train_fraction": 0.6}
+PILOTS: dict[str, dict] = {
+    "ref-w3-k3s2-sp0": {**_2048, "width": 3, "units": 4, "stem_kernel": 3, "stem_stride": 2, "speed": 0.0},
+    "w1-k3s2-sp4": {**_2048, "width": 1, "units": 4, "stem_kernel": 3, "stem_stride": 2, "speed": 0.04},
+    "k64s8-w4-u2-sp0": {**_2048, "width": 4, "units": 2, "stem_kernel": 64, "stem_stride": 8, "speed": 0.0},
+    "k64s8-w4-u2-sp4": {**_2048, "width": 4, "units": 2, "stem_kernel": 64, "stem_stride": 8, "speed": 0.04},
+    "W4096-k64s16-w4-u2-sp4": {
+        "window": 4096,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 64,
+        "stem_stride": 16,
+        "speed": 0.04,
+        "train_fraction": 0.6,
+    },
+    "W4096-k64s16-w4-u2-sp2": {
+        "window": 4096,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 64,
+        "stem_stride": 16,
+        "speed": 0.02,
+        "train_fraction": 0.6,
+    },
+    "W4096-k64s16-w4-u2-sp4-tf8": {
+        "window": 4096,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 64,
+        "stem_stride": 16,
+        "speed": 0.04,
+        "train_fraction": 0.8,
+    },
+    "W4096-k64s16-w4-u2-sp2-tf8": {
+        "window": 4096,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 64,
+        "stem_stride": 16,
+        "speed": 0.02,
+        "train_fraction": 0.8,
+    },
+    "W4096-k32s16-w4-u2-sp2-tf8": {
+        "window": 4096,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 32,
+        "stem_stride": 16,
+        "speed": 0.02,
+        "train_fraction": 0.8,
+    },
+    "W4096-k128s16-w6-u1-sp4": {
+        "window": 4096,
+        "width": 6,
+        "units": 1,
+        "stem_kernel": 128,
+        "stem_stride": 16,
+        "speed": 0.04,
+        "train_fraction": 0.6,
+    },
+    "W8192-k64s32-w4-u2-sp4": {
+        "window": 8192,
+        "width": 4,
+        "units": 2,
+        "stem_kernel": 64,
+        "stem_stride": 32,
+        "speed": 0.04,
+        "train_fraction": 0.6,
+    },
+}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -60,38 +134,32 @@ def lolo_runs(
 
 
 def study_runs(
+    loads: list[int],
     seeds: int,
-    epochs: int,
+    archs: tuple[str, ...],
     model: ModelConfig,
-    hop: int,
-    paper_model: ModelConfig,
-    paper_epochs: int,
-    paper_seeds: int,
-    batch_size: int = TrainConfig.batch_size,
+    train: TrainConfig,
+    paper_model: ModelConfig | None = None,
+    paper_epochs: int = 40,
+    paper_seeds: int = 0,
 ) -> list[Run]:
-    """The mixed-noise runs first (they decide the shipped model), then the paper protocol.
-
-    `batch_size` applies to the mixed-noise runs; the paper-protocol runs keep the paper's recipe.
-    """
-    runs = []
-    for seed in range(seeds):
-        for arch in ARCHS:
-            runs.append(
-                Run(
-                    "mixed",
-                    replace(model, shrinkage=arch),
-                    TrainConfig(epochs=epochs, seed=seed, train_hop=hop, batch_size=batch_size),
-                    NoiseProtocol(),
-                )
-            )
-    for snr in PAPER_SNRS_DB:
+    """The study of one recipe: leave-one-load-out for every load, seed and architecture (the yardstick), then the
+    time split on every load (the shipped model is chosen among its DRSN-CW seeds), then, if asked, the paper's
+    fixed-SNR protocol with the paper's network and batch."""
+    runs = lolo_runs(loads, seeds, archs, model, train)
+    runs += [
+        Run("mixed", replace(model, shrinkage=arch), replace(train, seed=seed), NoiseProtocol())
+        for seed in range(seeds)
+        for arch in archs
+    ]
+    for snr in PAPER_SNRS_DB if paper_model is not None else ():
         for seed in range(paper_seeds):
-            for arch in ARCHS:
+            for arch in archs:
                 runs.append(
                     Run(
                         f"paper-gaussian{snr:g}dB",
                         replace(paper_model, shrinkage=arch),
-                        TrainConfig(epochs=paper_epochs, seed=seed, train_hop=hop),
+                        TrainConfig(epochs=paper_epochs, seed=seed, train_hop=train.train_hop),
                         NoiseProtocol(kind="fixed", noise_type="gaussian", snr_db=snr),
                     )
                 )

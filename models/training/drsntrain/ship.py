@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import CLASSES, SAMPLE_RATE_HZ, SPLIT, Recording, split_windows
+from .data import CLASSES, SAMPLE_RATE_HZ, SPLIT, Recording, loads, shaft_speed_rpm, split_windows
 from .export import (
     INPUT_NAME,
     OPSET,
@@ -23,7 +23,7 @@ from .export import (
 from .model import ARCH_NAMES, DRSN, parameter_count
 from .noise import noisy_copies
 
-MODEL_VERSION = "1.1.0"
+MODEL_VERSION = "2.0.0"
 # A window's worth of hop halves the latency between results at 2x the compute.
 DEFAULT_HOP_FRACTION = 0.5
 PARITY_TOLERANCE = 1e-4
@@ -63,6 +63,22 @@ def input_range(recordings: list[Recording], window: int, seed: int = 0) -> dict
     }
 
 
+def operating_conditions(recordings: list[Recording]) -> dict:
+    """What the model was trained on: motor loads, shaft speeds (from the files), sample rate, sensor."""
+    speeds: dict[str, list[float]] = {}
+    for r in recordings:
+        rpm = shaft_speed_rpm(r.path, r.file_number)
+        if rpm is not None:
+            speeds.setdefault(str(r.load_hp), []).append(rpm)
+    return {
+        "loads_hp": loads(recordings),
+        "speed_rpm": {load: [min(v), max(v)] for load, v in sorted(speeds.items())},
+        "sample_rate_hz": SAMPLE_RATE_HZ,
+        "sensor": "drive-end accelerometer (g), CWRU test rig, 6205-2RS JEM SKF deep-groove ball bearing",
+        "note": "windows from other loads, speeds, bearings or sensor positions are outside what was tested",
+    }
+
+
 class ParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree beyond the tolerance."""
 
@@ -86,6 +102,7 @@ def ship(
     recordings: list[Recording],
     evaluation: dict,
     training: dict,
+    calibration: dict | None = None,
 ) -> dict:
     """Write <stem>.onnx, <stem>.pt, <stem>.json (card) and <stem>.golden.npz; return the card."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +129,8 @@ def ship(
             "type": ARCH_NAMES[cfg.shrinkage],
             "shrinkage": cfg.shrinkage,
             "stem_channels": cfg.stem_channels,
+            "stem_kernel": cfg.stem_kernel,
+            "stem_stride": cfg.stem_stride,
             "stages": [{"channels": c, "units": n} for c, n in cfg.stages],
             "units": cfg.units,
             "parameters": parameter_count(model),
@@ -142,7 +161,9 @@ def ship(
         "classes": list(CLASSES),
         "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
         "input_range": input_range(recordings, cfg.window),
+        "operating_conditions": operating_conditions(recordings),
         "evaluation": evaluation,
+        **({"calibration": calibration} if calibration else {}),
         "training": {
             "data": {
                 "source": "CWRU Bearing Data Center, 12 kHz drive-end accelerometer (X<num>_DE_time)",

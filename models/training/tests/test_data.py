@@ -19,7 +19,7 @@ from drsntrain.data import (
     split_windows,
 )
 
-from .conftest import FIXTURE_DIR
+from .conftest import FIXTURE_DIR, multi_load_tree
 
 
 @pytest.mark.parametrize(
@@ -98,19 +98,6 @@ def test_real_cwru_recordings(cwru_dir):
     assert all(len(r.signal) > 100_000 for r in recs)
     _, y = split_windows(recs, "test", 2048)
     assert np.bincount(y, minlength=len(CLASSES)).min() > 0
-
-
-def multi_load_tree(root: Path) -> Path:
-    """The committed 0 hp excerpt as a CWRU tree of links: 0HP/ a linked folder, 1HP/ and 2HP/ folders of linked
-    files renamed to those loads (each file's variable keeps its 0 hp number; the loader finds the one *_DE_time)."""
-    (root / "0HP").symlink_to(FIXTURE_DIR / "0HP", target_is_directory=True)
-    for load in (1, 2):
-        folder = root / f"{load}HP"
-        folder.mkdir()
-        for f in sorted((FIXTURE_DIR / "0HP").glob("12k_*.mat")):
-            stem, num = f.stem.rsplit("_", 2)[0], f.stem.rsplit("_", 1)[1]
-            (folder / f"{stem}_{load}_{num}{load}.mat").symlink_to(f)
-    return root
 
 
 def test_linked_folders_and_files_are_followed(tmp_path):

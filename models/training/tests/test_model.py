@@ -138,3 +138,14 @@ def test_shrinkage_output_is_each_units_mean_alpha():
         u.register_forward_hook(lambda m, i, o: alphas.append(o[1].mean(1)))
     _, shrink = model(torch.randn(3, 1, 512))
     assert torch.allclose(shrink, torch.stack(alphas, 1))
+
+
+def test_wide_strided_stem_shortens_every_later_layer():
+    cfg = ModelConfig(window=8192, stem_channels=16, stem_kernel=64, stem_stride=32, stages=((16, 2), (32, 2), (64, 2)))
+    assert cfg.feature_length() == 256 // 8
+    logits, shrink = DRSN(cfg).eval()(torch.randn(3, 1, 8192))
+    assert logits.shape == (3, 10) and shrink.shape == (3, 6)
+    # The paper's stem stays the default.
+    assert (ModelConfig().stem_kernel, ModelConfig().stem_stride) == (3, 2)
+    with pytest.raises(ValueError, match="stem"):
+        ModelConfig(stem_stride=0)

@@ -9,7 +9,7 @@ from drsntrain.__main__ import main
 from drsntrain.data import CLASSES
 from drsntrain.export import ort_outputs, ort_session, sha256
 
-from .conftest import FIXTURE_DIR
+from .conftest import FIXTURE_DIR, multi_load_tree
 
 
 def test_tiny_training_run_exports_a_loadable_model(tmp_path, capsys):
@@ -36,37 +36,48 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     runs = tmp_path / "runs"
-    args = ["reproduce", "--data-dir", str(FIXTURE_DIR), "--window", "512", "--width", "1", "--units", "1"]
-    args += ["--epochs", "2", "--hop", "256", "--seeds", "2", "--paper-epochs", "1", "--paper-seeds", "1"]
-    args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs), "--stages", "2", "--batch", "32"]
+    data = multi_load_tree(tmp_path / "data")
+    args = ["reproduce", "--data-dir", str(data), "--window", "512", "--width", "1", "--units", "1", "--stages", "2"]
+    args += ["--stem-kernel", "16", "--stem-stride", "4", "--epochs", "2", "--hop", "256", "--seeds", "2"]
+    args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs), "--batch", "32"]
     assert main(args) == 0
     report = (tmp_path / "reports" / "README.md").read_text()
-    for heading in ("## Targets", "## Accuracy", "DRSN-CW against ResNet", "paper's protocol", "## Noise score"):
-        assert heading in report
+    for heading in (
+        "## Targets: leave one load out",
+        "## Held-out loads",
+        "DRSN-CW against ResNet",
+        "## Time split",
+        "## Cost",
+        "## Calibration",
+        "## Noise score",
+    ):
+        assert heading in report, heading
     for png in ("accuracy_vs_snr.png", "confusion_-8dB.png", "shrinkage_vs_snr.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "reports" / "results.json").read_text())
-    assert len(results["runs"]) == 2 * 3 + 3 * 3
-    assert set(results["bench"]) == {"none", "cs", "cw"}
-    # --stages and --batch shape the mixed-noise runs; the paper-protocol runs keep the paper's network and batch.
+    # 3 folds x 2 seeds x 2 architectures, then the time split: 2 seeds x 2 architectures.
+    assert len(results["runs"]) == 3 * 2 * 2 + 2 * 2
+    assert {"recipe-cw", "recipe-none", "shipped-1.1.0", "paper"} == set(results["bench"])
     for r in results["runs"].values():
-        mixed = r["protocol"] == "mixed"
-        assert [c for c, _ in r["model"]["stages"]] == ([4, 8] if mixed else [4, 8, 16])
-        assert r["train"]["batch_size"] == (32 if mixed else 128)
+        assert r["model"]["stem_kernel"] == 16 and r["train"]["batch_size"] == 32
+        if r["protocol"].startswith("lolo"):
+            held = int(r["protocol"][5])
+            assert r["test_load"] == held
     card = json.loads((tmp_path / "drsn_cw_cwru.json").read_text())
     cw = [r for r in results["runs"].values() if r["protocol"] == "mixed" and r["arch"] == "cw"]
     best = max(cw, key=lambda r: (r["best_val_acc"], -r["seed"]))
     assert card["training"]["seed"] == best["seed"]  # chosen on validation, never on test
+    assert card["operating_conditions"]["loads_hp"] == [0, 1, 2]
+    assert card["calibration"]["temperature"] > 0 and 0 <= card["calibration"]["uncertain_below"] <= 1
+    assert card["evaluation"]["leave_one_load_out"]["runs"] == 3 * 2
+    assert set(card["input_range"]) >= {"rms_accepted", "peak_accepted", "clip_samples", "unit"}
 
     # A second invocation reuses every finished run instead of training again.
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}
     assert main(args) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}
 
-    # Other settings make the stored results stale: --epochs retrains the mixed-noise runs alone
-    # (the paper-protocol runs have their own --paper-epochs).
+    # Other settings make the stored results stale: --epochs retrains them.
     assert main([*args[: args.index("--epochs") + 1], "3", *args[args.index("--epochs") + 2 :]]) == 0
-    for p, t in stamps.items():
-        retrained = p.stat().st_mtime_ns != t
-        assert retrained == (p.parent.parent.name == "mixed"), p
+    assert all(p.stat().st_mtime_ns != t for p, t in stamps.items())
     assert json.loads((runs / "mixed" / "cw-s0" / "result.json").read_text())["train"]["epochs"] == 3
