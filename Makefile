@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 REQS := models/training/requirements.txt
 DEPLOY_REQS := deploy/tests/requirements.txt
 V2_REQS := tests/v2/requirements.txt
-ORT_VERSION := 1.31.1
+# The ONNX Runtime release, pinned (with its hash) in one place; the build, the image and the tests read it there.
+ORT_VERSION := $(shell sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' deploy/ort/onnxruntime-cpu.txt)
 ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
 BIN := target/release/drsn-serve
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.

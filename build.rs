@@ -2,9 +2,19 @@
 //! so a build needs no system protoc; one descriptor set serves reflection for both.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    #[allow(unsafe_code)]
     if std::env::var_os("PROTOC").is_none() {
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
+    // The ONNX Runtime release is pinned in one place, the hash-checked wheel `make ort` installs.
+    let pin = std::fs::read_to_string("deploy/ort/onnxruntime-cpu.txt")?;
+    let version = pin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("onnxruntime=="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or("deploy/ort/onnxruntime-cpu.txt pins no onnxruntime==<version>")?;
+    println!("cargo:rustc-env=DRSN_ORT_VERSION={version}");
+    println!("cargo:rerun-if-changed=deploy/ort");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("drsn_descriptor.bin"))

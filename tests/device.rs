@@ -1,5 +1,6 @@
 //! Device selection with the CPU build of ONNX Runtime, which has no CUDA provider: `--device cuda` must refuse to
 //! start, naming the fix; `--device auto` must fall back to CPU and count the fallback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 mod common;
 
@@ -8,7 +9,11 @@ use drsn_serve::error::StartupError;
 use drsn_serve::server;
 
 fn cpu_lib() -> String {
-    format!("{}/.ort/cpu/libonnxruntime.so.1.31.1", common::ROOT)
+    format!(
+        "{}/.ort/cpu/libonnxruntime.so.{}",
+        common::ROOT,
+        drsn_serve::engine::onnx::ORT_VERSION
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

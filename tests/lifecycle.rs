@@ -1,6 +1,7 @@
 //! Stream and process lifecycle: a client that disconnects frees its stream; a real scrape passes
 //! `promtool check metrics`; SIGTERM drains the binary: queued windows delivered, streams end with a status, the
 //! process exits in time.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 mod common;
 
@@ -58,7 +59,7 @@ async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
     let addr = common::addr(&running);
     let (got_window_tx, got_window_rx) = std::sync::mpsc::channel();
     let (die_tx, die_rx) = std::sync::mpsc::channel::<()>();
-    let first = samples[..4096].to_vec();
+    let first = samples[..common::window() + common::hop()].to_vec();
     let client_thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -163,14 +164,10 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
 
     let (_, samples) = common::recordings().remove(4);
     // 200 windows; the committed excerpts are shorter, so repeat the recording (the classes do not matter here).
-    let samples: Vec<f32> = samples
-        .iter()
-        .copied()
-        .cycle()
-        .take(2048 + 199 * 1024)
-        .collect();
+    let (w, h) = (common::window(), common::hop());
+    let samples: Vec<f32> = samples.iter().copied().cycle().take(w + 199 * h).collect();
     let samples = Arc::new(samples);
-    let windows = (samples.len() - 2048) / 1024 + 1;
+    let windows = common::windows_in(samples.len(), w, h);
     let (tx, rx) = mpsc::channel(1024);
     tx.send(open()).await.unwrap();
     for (k, c) in samples.chunks(4096).enumerate() {
@@ -224,7 +221,7 @@ async fn sigterm_drains_queued_windows_and_exits_in_time() {
         .unwrap();
     assert_eq!(
         resume,
-        received as u64 * 1024,
+        (received * h) as u64,
         "windows up to the resume point were all delivered"
     );
     drop(tx);
@@ -303,8 +300,9 @@ async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_
     assert!(out.status.is_none(), "{:?}", out.status);
     assert!(out.resumed >= 1, "the stream was never aged out");
     // Every window exactly once, across the reconnections: contiguous starts, one hop apart.
-    let starts: Vec<u64> = out.windows.iter().map(|w| w.first_sample_index).collect();
-    let expected: Vec<u64> = (0..=(frames - 2048) / 1024).map(|k| k * 1024).collect();
+    let (w, h) = (common::window() as u64, common::hop() as u64);
+    let starts: Vec<u64> = out.windows.iter().map(|r| r.first_sample_index).collect();
+    let expected: Vec<u64> = (0..=(frames - w) / h).map(|k| k * h).collect();
     assert_eq!(starts, expected);
     running.shutdown();
     running.stopped().await;

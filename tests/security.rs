@@ -1,6 +1,7 @@
 //! TLS, mutual TLS and bearer tokens with real certificates made in the test (rcgen): the right CA and token get
 //! in; no token, a wrong token, a wrong CA, an expired certificate or a missing client certificate do not; health
 //! stays open for probes; `/metrics` can be served over the same TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 mod common;
 

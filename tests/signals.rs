@@ -2,6 +2,7 @@
 //! spiked, flat and clipped, on plain and resampled streams and in unary calls; a card's calibration marks
 //! low-confidence classes uncertain. Every window is still answered, in order, and the stream ends OK. The tests
 //! count process-wide metrics, so they run one at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 mod common;
 
@@ -12,7 +13,7 @@ use drsn_serve::api::grpc::proto::{
 };
 use drsn_serve::client::replay::{self, StreamPlan};
 
-/// Streams `samples` at `rate` with hop 1024; returns every window result, checking the stream ended OK.
+/// Streams `samples` at `rate` with the default hop; returns every window result, checking the stream ended OK.
 async fn stream(
     running: &drsn_serve::server::Running,
     samples: Vec<f32>,
@@ -48,7 +49,7 @@ fn assert_unclassified(w: &WindowResult) {
 }
 
 fn expected_windows(n: usize) -> usize {
-    (n - 2048) / 1024 + 1
+    common::windows_in(n, common::window(), common::hop())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,11 +106,13 @@ async fn a_single_spike_flags_only_the_windows_that_hold_it() {
     let running = common::start(&[]).await;
     let (label, samples) = common::recordings().remove(7);
     let mut spiked = samples.to_vec();
-    spiked[3100] = 3.4e38;
+    // A quarter window past the first window's end: held by two windows at the default hop (half a window).
+    let at = common::window() + common::window() / 4;
+    spiked[at] = 3.4e38;
     let windows = stream(&running, spiked, 12_000.0).await;
     assert_eq!(windows.len(), expected_windows(samples.len()));
     for w in &windows {
-        let holds = w.first_sample_index <= 3100 && 3100 <= w.last_sample_index;
+        let holds = w.first_sample_index <= at as u64 && at as u64 <= w.last_sample_index;
         if holds {
             assert_eq!(
                 status(w),
@@ -127,7 +130,7 @@ async fn a_single_spike_flags_only_the_windows_that_hold_it() {
             .filter(|w| status(w).0 == WindowStatus::InvalidSignal)
             .count(),
         2,
-        "windows 2 and 3 hold sample 3100"
+        "two windows hold the spike"
     );
     running.shutdown();
     running.stopped().await;
@@ -219,12 +222,12 @@ async fn unary_calls_flag_windows_one_by_one() {
     let win = |values: Vec<f32>| Window {
         samples: Some(window::Samples::Values(FloatSamples { values })),
     };
-    let good = samples[..2048].to_vec();
+    let good = samples[..common::window()].to_vec();
     let resp = client
         .diagnose(DiagnoseRequest {
             windows: vec![
                 win(good.clone()),
-                win(vec![1.0; 2048]),
+                win(vec![1.0; common::window()]),
                 win(good.iter().map(|x| x * 1e30).collect()),
                 win(good),
             ],

@@ -1,5 +1,6 @@
 //! End to end over loopback gRPC with real CWRU recordings: every window once, in order, with the right sample
 //! ranges and the right class; many concurrent streams kept apart; gaps reported; bad input refused per stream.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
 
 mod common;
 
@@ -43,16 +44,17 @@ async fn status_of(addr: String, messages: Vec<StreamDiagnoseRequest>) -> tonic:
 async fn replayed_recordings_get_every_window_once_in_order_and_right() {
     let running = common::start(&[]).await;
     let channel = replay::connect(&common::addr(&running)).await.unwrap();
+    let w = common::window();
     for (label, samples) in common::recordings() {
         let mut plan = StreamPlan::new(12_000.0, samples.len() as u64);
         // Back-to-back windows, as the model card's accuracy was measured; odd chunk sizes straddle windows.
-        plan.hop = 2048;
+        plan.hop = w as u32;
         plan.chunk_frames = 1000;
         let out = replay::stream_samples(channel.clone(), samples.clone(), plan, |_| {})
             .await
             .unwrap();
         assert!(out.status.is_none(), "{label}: {:?}", out.status);
-        let expected = (samples.len() - 2048) / 2048 + 1;
+        let expected = common::windows_in(samples.len(), w, w);
         assert_eq!(
             out.windows.len(),
             expected,
@@ -60,9 +62,10 @@ async fn replayed_recordings_get_every_window_once_in_order_and_right() {
         );
         for (k, w) in out.windows.iter().enumerate() {
             assert_eq!(w.window_index, k as u64, "{label}: in order");
+            let at = (k * common::window()) as u64;
             assert_eq!(
                 (w.first_sample_index, w.last_sample_index),
-                (k as u64 * 2048, k as u64 * 2048 + 2047)
+                (at, at + common::window() as u64 - 1)
             );
             assert_eq!(w.model_name, "drsn-cw-cwru");
         }
@@ -72,7 +75,7 @@ async fn replayed_recordings_get_every_window_once_in_order_and_right() {
             right, expected,
             "{label}: {right}/{expected} windows classified right"
         );
-        assert_eq!(out.opened.as_ref().map(|o| o.hop), Some(2048));
+        assert_eq!(out.opened.as_ref().map(|o| o.hop), Some(w as u32));
     }
     running.shutdown();
     running.stopped().await;
@@ -83,11 +86,12 @@ async fn sixty_four_streams_never_see_each_others_results() {
     let running = common::start(&[]).await;
     let channel = replay::connect(&common::addr(&running)).await.unwrap();
     let recs = common::recordings();
+    let (w, h) = (common::window(), common::hop());
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let (label, samples) = recs[i % recs.len()].clone();
             // Cap each stream at 30 windows; stream i starts its indices at i * 1e9, so a foreign result shows.
-            let frames = (samples.len() as u64).min(2048 + 29 * 1024);
+            let frames = (samples.len() as u64).min((w + 29 * h) as u64);
             let samples = Arc::new(samples[..frames as usize].to_vec());
             let channel = channel.clone();
             tokio::spawn(async move {
@@ -101,13 +105,13 @@ async fn sixty_four_streams_never_see_each_others_results() {
         .collect();
     for t in tasks {
         let (label, frames, base, windows) = t.await.unwrap();
-        let expected = (frames as usize - 2048) / 1024 + 1;
+        let expected = common::windows_in(frames as usize, w, h);
         assert_eq!(windows.len(), expected);
-        for (k, w) in windows.iter().enumerate() {
-            assert_eq!(w.window_index, k as u64);
+        for (k, r) in windows.iter().enumerate() {
+            assert_eq!(r.window_index, k as u64);
             assert_eq!(
-                w.first_sample_index,
-                base + k as u64 * 1024,
+                r.first_sample_index,
+                base + (k * h) as u64,
                 "a result from another stream"
             );
         }
@@ -158,14 +162,15 @@ async fn stream_from(
 async fn a_gap_is_reported_and_windowing_restarts() {
     let running = common::start(&[]).await;
     let (_, samples) = common::recordings().remove(3);
+    let (w, h) = (common::window(), common::hop());
+    let (a, g) = (w + h / 2, (w + h / 2 + 2000) as u64);
+    let o = g + 1000;
     let (tx, rx) = mpsc::channel(8);
     tx.send(open(12_000.0, 1, 0)).await.unwrap();
-    tx.send(chunk(0, samples[..3000].to_vec())).await.unwrap(); // window 0 at 0..2047
-    tx.send(chunk(5000, samples[..2048].to_vec()))
-        .await
-        .unwrap(); // gap: restart at 5000
-    tx.send(chunk(6000, samples[..100].to_vec())).await.unwrap(); // overlap (expected 7048): restart at 6000
-    tx.send(chunk(6100, samples[..2000].to_vec()))
+    tx.send(chunk(0, samples[..a].to_vec())).await.unwrap(); // window 0 only
+    tx.send(chunk(g, samples[..w].to_vec())).await.unwrap(); // gap: restart at g
+    tx.send(chunk(o, samples[..100].to_vec())).await.unwrap(); // overlap (expected g + w): restart at o
+    tx.send(chunk(o + 100, samples[..w - 100].to_vec()))
         .await
         .unwrap();
     drop(tx);
@@ -173,9 +178,9 @@ async fn a_gap_is_reported_and_windowing_restarts() {
     let mut events = Vec::new();
     while let Some(m) = inbound.message().await.unwrap() {
         match m.event.unwrap() {
-            Event::Window(w) => events.push(format!(
+            Event::Window(r) => events.push(format!(
                 "w{} {}..{}",
-                w.window_index, w.first_sample_index, w.last_sample_index
+                r.window_index, r.first_sample_index, r.last_sample_index
             )),
             Event::Discontinuity(d) => events.push(format!(
                 "gap {}->{} -{}",
@@ -184,14 +189,16 @@ async fn a_gap_is_reported_and_windowing_restarts() {
             Event::Opened(_) => {}
         }
     }
+    let w = w as u64;
     assert_eq!(
         events,
         [
-            "w0 0..2047",
-            "gap 3000->5000 -1976",
-            "w1 5000..7047",
-            "gap 7048->6000 -1024",
-            "w2 6000..8047"
+            format!("w0 0..{}", w - 1),
+            // Samples after the next window's start (h) were owed to a window that never completed.
+            format!("gap {a}->{g} -{}", a as u64 - h as u64),
+            format!("w1 {g}..{}", g + w - 1),
+            format!("gap {}->{o} -{}", g + w, w - h as u64),
+            format!("w2 {o}..{}", o + w - 1),
         ],
     );
     running.shutdown();
@@ -207,20 +214,21 @@ async fn a_48khz_stream_is_resampled_and_classified() {
         .windows(2)
         .flat_map(|p| (0..4).map(move |k| p[0] + (p[1] - p[0]) * k as f32 / 4.0))
         .collect();
-    let frames = up.len().min(4 * (2048 + 9 * 1024) + 4 * 1024);
+    let (w, h) = (common::window(), common::hop());
+    let frames = up.len().min(4 * (w + 9 * h) + 4 * h);
     let channel = replay::connect(&common::addr(&running)).await.unwrap();
     let plan = StreamPlan::new(48_000.0, frames as u64);
     let out = replay::stream_samples(channel, Arc::new(up[..frames].to_vec()), plan, |_| {})
         .await
         .unwrap();
     assert!(out.opened.as_ref().unwrap().resampled);
-    // Every window the model-rate signal holds (10 with the full recording, 2 with the committed excerpt).
+    // Every window the model-rate signal holds (10 with the full recording, fewer with the committed excerpt).
     let model_rate = frames / 4;
-    assert_eq!(out.windows.len(), (model_rate - 2048) / 1024 + 1);
-    for (k, w) in out.windows.iter().enumerate() {
+    assert_eq!(out.windows.len(), common::windows_in(model_rate, w, h));
+    for (k, r) in out.windows.iter().enumerate() {
         assert_eq!(
-            w.first_sample_index,
-            k as u64 * 4096,
+            r.first_sample_index,
+            (4 * k * h) as u64,
             "window {k} maps back to 48 kHz indices"
         );
     }
@@ -315,7 +323,7 @@ async fn bad_input_ends_only_its_own_stream() {
     );
     assert_eq!(
         good.window_count as usize,
-        (recs[5].1.len() - 2048) / 1024 + 1
+        common::windows_in(recs[5].1.len(), common::window(), common::hop())
     );
     let scrape = common::scrape(&running).await;
     assert!(
@@ -358,8 +366,9 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
         )),
     };
     let req = |windows| drsn_serve::api::grpc::proto::DiagnoseRequest { windows, detail: 0 };
+    let w = common::window();
     let e = client
-        .diagnose(req(vec![win(2048), win(100)]))
+        .diagnose(req(vec![win(w), win(100)]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -371,7 +380,7 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     let e = client.diagnose(req(vec![])).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = client
-        .diagnose(req((0..9).map(|_| win(2048)).collect()))
+        .diagnose(req((0..9).map(|_| win(w)).collect()))
         .await
         .unwrap_err();
     assert_eq!(
@@ -384,17 +393,14 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     let (_, samples) = common::recordings().remove(1);
     let flood = {
         let channel = replay::connect(&common::addr(&running)).await.unwrap();
-        let mut plan = StreamPlan::new(12_000.0, 2048 + 400 * 128);
+        let mut plan = StreamPlan::new(12_000.0, (w + 400 * 128) as u64);
         plan.hop = 128;
         plan.keep_windows = false;
         tokio::spawn(replay::stream_samples(channel, samples, plan, |_| {}))
     };
     let mut exhausted = None;
     for _ in 0..500 {
-        match client
-            .diagnose(req((0..4).map(|_| win(2048)).collect()))
-            .await
-        {
+        match client.diagnose(req((0..4).map(|_| win(w)).collect())).await {
             Err(e) if e.code() == Code::ResourceExhausted => {
                 exhausted = Some(e);
                 break;
@@ -414,7 +420,7 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
     assert!(flood.status.is_none());
     assert_eq!(flood.window_count, 401, "the streaming client lost nothing");
     let ok = client
-        .diagnose(req((0..3).map(|_| win(2048)).collect()))
+        .diagnose(req((0..3).map(|_| win(w)).collect()))
         .await
         .unwrap()
         .into_inner();
@@ -431,7 +437,7 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
             info.classes.len(),
             info.device.as_str()
         ),
-        ("drsn-cw-cwru", 2048, 10, "cpu")
+        ("drsn-cw-cwru", w as u32, 10, "cpu")
     );
     running.shutdown();
     running.stopped().await;

@@ -19,7 +19,10 @@ NOT_SERVER_ENV = {"LD_LIBRARY_PATH", "NVIDIA_DRIVER_CAPABILITIES"}
 
 
 def makefile_var(name: str) -> str:
-    m = re.search(rf"^{name} := (.+)$", (REPO / "Makefile").read_text(), re.M)
+    if name == "ORT_VERSION":  # pinned with its hash in deploy/ort; the Makefile reads it from there
+        m = re.search(r"^onnxruntime==([0-9.]+)", (REPO / "deploy/ort/onnxruntime-cpu.txt").read_text(), re.M)
+    else:
+        m = re.search(rf"^{name} := (.+)$", (REPO / "Makefile").read_text(), re.M)
     assert m, name
     return m.group(1).strip()
 

@@ -13,8 +13,8 @@ use crate::engine::{BatchOutput, InferError, Runner};
 use crate::error::StartupError;
 use crate::model::card::{LoadedModel, Normalization};
 
-/// The ONNX Runtime release the project installs and is tested with.
-pub const ORT_VERSION: &str = "1.31.1";
+/// The ONNX Runtime release the project installs and is tested with: pinned in deploy/ort/onnxruntime-cpu.txt.
+pub const ORT_VERSION: &str = env!("DRSN_ORT_VERSION");
 
 /// The folders searched for the project's ONNX Runtime, in order: the working directory, the folders above the
 /// executable (so `target/release/drsn-serve` finds the checkout's), and the checkout this was built from.

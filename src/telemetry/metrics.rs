@@ -7,6 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use axum::http::header::CONTENT_TYPE;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
@@ -261,10 +262,7 @@ pub fn router(handle: PrometheusHandle) -> axum::Router {
             let handle = handle.clone();
             async move {
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
+                    [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                     handle.render(),
                 )
             }

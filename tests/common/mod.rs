@@ -27,6 +27,26 @@ pub fn model_card() -> PathBuf {
     Path::new(ROOT).join("models/drsn_cw_cwru.json")
 }
 
+fn card() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(model_card()).expect("the card"))
+        .expect("card JSON")
+}
+
+/// The shipped model's window, in samples at its rate.
+pub fn window() -> usize {
+    card()["input"]["window"].as_u64().expect("input.window") as usize
+}
+
+/// The shipped model's default hop.
+pub fn hop() -> usize {
+    card()["default_hop"].as_u64().expect("default_hop") as usize
+}
+
+/// Windows a stream of `n` samples holds at window `w` and hop `h`.
+pub fn windows_in(n: usize, w: usize, h: usize) -> usize {
+    if n < w { 0 } else { (n - w) / h + 1 }
+}
+
 /// Server settings for tests: loopback, ephemeral ports, the shipped model on CPU. `extra` are CLI flags, and
 /// override these defaults.
 pub fn config(extra: &[&str]) -> ServeConfig {

@@ -1,5 +1,5 @@
 //! Types and service stubs generated from `proto/drsn/v1/diagnosis.proto`.
-#![allow(clippy::all, missing_docs)]
+#![allow(clippy::all, missing_docs, unused_qualifications)]
 
 tonic::include_proto!("drsn.v1");
 
