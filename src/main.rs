@@ -61,6 +61,8 @@ fn main() -> std::process::ExitCode {
                 logging::init(false, "warn");
                 if args.fairness {
                     println!("{}", bench::run_fairness(args).await?);
+                } else if let Some(n) = args.memory {
+                    println!("{}", bench::run_memory(args, n).await?);
                 } else {
                     println!("{}", bench::run(args).await?);
                 }

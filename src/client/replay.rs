@@ -37,6 +37,8 @@ pub struct StreamPlan {
     pub frames: u64,
     /// Client sample index to start from (a stream resumed after UNAVAILABLE).
     pub start: u64,
+    /// Wait this long before the first chunk (real-time sensors whose phases are spread).
+    pub start_delay: Duration,
     /// Stop sending at this instant (load generation).
     pub until: Option<Instant>,
     /// Keep every `WindowResult` in the outcome (off for long load runs).
@@ -55,6 +57,7 @@ impl StreamPlan {
             detail: ResultDetail::Compact,
             frames,
             start: 0,
+            start_delay: Duration::ZERO,
             until: None,
             keep_windows: true,
         }
@@ -170,6 +173,7 @@ async fn send_chunks(
     plan: StreamPlan,
     sent: Arc<Mutex<Vec<Instant>>>,
 ) {
+    tokio::time::sleep(plan.start_delay).await;
     let start = Instant::now();
     let mut at: u64 = plan.start;
     let n = samples.len() as u64;

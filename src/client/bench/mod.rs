@@ -1,8 +1,11 @@
 //! `drsn-serve bench`: raw ONNX Runtime throughput in-process and the service's end-to-end throughput over
-//! loopback gRPC, measured one after the other in one run on the same settings, with their ratio and latencies;
-//! with `--fairness`, real-time latency beside floods ([`fairness`]).
+//! loopback gRPC, measured one after the other in one run on the same settings, with their ratio; real-time
+//! latency at 64 sensors (phases spread and in phase); and the capacity a user plans with ([`capacity`]). With
+//! `--fairness`, real-time latency beside floods ([`fairness`]).
 
+pub mod capacity;
 pub mod fairness;
+pub mod memory;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +30,16 @@ pub struct BenchArgs {
     /// Measure fairness instead: a real-time sensor's latency alone, beside floods, and after one.
     #[arg(long)]
     pub fairness: bool,
+    /// Measure memory instead: the server's RSS per idle stream (plain and resampled) and with this many
+    /// real-time streams (the server runs as a child process).
+    #[arg(long)]
+    pub memory: Option<usize>,
+    /// Skip the capacity search (the largest number of real-time sensors within --latency-budget).
+    #[arg(long)]
+    pub skip_capacity: bool,
+    /// Real-time sensors the capacity search starts from.
+    #[arg(long, default_value_t = 32)]
+    pub capacity_start: usize,
     /// Folder of CWRU .mat recordings to stream (default: the test fixtures in the repository).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/models/training/tests/fixtures/cwru_mini/0HP"))]
     pub recordings: PathBuf,
@@ -44,9 +57,13 @@ pub struct BenchReport {
     pub ratio: f64,
     pub saturated_p50_ms: f64,
     pub saturated_p99_ms: f64,
-    pub realtime_windows_per_s: f64,
-    pub realtime_p50_ms: f64,
-    pub realtime_p99_ms: f64,
+    /// 64 real-time sensors, phases spread and in phase.
+    pub realtime_spread: capacity::Trial,
+    pub realtime_in_phase: capacity::Trial,
+    pub capacity: Vec<capacity::Capacity>,
+    pub cores: usize,
+    pub window: usize,
+    pub hop: usize,
 }
 
 fn load_recordings(dir: &std::path::Path) -> anyhow::Result<Vec<Arc<Vec<f32>>>> {
@@ -175,6 +192,16 @@ pub async fn run_fairness(args: BenchArgs) -> anyhow::Result<fairness::FairnessR
     report
 }
 
+/// Runs the memory measurement on a server binary started for it (flags passed through: `--model`, `--workers`).
+pub async fn run_memory(args: BenchArgs, streams: usize) -> anyhow::Result<memory::MemoryReport> {
+    let recordings = load_recordings(&args.recordings)?;
+    let flags = vec![
+        "--model".to_owned(),
+        args.serve.model.to_string_lossy().into_owned(),
+    ];
+    memory::run(flags, recordings[0].clone(), streams, args.seconds).await
+}
+
 /// The settings on loopback, ephemeral ports.
 fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
     let mut config = serve.clone();
@@ -187,6 +214,7 @@ fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let recordings = load_recordings(&args.recordings)?;
     let config = local(&args.serve)?;
+    let model = LoadedModel::load(&config.model)?;
 
     eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
     let (raw, device, workers, max_batch) =
@@ -200,12 +228,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     );
     let (service, saturated) =
         service_throughput(&addr, &recordings, args.streams, args.seconds, false).await?;
+    let load = capacity::Load {
+        addr: addr.clone(),
+        recordings: recordings.clone(),
+        window: model.window(),
+        hop: model.card.default_hop,
+        seconds: args.seconds,
+        budget: config.batching.latency_budget,
+    };
     eprintln!(
-        "measuring latency at real-time pace with {} streams for {} s ...",
-        args.streams, args.seconds
+        "measuring 64 real-time sensors, phases spread and in phase, {} s each ...",
+        args.seconds
     );
-    let (realtime, paced) =
-        service_throughput(&addr, &recordings, args.streams, args.seconds, true).await?;
+    let realtime_spread = capacity::trial(&load, 64, true).await?;
+    let realtime_in_phase = capacity::trial(&load, 64, false).await?;
+    let mut capacity = Vec::new();
+    if !args.skip_capacity {
+        for spread in [true, false] {
+            capacity.push(capacity::search(&load, spread, args.capacity_start).await?);
+        }
+    }
     running.shutdown();
     running.stopped().await;
 
@@ -220,9 +262,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         ratio: service / raw,
         saturated_p50_ms: ms(&saturated, 50.0),
         saturated_p99_ms: ms(&saturated, 99.0),
-        realtime_windows_per_s: realtime,
-        realtime_p50_ms: ms(&paced, 50.0),
-        realtime_p99_ms: ms(&paced, 99.0),
+        realtime_spread,
+        realtime_in_phase,
+        capacity,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        window: model.window(),
+        hop: model.card.default_hop,
     })
 }
 
@@ -230,8 +275,14 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "device {}, {} worker(s) x {} intra-op thread(s), max batch {}",
-            self.device, self.workers, self.intra_threads, self.max_batch
+            "device {}, {} worker(s) x {} intra-op thread(s), max batch {}, {} cores; window {} / hop {} at 12 kHz",
+            self.device,
+            self.workers,
+            self.intra_threads,
+            self.max_batch,
+            self.cores,
+            self.window,
+            self.hop
         )?;
         writeln!(
             f,
@@ -253,10 +304,59 @@ impl std::fmt::Display for BenchReport {
             "window latency, saturated:           p50 {:.1} ms, p99 {:.1} ms",
             self.saturated_p50_ms, self.saturated_p99_ms
         )?;
-        write!(
-            f,
-            "window latency, real-time streams:   p50 {:.1} ms, p99 {:.1} ms ({:.0} windows/s)",
-            self.realtime_p50_ms, self.realtime_p99_ms, self.realtime_windows_per_s
-        )
+        for (name, t) in [
+            ("phases spread", &self.realtime_spread),
+            ("in phase", &self.realtime_in_phase),
+        ] {
+            writeln!(
+                f,
+                "64 real-time sensors, {name:<13}  p50 {:.1} ms, p99 {:.1} ms ({:.0} windows/s)",
+                t.p50_ms, t.p99_ms, t.windows_per_s
+            )?;
+        }
+        if let Some(c) = self.capacity.first() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "capacity plan: real-time 12 kHz sensors one server holds with p99 within {:.0} ms and none behind",
+                c.budget_ms
+            )?;
+            writeln!(
+                f,
+                "| sensors' phases | sensors held | windows/s | windows/s per core | p50 ms | p99 ms |"
+            )?;
+            writeln!(f, "|---|---|---|---|---|---|")?;
+            for c in &self.capacity {
+                let phases = if c.spread { "spread" } else { "in phase" };
+                match c.held {
+                    Some(t) => writeln!(
+                        f,
+                        "| {phases} | {} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                        t.streams,
+                        t.windows_per_s,
+                        t.windows_per_s / self.cores as f64,
+                        t.p50_ms,
+                        t.p99_ms
+                    )?,
+                    None => writeln!(f, "| {phases} | none of the trials passed | | | | |")?,
+                }
+            }
+            writeln!(f)?;
+            write!(f, "trials (streams: p99 ms, delivered):")?;
+            for c in &self.capacity {
+                for t in &c.trials {
+                    write!(
+                        f,
+                        " {}{}: {:.1}, {:.0}%",
+                        if c.spread { "" } else { "in-phase " },
+                        t.streams,
+                        t.p99_ms,
+                        100.0 * t.delivered
+                    )?;
+                    write!(f, ";")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
