@@ -84,7 +84,7 @@ def test_test_windows_do_not_overlap():
 def test_fixture_loads_through_the_real_loader():
     recs = load_recordings(FIXTURE_DIR)
     assert sorted(r.label for r in recs) == sorted(CLASSES)
-    assert all(r.signal.dtype == np.float32 and len(r.signal) == 4096 for r in recs)
+    assert all(r.signal.dtype == np.float32 and len(r.signal) == 16384 for r in recs)
 
 
 def test_missing_data_says_where_to_get_it(tmp_path):

@@ -14,7 +14,7 @@ from .conftest import FIXTURE_DIR, multi_load_tree
 
 def test_tiny_training_run_exports_a_loadable_model(tmp_path, capsys):
     args = ["train", "--data-dir", str(FIXTURE_DIR), "--window", "512", "--width", "1", "--units", "1"]
-    args += ["--epochs", "3", "--hop", "128", "--threads", "1", "--name", "tiny", "--out", str(tmp_path)]
+    args += ["--epochs", "3", "--hop", "512", "--threads", "1", "--name", "tiny", "--out", str(tmp_path)]
     assert main(args) == 0
     card = json.loads((tmp_path / "tiny.json").read_text())
     onnx_file = tmp_path / card["onnx"]
@@ -38,7 +38,7 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     runs = tmp_path / "runs"
     data = multi_load_tree(tmp_path / "data")
     args = ["reproduce", "--data-dir", str(data), "--window", "512", "--width", "1", "--units", "1", "--stages", "2"]
-    args += ["--stem-kernel", "16", "--stem-stride", "4", "--epochs", "2", "--hop", "256", "--seeds", "2"]
+    args += ["--stem-kernel", "16", "--stem-stride", "4", "--epochs", "2", "--hop", "1024", "--seeds", "2"]
     args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs), "--batch", "32"]
     assert main(args) == 0
     report = (tmp_path / "reports" / "README.md").read_text()
