@@ -3,13 +3,15 @@
 # and a real-time replay load in a loop. Ctrl-C stops everything. Grafana is not packaged by Debian: import
 # deploy/grafana/dashboard.json into any Grafana pointed at the Prometheus URL printed below.
 #   make ort build && deploy/local-stack.sh                 (or `make local-stack`)
-# Settings (environment): GRPC_PORT=50051 METRICS_PORT=9090 PROM_PORT=9091 STREAMS=8 DURATION=0 (seconds; 0 =
-# until Ctrl-C; otherwise stop after that long and check that Prometheus saw windows), DATA=folder of recordings
-# (default: the committed CWRU excerpts; e.g. DATA=../shared/data/cwru/12k_DE for longer ones).
+# Settings (environment): GRPC_PORT=50051 HTTP_PORT=8000 (KServe V2 REST) METRICS_PORT=9090 PROM_PORT=9091
+# STREAMS=8 DURATION=0 (seconds; 0 = until Ctrl-C; otherwise stop after that long and check that Prometheus saw
+# windows and REST answers), DATA=folder of recordings (default: the committed CWRU excerpts; e.g. DATA=../shared/data/cwru/12k_DE
+# for longer ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GRPC_PORT=${GRPC_PORT:-50051}
+HTTP_PORT=${HTTP_PORT:-8000}
 METRICS_PORT=${METRICS_PORT:-9090}
 PROM_PORT=${PROM_PORT:-9091}
 STREAMS=${STREAMS:-8}
@@ -39,11 +41,11 @@ trap 'exit 130' INT TERM
 cp deploy/prometheus/rules.yml "$tmp/"
 sed "s/drsn-serve:9090/127.0.0.1:${METRICS_PORT}/" deploy/prometheus/prometheus.yml > "$tmp/prometheus.yml"
 
-DRSN_LISTEN=127.0.0.1:$GRPC_PORT DRSN_METRICS_LISTEN=127.0.0.1:$METRICS_PORT DRSN_LOG_FORMAT=json \
-  "$BIN" serve > "$tmp/server.log" 2>&1 &
+DRSN_LISTEN=127.0.0.1:$GRPC_PORT DRSN_HTTP_LISTEN=127.0.0.1:$HTTP_PORT DRSN_METRICS_LISTEN=127.0.0.1:$METRICS_PORT \
+  DRSN_LOG_FORMAT=json "$BIN" serve > "$tmp/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >/dev/null && break
+  curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null && break
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
   sleep 0.2
 done
@@ -64,7 +66,7 @@ pids+=($!)
 ) &
 pids+=($!)
 
-echo "drsn-serve  gRPC 127.0.0.1:$GRPC_PORT, metrics http://127.0.0.1:$METRICS_PORT/metrics"
+echo "drsn-serve  gRPC 127.0.0.1:$GRPC_PORT, REST http://127.0.0.1:$HTTP_PORT/v2, metrics http://127.0.0.1:$METRICS_PORT/metrics"
 echo "Prometheus  http://127.0.0.1:$PROM_PORT (rules and alerts loaded; dashboard: deploy/grafana/dashboard.json)"
 echo "load        ${#files[@]} recording(s) x $STREAMS stream(s), real time, in a loop"
 
@@ -84,4 +86,6 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 echo "after ${DURATION}s Prometheus has seen ${windows:-no} windows diagnosed"
-[ -n "$windows" ]
+rest=$(curl -sf "http://127.0.0.1:$HTTP_PORT/v2/health/ready" || true)
+echo "REST /v2/health/ready: ${rest:-no answer}"
+[ -n "$windows" ] && [ -n "$rest" ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make image-test: build the CPU image (target prebuilt) with podman, without a registry or a Docker engine, and
-# run it: gRPC health SERVING, uid 65532 without capabilities on a read-only root with no /tmp, a mounted model,
-# a replay, and SIGTERM draining within the drain timeout (deploy/tests/image_check.py).
+# run it: gRPC health SERVING, the probe paths and REST answering, uid 65532 without capabilities on a read-only
+# root with no /tmp, a mounted model, a replay, and SIGTERM draining within the drain timeout
+# (deploy/tests/image_check.py).
 # Needs root and Debian's podman, runc and mmdebstrap (installed here if missing). The base image is made with
 # mmdebstrap from this machine's apt sources: glibc, libgcc, libstdc++, CA certificates and tzdata, a nonroot
 # user, no shell or package manager (what gcr.io/distroless/cc provides), imported as RUNTIME_IMAGE.

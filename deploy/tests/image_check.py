@@ -1,6 +1,6 @@
 """The built image, run as a pod would run it (make image-test builds it and runs this file; not collected by
 `make deploy-test`, which has no container engine): read-only root with no tmpfs, no capabilities, no new
-privileges, published loopback ports, the image's own settings."""
+privileges, published loopback ports (gRPC, REST, metrics), the image's own settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from support import BIN, FIXTURES, REPO, free_port, grpc_health
+from support import BIN, FIXTURES, REPO, free_port, grpc_health, http_status
 
 IMAGE = os.environ.get("DRSN_IMAGE", "")
 DRAIN_S = 3
@@ -23,13 +23,14 @@ def podman(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Co
 
 class Container:
     def __init__(self, name: str, *extra: str):
-        self.name, self.grpc_port, self.metrics_port = name, free_port(), free_port()
+        self.name, self.grpc_port, self.metrics_port, self.http_port = name, free_port(), free_port(), free_port()
         podman("rm", "-f", name, check=False)
         podman(
             "run", "-d", "--name", name,
             "--read-only", "--read-only-tmpfs=false",  # nothing writable, not even /tmp
             "--cap-drop=ALL", "--security-opt=no-new-privileges",
             "-p", f"127.0.0.1:{self.grpc_port}:50051", "-p", f"127.0.0.1:{self.metrics_port}:9090",
+            "-p", f"127.0.0.1:{self.http_port}:8000",
             "-e", f"DRSN_DRAIN_TIMEOUT={DRAIN_S}s", "-e", "DRSN_LOG_FORMAT=json",
             *extra, IMAGE,
         )  # fmt: skip
@@ -67,14 +68,22 @@ def test_image_config():
     config = cfg["Config"]
     assert config["User"] == "65532:65532"
     assert config["Entrypoint"] == ["/usr/local/bin/drsn-serve", "serve"]
-    assert set(config["ExposedPorts"]) == {"50051/tcp", "9090/tcp"}
+    assert set(config["ExposedPorts"]) == {"50051/tcp", "8000/tcp", "9090/tcp"}
     env = dict(e.split("=", 1) for e in config["Env"])
     assert env["DRSN_LISTEN"] == "0.0.0.0:50051" and env["DRSN_METRICS_LISTEN"] == "0.0.0.0:9090"
+    assert env["DRSN_HTTP_LISTEN"] == "0.0.0.0:8000"
     assert env["ORT_DYLIB_PATH"].startswith("/app/ort/libonnxruntime.so.")
 
 
 def test_health_serving(container):
     assert grpc_health(container.addr) == "SERVING"
+
+
+def test_probes_and_rest_answer_through_published_ports(container):
+    """What the pod's probes ask (the metrics port) and the KServe V2 REST listener, from outside the container."""
+    for path in ("/healthz", "/readyz"):
+        assert http_status(f"http://127.0.0.1:{container.metrics_port}{path}") == 200, path
+    assert http_status(f"http://127.0.0.1:{container.http_port}/v2/health/ready") == 200
 
 
 def test_runs_unprivileged(container):

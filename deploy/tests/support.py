@@ -1,4 +1,5 @@
-"""Shared helpers for deploy/tests: paths, the real binary, kustomize rendering, metric names, gRPC health."""
+"""Shared helpers for deploy/tests: paths, the real binary and its listeners, kustomize rendering, metric names, gRPC
+health, the model card."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -26,6 +28,11 @@ KUBE = DEPLOY / "kubernetes"
 BIN = REPO / "target" / "release" / "drsn-serve"
 FIXTURES = REPO / "models" / "training" / "tests" / "fixtures" / "cwru_mini" / "0HP"
 METRICS_RS = REPO / "src" / "telemetry" / "metrics.rs"
+CARD = REPO / "models" / "drsn_cw_cwru.json"
+
+# The binary's listeners: the container port name each has in deploy/ (Deployment, Service, image, compose) and the
+# environment variable that sets its address. test_manifests checks these are all that `serve --help` lists.
+LISTENERS = {"grpc": "DRSN_LISTEN", "http": "DRSN_HTTP_LISTEN", "metrics": "DRSN_METRICS_LISTEN"}
 
 # Everything `kubectl kustomize` must render; components are rendered through a temporary kustomization.
 TARGETS = {
@@ -84,6 +91,11 @@ def one(objs, kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
+def model_card() -> dict:
+    """The shipped model card (name, input.window, ...): tests size their windows from it, never by hand."""
+    return json.loads(CARD.read_text())
+
+
 def pod_configmap_env(objs) -> dict[str, str]:
     """The DRSN_* settings the Deployment's pods get from their ConfigMap(s)."""
     dep = one(objs, "Deployment", "drsn-serve")
@@ -101,6 +113,12 @@ def help_env_names(command: str) -> frozenset[str]:
     names = frozenset(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out.stdout))
     assert len(names) > 20 if command == "serve" else names, f"no env names parsed from `{command} --help`"
     return names
+
+
+@functools.cache
+def help_listen_env_names() -> frozenset[str]:
+    """The environment variables of the listen addresses `drsn-serve serve --help` documents (DRSN_*LISTEN)."""
+    return frozenset(n for n in help_env_names("serve") if re.fullmatch(r"DRSN_(\w+_)?LISTEN", n))
 
 
 @functools.cache
@@ -138,12 +156,14 @@ def free_port() -> int:
 
 
 class Server:
-    """The real drsn-serve on ephemeral loopback ports; addresses read from its JSON SERVING log line."""
+    """The real drsn-serve with every listener (gRPC, REST, metrics) on an ephemeral loopback port, so parallel runs
+    and CI never collide; addresses read from its JSON SERVING log line, also by port name in `addrs`."""
 
     def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None):
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DRSN_")}
         full_env.update(env or {})
-        full_env.update({"DRSN_LISTEN": "127.0.0.1:0", "DRSN_METRICS_LISTEN": "127.0.0.1:0", "DRSN_LOG_FORMAT": "json"})
+        full_env.update({name: "127.0.0.1:0" for name in LISTENERS.values()})
+        full_env["DRSN_LOG_FORMAT"] = "json"
         self.proc = subprocess.Popen(
             [str(binary()), "serve", *(args or [])],
             cwd=REPO,
@@ -153,7 +173,8 @@ class Server:
             text=True,
         )
         self.lines: list[str] = []
-        self.grpc_addr = self.metrics_addr = None
+        self.grpc_addr = self.metrics_addr = self.http_addr = None
+        self.addrs: dict[str, str] = {}
         ready = threading.Event()
         self.reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
         self.reader.start()
@@ -167,6 +188,8 @@ class Server:
             if self.grpc_addr is None and '"SERVING"' in line:
                 fields = json.loads(line)["fields"]
                 self.grpc_addr, self.metrics_addr = fields["grpc_addr"], fields["metrics_addr"]
+                self.http_addr = fields["http_addr"]
+                self.addrs = {"grpc": self.grpc_addr, "http": self.http_addr, "metrics": self.metrics_addr}
                 ready.set()
         ready.set()
 
@@ -188,6 +211,35 @@ def http_get_json(url: str, params: dict | None = None, timeout: float = 10) -> 
         url += "?" + urllib.parse.urlencode(params, doseq=True)
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.load(r)
+
+
+def http_post_json(url: str, body: dict, timeout: float = 10) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.load(r)
+
+
+def http_status(url: str, timeout: float = 5) -> int:
+    """The status of a GET, error statuses included (what a kubelet httpGet probe looks at)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def scrape(metrics_addr: str) -> dict[str, float]:
+    """The server's /metrics as {'name{labels}': value} (labels as the server writes them)."""
+    with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
 
 
 class Prometheus:

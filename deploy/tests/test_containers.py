@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import DEPLOY, REPO, help_env_names, pod_configmap_env, render
+from support import DEPLOY, LISTENERS, REPO, help_env_names, one, pod_configmap_env, render
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
@@ -53,6 +53,43 @@ def env_of(instructions: list[str]) -> dict[str, str]:
     return env
 
 
+def lineage(stage: str) -> list[str]:
+    """The stage and the stages it is built FROM, base first (ENV, EXPOSE and ENTRYPOINT are inherited)."""
+    s = stages()
+    chain = [stage]
+    while True:
+        base = re.match(r"FROM\s+(\S+)", s[chain[0]][0], re.I).group(1)
+        if base not in s:
+            return chain
+        chain.insert(0, base)
+
+
+def effective(stage: str) -> tuple[dict[str, str], set[int], str | None]:
+    """A stage's ENV, EXPOSEd ports and ENTRYPOINT, its bases' included."""
+    env, exposed, entrypoint = {}, set(), None
+    for name in lineage(stage):
+        lines = stages()[name]
+        env.update(env_of(lines))
+        for line in lines:
+            if line.startswith("EXPOSE "):
+                exposed |= {int(p.split("/")[0]) for p in line.split()[1:]}
+            elif line.startswith("ENTRYPOINT "):
+                entrypoint = line.removeprefix("ENTRYPOINT ")
+    return env, exposed, entrypoint
+
+
+SERVE = '["/usr/local/bin/drsn-serve", "serve"]'
+
+
+def serving_stages() -> list[str]:
+    return [name for name in stages() if name and effective(name)[2] == SERVE]
+
+
+def pod_ports() -> dict[str, int]:
+    (c,) = one(render("cpu"), "Deployment", "drsn-serve")["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for p in c["ports"]}
+
+
 def test_dockerfile_shape():
     text = DOCKERFILE.read_text()
     assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "no syntax directive (offline builders)"
@@ -67,7 +104,7 @@ def test_dockerfile_shape():
     assert "RUN make ort-gpu PYTHON=python3" in s["ort-gpu"]
     runtime = s["runtime"]
     assert "USER 65532:65532" in runtime
-    assert "EXPOSE 50051 9090" in runtime
+    assert "EXPOSE 50051 8000 9090" in runtime
     assert 'ENTRYPOINT ["/usr/local/bin/drsn-serve", "serve"]' in runtime
     assert any(line.startswith("COPY models/*.json models/*.onnx /app/models/") for line in runtime)
     assert not any(line.startswith(("VOLUME", "RUN")) for line in runtime), "runtime writes nothing at build time"
@@ -78,6 +115,7 @@ def test_image_settings():
     s = stages()
     env = env_of(s["runtime"])
     assert env["DRSN_LISTEN"] == "0.0.0.0:50051" and env["DRSN_METRICS_LISTEN"] == "0.0.0.0:9090"
+    assert env["DRSN_HTTP_LISTEN"] == "0.0.0.0:8000"
     # Same model path as the pods' ConfigMap; the ONNX Runtime version as the Makefile's.
     assert env["DRSN_MODEL"] == pod_configmap_env(render("cpu"))["DRSN_MODEL"]
     (ort_arg,) = [line for line in s["runtime"] if line.startswith("ARG ORT_VERSION=")]
@@ -89,6 +127,21 @@ def test_image_settings():
         assert not unknown, f"{stage}: not variables of `drsn-serve serve`: {unknown}"
     unknown = set(env_of(s["load"])) - help_env_names("replay") - {"STREAMS"}
     assert not unknown, f"load: not variables of `drsn-serve replay`: {unknown}"
+
+
+def test_every_serving_stage_listens_and_exposes_every_port():
+    """Each stage that runs the server (itself or through its bases) sets every listener the pods set, to the
+    same address, and EXPOSEs exactly those ports: the Deployment's container ports."""
+    names = serving_stages()
+    assert {"prebuilt", "cuda-prebuilt", "cuda", "release"} <= set(names), names
+    assert "load" not in names
+    pods, ports = pod_configmap_env(render("cpu")), pod_ports()
+    for stage in names:
+        env, exposed, _ = effective(stage)
+        for name, variable in LISTENERS.items():
+            assert env.get(variable) == pods[variable], f"{stage}: {variable}={env.get(variable)}"
+            assert int(env[variable].rpartition(":")[2]) == ports[name]
+        assert exposed == set(ports.values()), f"{stage}: EXPOSE {sorted(exposed)}, pod ports {ports}"
 
 
 def test_cuda_wheels_are_pinned():
@@ -181,6 +234,11 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def build_target(service: dict) -> str:
+    """The stage a compose service builds (`${DRSN_TARGET:-release}` read as its default)."""
+    return re.sub(r"\$\{\w+:-(\w[\w-]*)\}", r"\1", service["build"]["target"])
+
+
 def test_compose_wiring():
     c = compose()
     services = c["services"]
@@ -189,13 +247,18 @@ def test_compose_wiring():
     for svc in ("drsn-serve", "load"):
         build = services[svc]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-        target = re.sub(r"\$\{\w+:-(\w[\w-]*)\}", r"\1", build["target"])
-        assert target in names
+        assert build_target(services[svc]) in names
     for svc in services.values():
         for volume in svc.get("volumes", []):
             host = volume.split(":")[0]
             assert (COMPOSE.parent / host).exists(), f"{host} does not exist"
     assert set(services["drsn-serve"]["environment"]) <= help_env_names("serve")
+    # Every port the image exposes is published, on this machine only, at the same number.
+    published = [re.fullmatch(r"127\.0\.0\.1:(\d+):(\d+)", p) for p in services["drsn-serve"]["ports"]]
+    assert all(published), services["drsn-serve"]["ports"]
+    assert all(m.group(1) == m.group(2) for m in published)
+    image = effective(build_target(services["drsn-serve"]))
+    assert {int(m.group(2)) for m in published} == image[1]
     assert set(services["load"]["environment"]) - {"STREAMS"} <= help_env_names("replay")
     # Prometheus (deploy/prometheus mounted) scrapes the service by name on the image's metrics port, and
     # Grafana's data source points at the prometheus service.

@@ -1,10 +1,12 @@
-"""Live: the real server, started with the CPU overlay's settings, scraped by a real Prometheus (Debian's binary)
-loading rules.yml, under real traffic (real-time replays, a flat signal, unary calls good and bad). Every
+"""Live: the real server, started with the CPU overlay's settings (every listener on an ephemeral loopback port),
+scraped by a real Prometheus (Debian's binary) loading rules.yml, under real traffic (real-time replays, a flat
+signal, unary calls good and bad, KServe V2 REST infer calls). The Deployment's probes must answer, and every
 dashboard query, template variable, recording rule and prometheus-adapter query must return data."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import subprocess
 import threading
@@ -22,9 +24,14 @@ from support import (
     binary,
     grpc_diagnose_raw,
     grpc_health,
+    http_post_json,
+    http_status,
+    metric_names_in,
+    model_card,
     one,
     pod_configmap_env,
     render,
+    scrape,
 )
 from test_rules_dashboard import dashboard, dashboard_targets, rule_groups
 
@@ -98,7 +105,8 @@ def stack(tmp_path_factory):
         config, labels = prometheus_config(server.metrics_addr)
         prom = Prometheus(config, tmp)
         flat = tmp / "flat.csv"
-        flat.write_text("0.25\n" * 4096)  # a dead sensor: answered as flagged, reason="flat"
+        # A dead sensor, two windows long: answered as flagged, reason="flat".
+        flat.write_text("0.25\n" * (2 * model_card()["input"]["window"]))
         traffic = Traffic(server.grpc_addr, flat)
         yield {"server": server, "prom": prom, "labels": labels, "traffic": traffic, "started": time.monotonic()}
     finally:
@@ -118,9 +126,10 @@ def substitute(expr: str, labels: dict) -> str:
     )
 
 
-def wait_for_data(stack, query) -> list:
-    """Polls until the query returns a sample, for up to WARM_UP_S from the start of traffic."""
-    deadline = stack["started"] + WARM_UP_S
+def wait_for_data(stack, query, within: float | None = None) -> list:
+    """Polls until the query returns a sample: for up to WARM_UP_S from the start of traffic, or for `within`
+    seconds from now (data a test has only just made)."""
+    deadline = time.monotonic() + within if within else stack["started"] + WARM_UP_S
     while True:
         result = query()
         if result:
@@ -134,14 +143,66 @@ def test_health_is_serving(stack):
     assert grpc_health(stack["server"].grpc_addr) == "SERVING"
 
 
+def test_probes_answer_on_the_real_server(stack):
+    """The Deployment's probes asked of the real server as the kubelet asks them: each httpGet path, on the listener
+    its port names, answers 200 while SERVING; so do /healthz and the REST API's own readiness."""
+    (c,) = one(render("cpu"), "Deployment", "drsn-serve")["spec"]["template"]["spec"]["containers"]
+    names = {p["containerPort"]: p["name"] for p in c["ports"]}
+    server = stack["server"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = c[probe]["httpGet"]
+        port = names.get(get["port"], get["port"])
+        url = f"{get.get('scheme', 'HTTP').lower()}://{server.addrs[port]}{get['path']}"
+        assert http_status(url) == 200, f"{probe}: {url}"
+    assert http_status(f"http://{server.metrics_addr}/healthz") == 200
+    assert http_status(f"http://{server.http_addr}/v2/health/ready") == 200
+
+
+def window_samples(seed: int = 7) -> list[float]:
+    """One window (the card's length) of Gaussian noise at 0.1 g RMS: in range, not flat, not clipped."""
+    rng = random.Random(seed)
+    return [rng.gauss(0.0, 0.1) for _ in range(model_card()["input"]["window"])]
+
+
+def unary_call(addr: str) -> None:
+    import grpc
+
+    code, reply = grpc_diagnose_raw(addr, window_samples())
+    assert code == grpc.StatusCode.OK and reply
+
+
+def v2_rest_infer(http_addr: str) -> dict:
+    """POST /v2/models/<name>/infer: one FP32 tensor [1, 1, window] in JSON, as the card describes the input."""
+    card = model_card()
+    window = card["input"]["window"]
+    tensor = {"name": card["input"]["name"], "shape": [1, 1, window], "datatype": "FP32", "data": window_samples()}
+    return http_post_json(f"http://{http_addr}/v2/models/{card['name']}/infer", {"inputs": [tensor]})
+
+
 def test_unary_calls_good_and_bad(stack):
     import grpc
 
     addr = stack["server"].grpc_addr
-    code, reply = grpc_diagnose_raw(addr, [0.01 * ((i * 37) % 101 - 50) for i in range(2048)])
-    assert code == grpc.StatusCode.OK and reply
-    code, _ = grpc_diagnose_raw(addr, None, nbytes=8)  # a window of 2 samples, not 2048
+    unary_call(addr)
+    code, _ = grpc_diagnose_raw(addr, None, nbytes=8)  # a window of 2 samples
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_v2_rest_infer_is_counted(stack):
+    """One KServe V2 REST infer call is answered for the card's model and counted in drsn_requests_total{api="v2"}:
+    one more on the server's /metrics, and seen by Prometheus."""
+    server, prom, labels = stack["server"], stack["prom"], stack["labels"]
+    assert not server.http_addr.endswith(":8000"), "the REST listener should be ephemeral, not the default port"
+    series = 'drsn_requests_total{api="v2"}'
+    before = scrape(server.metrics_addr)[series]
+    reply = v2_rest_infer(server.http_addr)
+    assert reply["model_name"] == model_card()["name"]
+    outputs = {o["name"]: o for o in reply["outputs"]}
+    assert outputs["status"]["shape"] == [1] and outputs["status"]["data"][0] in ("ok", "uncertain"), outputs
+    assert outputs["label"]["data"][0] in model_card()["classes"]
+    assert scrape(server.metrics_addr)[series] == before + 1
+    query = f'drsn_requests_total{{namespace="{labels["namespace"]}",api="v2"}} >= {before + 1}'
+    wait_for_data(stack, lambda: prom.query(query), within=30)
 
 
 def test_target_is_scraped_with_podmonitor_labels(stack):
@@ -166,6 +227,40 @@ def test_traffic_flows(stack):
 def test_dashboard_query_returns_data(stack, title, target):
     expr = substitute(target["expr"], stack["labels"])
     wait_for_data(stack, lambda: stack["prom"].query(expr))
+
+
+# Series the stream and request panels must show above zero under the live traffic; a panel summed over everything
+# has no labels left, and any series above zero will do.
+TRAFFIC_PANELS = {
+    "drsn_streams_opened_total": [{}],
+    "drsn_streams_ended_total": [{"how": "ok"}],
+    "drsn_requests_total": [{"api": "unary"}, {"api": "v2"}],
+}
+
+
+def test_stream_and_request_panels_show_the_traffic(stack):
+    """More than data: the panels show the replays' streams opening and ending OK, and a unary and a V2 call made
+    just before (their rate windows are 30s)."""
+    prom, server = stack["prom"], stack["server"]
+    unary_call(server.grpc_addr)
+    v2_rest_infer(server.http_addr)
+    targets = [
+        (target, metric)
+        for _, target in dashboard_targets()
+        for metric in TRAFFIC_PANELS
+        if metric in metric_names_in(target["expr"])
+    ]
+    assert len(targets) >= 4, "the stream and request panels are missing from the dashboard"
+    for target, metric in targets:
+        expr = substitute(target["expr"], stack["labels"])
+        wants = TRAFFIC_PANELS[metric] if " by (" in expr else [{}]
+
+        def shown(expr=expr, wants=wants):
+            result = prom.query(expr)
+            above = [s["metric"] for s in result if float(s["value"][1]) > 0]
+            return result if all(any(m.items() >= w.items() for m in above) for w in wants) else []
+
+        wait_for_data(stack, shown, within=30)
 
 
 @pytest.mark.parametrize("variable", [v for v in dashboard()["templating"]["list"] if v["type"] == "query"])

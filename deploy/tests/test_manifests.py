@@ -1,5 +1,5 @@
 """deploy/kubernetes: every overlay renders, validates strictly against the oldest and newest supported Kubernetes,
-and agrees with itself and with the real binary (ports, selectors, env names, grace period, probes)."""
+and agrees with itself and with the real binary (listeners and ports, selectors, env names, grace period, probes)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import yaml
 from support import (
     DEPLOY,
+    LISTENERS,
     REPO,
     TARGETS,
     binary,
     help_env_names,
+    help_listen_env_names,
     one,
     pod_configmap_env,
     render,
@@ -43,6 +45,21 @@ def container(objs) -> dict:
 
 def pod_spec(objs) -> dict:
     return one(objs, "Deployment", "drsn-serve")["spec"]["template"]["spec"]
+
+
+def pod_env(objs) -> dict[str, str]:
+    """The server's settings in a pod: the ConfigMap's, then the container's literal env (which wins)."""
+    env = pod_configmap_env(objs)
+    env.update({e["name"]: e["value"] for e in container(objs).get("env", []) if "value" in e})
+    return env
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "false").lower() in ("true", "1", "yes", "on")
+
+
+def container_ports(objs) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container(objs)["ports"]}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -181,19 +198,71 @@ def test_custom_resources_structure():
         jsonschema.validate(o, CRD_SCHEMAS[o["kind"]])
 
 
+def test_the_binarys_listeners_are_the_ones_deploy_knows():
+    """A listener added to `drsn-serve serve` fails here until deploy/ gives it a port (support.LISTENERS)."""
+    assert help_listen_env_names() == set(LISTENERS.values())
+
+
 @pytest.mark.parametrize("target", WORKLOADS)
-def test_probes_use_the_grpc_port(target):
-    c = container(render(target))
-    grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-    assert grpc_port == 50051
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        handler = c[probe].get("grpc") or c[probe].get("tcpSocket")
-        assert handler and handler["port"] == grpc_port, f"{probe} does not check the gRPC port: {c[probe]}"
-        if "tls" not in target:
-            assert "grpc" in c[probe], f"{probe}: the plaintext variants probe grpc.health.v1"
+def test_container_ports_match_the_binarys_listeners(target):
+    """One named container port per listener, at the port of the address the pod's settings give it, on every
+    interface (the defaults are loopback only)."""
+    objs = render(target)
+    env, ports = pod_env(objs), container_ports(objs)
+    assert set(ports) == set(LISTENERS), f"container ports {sorted(ports)}, listeners {sorted(LISTENERS)}"
+    assert all(p["protocol"] == "TCP" for p in container(objs)["ports"])
+    for name, variable in LISTENERS.items():
+        assert variable in env, f"{variable} is not set: the {name} listener would serve loopback only"
+        host, _, port = env[variable].rpartition(":")
+        assert host in ("0.0.0.0", "[::]"), f"{variable}={env[variable]} is not reachable from the pod's network"
+        assert int(port) == ports[name], f"{variable}={env[variable]} but container port {name} is {ports[name]}"
+
+
+@pytest.mark.parametrize("target", WORKLOADS)
+def test_service_ports_match_the_container_ports(target):
+    """Services expose the gRPC and REST listeners (not metrics: scraped and probed on the pods), each on its
+    container port's number, with the appProtocol the listener speaks (https once TLS is on)."""
+    objs = render(target)
+    env, ports = pod_env(objs), container_ports(objs)
+    tls = bool(env.get("DRSN_TLS_CERT"))
+    for s in (o for o in objs if o["kind"] == "Service"):
+        exposed = {p["name"]: p for p in s["spec"]["ports"]}
+        assert set(exposed) == {"grpc", "http"}, s["metadata"]["name"]
+        for name, p in exposed.items():
+            assert p["targetPort"] == name and p["port"] == ports[name] and p["protocol"] == "TCP"
+        assert exposed["grpc"]["appProtocol"] == "grpc"
+        assert exposed["http"]["appProtocol"] == ("https" if tls else "http")
+
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+# What the binary serves on the metrics listener for probes (test_live asks the real server for each path).
+PROBE_PATHS = {"/healthz", "/readyz"}
+
+
+@pytest.mark.parametrize("target", WORKLOADS)
+def test_probes_are_http_on_the_metrics_port(target):
+    """httpGet on the metrics listener, which the TLS component leaves plaintext: works with TLS on gRPC and REST.
+    HTTPS exactly when /metrics is served over TLS, and never with a client CA (the kubelet has no certificate)."""
+    objs = render(target)
+    c, env = container(objs), pod_env(objs)
+    metrics_tls = truthy(env.get("DRSN_METRICS_TLS")) and bool(env.get("DRSN_TLS_CERT"))
+    assert not (metrics_tls and env.get("DRSN_TLS_CLIENT_CA")), "mutual TLS on /metrics: the kubelet cannot probe"
+    for probe in PROBES:
+        handlers = set(c[probe]) & {"grpc", "tcpSocket", "httpGet", "exec"}
+        assert handlers == {"httpGet"}, f"{probe}: {c[probe]}"
+        get = c[probe]["httpGet"]
+        assert get["port"] in ("metrics", container_ports(objs)["metrics"]), f"{probe} is not on the metrics port"
+        assert get["path"] in PROBE_PATHS
+        assert get.get("scheme", "HTTP") == ("HTTPS" if metrics_tls else "HTTP"), f"{probe}: {get}"
+    # Started and ready mean SERVING; so does alive: a pod whose inference workers all died is restarted.
+    assert {c[probe]["httpGet"]["path"] for probe in PROBES} == {"/readyz"}
     start = c["startupProbe"]
     # Budget for ONNX Runtime to load and the sessions to warm up.
     assert start["failureThreshold"] * start["periodSeconds"] >= 60
+    # A drain's /readyz 503 lasts at most DRSN_DRAIN_TIMEOUT; liveness must not give up within it.
+    live = c["livenessProbe"]
+    drain = humantime_seconds(env.get("DRSN_DRAIN_TIMEOUT", "10s"))
+    assert live["failureThreshold"] * live["periodSeconds"] > drain
 
 
 @pytest.mark.parametrize("target", WORKLOADS)
@@ -231,9 +300,6 @@ def test_services_and_budget_select_the_pods(target):
     assert {s["metadata"]["name"] for s in services} == {"drsn-serve", "drsn-serve-headless"}
     for s in services:
         assert s["spec"]["selector"].items() <= pod_labels.items()
-        # gRPC only: the metrics port is scraped from the pods.
-        exposed = [(p["name"], p["targetPort"], p["appProtocol"]) for p in s["spec"]["ports"]]
-        assert exposed == [("grpc", "grpc", "grpc")]
         assert {p["targetPort"] for p in s["spec"]["ports"]} <= ports
     assert one(objs, "Service", "drsn-serve-headless")["spec"]["clusterIP"] == "None"
     assert one(objs, "Service", "drsn-serve")["spec"]["type"] == "ClusterIP"
@@ -252,8 +318,10 @@ def test_monitoring_matches_the_pods():
     assert pm["metadata"]["namespace"] == namespace
     assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pm["spec"]["jobLabel"] in pod_labels and pod_labels[pm["spec"]["jobLabel"]] == "drsn-serve"
+    metrics_tls = truthy(pod_env(pods).get("DRSN_METRICS_TLS"))
     for ep in pm["spec"]["podMetricsEndpoints"]:
         assert ep["port"] in ports and ep["port"] == "metrics"
+        assert ep.get("scheme", "http") == ("https" if metrics_tls else "http")
     hpa = one(mon, "HorizontalPodAutoscaler")
     dep = one(pods, "Deployment")
     assert hpa["metadata"]["namespace"] == namespace
@@ -308,7 +376,8 @@ def test_gpu_overlay():
 def test_gpu_settings_are_accepted_by_the_binary():
     """The GPU overlay's settings parse and validate; on a machine without CUDA only the device fails."""
     env = {k: v for k, v in pod_configmap_env(render("gpu")).items() if k != "DRSN_MODEL"}
-    env.update({"DRSN_LISTEN": "127.0.0.1:0", "DRSN_METRICS_LISTEN": "127.0.0.1:0", "PATH": "/usr/bin:/bin"})
+    env.update({name: "127.0.0.1:0" for name in LISTENERS.values()})
+    env["PATH"] = "/usr/bin:/bin"
     out = subprocess.run([str(binary()), "serve"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     if out.returncode == 0:  # pragma: no cover - a machine with CUDA would serve; not expected here
         return
