@@ -265,9 +265,7 @@ async fn stalled_clients_do_not_hold_up_shutdown() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    eprintln!("DBG before shutdown");
     running.shutdown();
-    eprintln!("DBG after shutdown");
     tokio::time::timeout(Duration::from_secs(8), running.stopped())
         .await
         .expect("the server stopped despite stalled clients");
@@ -283,18 +281,20 @@ async fn stalled_clients_do_not_hold_up_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_carries_on() {
-    let running = common::start(&["--max-connection-age", "1s"]).await;
+    // An age of two windows' duration, so that every connection delivers windows before it ages out.
+    let age_ms = (2 * common::window() as u64 * 1000 / 12_000).max(1000);
+    let running = common::start(&["--max-connection-age", &format!("{age_ms}ms")]).await;
     let addr = common::addr(&running);
     let (_, samples) = common::recordings().remove(6);
-    // Three seconds of signal at real-time pace: the connection reaches its age mid-stream.
-    let frames = 36_000u64;
+    // Three ages of signal at real-time pace: the connection reaches its age mid-stream.
+    let frames = 3 * age_ms * 12;
     let target = drsn_serve::client::connect::ConnectArgs {
         addr,
         ..Default::default()
     };
     let mut plan = StreamPlan::new(12_000.0, frames);
     plan.realtime = true;
-    let out = replay::stream_resuming(&[target], samples, plan, 5, |_| {})
+    let out = replay::stream_resuming(&[target], samples, plan, 10, |_| {})
         .await
         .unwrap();
     assert!(out.status.is_none(), "{:?}", out.status);

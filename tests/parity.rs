@@ -65,7 +65,7 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
                 .shrinkage
                 .slice(ndarray::s![first..first + chunk.len(), ..]);
             let (units, got) = out.shrinkage.unwrap();
-            assert_eq!(units, 12);
+            assert_eq!(units, common::units());
             let d = max_abs_diff(&got, want.as_standard_layout().as_slice().unwrap());
             assert!(d <= 1e-4, "batch {batch}: shrinkage differs by {d}");
         }
@@ -131,7 +131,7 @@ async fn diagnose_over_grpc_matches_golden() {
                 "clean window {i}"
             );
         }
-        let mean: f32 = r.shrinkage.iter().sum::<f32>() / 12.0;
+        let mean: f32 = r.shrinkage.iter().sum::<f32>() / common::units() as f32;
         assert!((r.noise_score.unwrap() - (1.0 - mean)).abs() < 1e-6);
         assert_eq!(
             (r.first_sample_index, r.last_sample_index),

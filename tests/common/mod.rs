@@ -42,6 +42,11 @@ pub fn hop() -> usize {
     card()["default_hop"].as_u64().expect("default_hop") as usize
 }
 
+/// The shipped model's shrinkage units (the width of its `shrinkage` output).
+pub fn units() -> usize {
+    card()["shrinkage_units"].as_u64().expect("shrinkage_units") as usize
+}
+
 /// Windows a stream of `n` samples holds at window `w` and hop `h`.
 pub fn windows_in(n: usize, w: usize, h: usize) -> usize {
     if n < w { 0 } else { (n - w) / h + 1 }

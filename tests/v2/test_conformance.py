@@ -168,7 +168,7 @@ def test_every_error_case_gets_its_code_and_says_which(server, golden):
 
         expect_error(lambda send=send: send(name="signal"), bad, "400", "`signal` is unknown")
         expect_error(lambda send=send: send(dtype="FP64", data=good.astype(np.float64)), bad, "400", "datatype FP64")
-        expect_error(lambda send=send: send(data=good[:, 0, :]), bad, "400", "has shape [2, 2048]")
+        expect_error(lambda send=send: send(data=good[:, 0, :]), bad, "400", f"has shape [2, {WINDOW}]")
         many = np.repeat(good[:1], 257, axis=0)
         expect_error(lambda send=send, many=many: send(data=many), bad, "400", "over the limit of 256")
         expect_error(lambda send=send: send(model="other"), "StatusCode.NOT_FOUND", "404", "`other` is not served")

@@ -375,7 +375,8 @@ def write_report(
         noise=shipped["noise"],
         parity=card["parity"],
         conditions=card["operating_conditions"],
-        wall_min=timing["wall_seconds"] / 60,
+        wall_min=timing["run_seconds"] / 60 / timing["jobs"],
+        finish_s=timing["finish_seconds"],
         cores=os.cpu_count(),
         ort_version=onnxruntime.__version__,
         run_min=timing["run_seconds"] / 60,
@@ -400,9 +401,10 @@ Shipped model: **{name} {version}** (`models/{onnx}`, sha256 `{sha}`), a {arch} 
 chose (the DRSN-CW seed with the best validation accuracy; no test data played a part in any choice).
 
 Reproduce from a fresh clone with `make reproduce` (it creates `.venv` and runs `{command}` in `models/training`;
-see `models/training/README.md`). It took {wall_min:.0f} min of wall time on a {cores}-core machine ({run_min:.0f} min
-of training and evaluation summed over {runs} runs, {jobs} at a time, one thread each). `make study` also reruns
-every recipe of the table "What was tried" (about 3 hours).
+see `models/training/README.md`). Its {runs} runs took {run_min:.0f} min of training and evaluation summed, {jobs} at
+a time with one thread each: about {wall_min:.0f} min of wall time on a {cores}-core machine, plus
+{finish_s:.0f} s for calibration, shipping and this report; an interrupted study resumes from the runs it
+finished. `make study` also reruns every recipe of the table "What was tried" (about 3 hours).
 
 ## Targets: leave one load out (DRSN-CW, {folds} folds x {seeds} seeds)
 

@@ -32,7 +32,11 @@ def test_card_sha256_matches_the_file(card, onnx_path):
 
 def test_card_describes_the_model(card, torch_model):
     assert card["classes"] == list(CLASSES)
-    assert card["input"] == card["input"] | {"channels": 1, "window": 2048, "sample_rate_hz": 12000}
+    assert card["input"] == card["input"] | {
+        "channels": 1,
+        "window": torch_model.config.window,
+        "sample_rate_hz": 12000,
+    }
     assert card["outputs"] == {"logits": "logits", "shrinkage": "shrinkage"}
     assert card["architecture"]["type"] == "DRSN-CW"
     assert card["normalization"] == "none"
@@ -52,7 +56,7 @@ def test_onnx_format(card, onnx_path):
     assert inp.name == card["input"]["name"]
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].dim_value  # dynamic batch
-    assert [d.dim_value for d in dims[1:]] == [1, 2048]
+    assert [d.dim_value for d in dims[1:]] == [1, card["input"]["window"]]
     assert [o.name for o in proto.graph.output] == ["logits", "shrinkage"]
     # The soft threshold must not be exported as a fixed-threshold Shrink or a tensor Clip.
     ops = {n.op_type for n in proto.graph.node}
@@ -78,7 +82,7 @@ def test_onnx_matches_pytorch_on_real_test_windows(golden, onnx_path, torch_mode
 
 
 def test_golden_file_is_what_onnx_runtime_gives(golden, onnx_path, torch_model):
-    assert golden["windows"].dtype == np.float32 and golden["windows"].shape[1] == 2048
+    assert golden["windows"].dtype == np.float32 and golden["windows"].shape[1] == torch_model.config.window
     logits, shrink = ort_outputs(ort_session(onnx_path), golden["windows"])
     assert np.abs(logits - golden["logits"]).max() <= 1e-5
     assert np.abs(shrink - golden["shrinkage"]).max() <= 1e-5
@@ -89,7 +93,7 @@ def test_golden_file_is_what_onnx_runtime_gives(golden, onnx_path, torch_model):
 
 
 def test_onnx_matches_pytorch_on_the_full_test_split(cwru_dir, onnx_path, torch_model):
-    x, y = split_windows(load_recordings(cwru_dir), "test", 2048)
+    x, y = split_windows(load_recordings(cwru_dir), "test", torch_model.config.window)
     got = ort_outputs(ort_session(onnx_path), x)
     want = torch_outputs(torch_model, x)
     assert max(np.abs(g - w).max() for g, w in zip(got, want, strict=True)) <= 1e-4

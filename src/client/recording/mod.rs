@@ -330,14 +330,14 @@ mod tests {
         let path = cwru_fixture("12k_Drive_End_B007_0_118.mat");
         let rec = read_recording(&path, &ReadOptions::default()).unwrap();
         assert_eq!(rec.source, "X118_DE_time");
-        assert_eq!(rec.samples.len(), 4096);
+        assert_eq!(rec.samples.len(), 16_384);
         assert_eq!(rec.sample_rate_hz, None);
         assert_eq!(rec.path, path);
-        // Reference: scipy.io.loadmat(...)['X118_DE_time'][:3, 0]
+        // Reference: scipy.io.loadmat(...)['X118_DE_time'][:3, 0] (a compressed v5 file)
         let expected = [
-            -0.0027613972779363394_f64,
-            -0.09632403403520584,
-            0.11370459198951721,
+            0.3133373558521271_f64,
+            -0.011370458640158176,
+            -0.2054804414510727,
         ];
         for (i, (got, want)) in rec.samples.iter().zip(expected).enumerate() {
             assert!(
@@ -354,7 +354,7 @@ mod tests {
         let explicit = read_recording(&path, &var("X097_DE_time")).unwrap();
         assert_eq!(default.source, "X097_DE_time");
         assert_eq!(default.samples, explicit.samples);
-        assert_eq!(default.samples.len(), 4096);
+        assert_eq!(default.samples.len(), 16_384);
     }
 
     #[test]
@@ -367,7 +367,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(msg.contains("X118_FE_time"), "{msg}");
-        assert!(msg.contains("X118_DE_time (4096x1)"), "{msg}");
+        assert!(msg.contains("X118_DE_time (16384x1)"), "{msg}");
         assert!(msg.contains("12k_Drive_End_B007_0_118.mat"), "{msg}");
     }
 
