@@ -1,7 +1,7 @@
 //! Sizing: the largest number of real-time 12 kHz sensors one server holds with the p99 window latency within the
 //! budget and no sensor falling behind, with the sensors' phases spread (as independent gateways are) and, as the
 //! worst case, all in phase. Each trial runs N paced streams for a while; the search doubles N until a trial
-//! fails, then bisects.
+//! fails (or the server's --max-streams is reached), then bisects.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Capacity {
     pub budget_ms: f64,
     /// The largest passing trial (None if even the smallest failed).
     pub held: Option<Trial>,
+    /// The search reached the server's --max-streams without failing: the server holds at least `held`.
+    pub capped: bool,
     pub trials: Vec<Trial>,
 }
 
@@ -38,11 +40,20 @@ pub struct Load {
     pub hop: usize,
     pub seconds: f64,
     pub budget: Duration,
+    /// The server's --max-streams: the search stops there.
+    pub max_streams: usize,
 }
 
-/// Runs `n` real-time streams; phases spread over one hop period, or all together.
+/// Sensors per connection, as a gateway multiplexes its sensors' streams on one connection.
+pub const STREAMS_PER_GATEWAY: usize = 64;
+
+/// Runs `n` real-time streams from gateways of [`STREAMS_PER_GATEWAY`] sensors each (one connection per
+/// gateway); phases spread over one hop period, or all together.
 pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial> {
-    let client = replay::connect(&load.addr).await?;
+    let mut gateways = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_GATEWAY) {
+        gateways.push(replay::connect(&load.addr).await?);
+    }
     let hop_period = Duration::from_secs_f64(load.hop as f64 / 12_000.0);
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -55,7 +66,7 @@ pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial>
                 plan.start_delay = hop_period.mul_f64(i as f64 / n as f64);
             }
             tokio::spawn(replay::stream_samples(
-                client.clone(),
+                gateways[i / STREAMS_PER_GATEWAY].clone(),
                 load.recordings[i % load.recordings.len()].clone(),
                 plan,
                 |_| {},
@@ -102,16 +113,19 @@ pub async fn search(load: &Load, spread: bool, start: usize) -> anyhow::Result<C
         }
     };
     let (mut good, mut bad): (Option<Trial>, Option<usize>) = (None, None);
-    let mut n = start.max(1);
-    while bad.is_none() && n <= 1 << 14 {
+    let mut n = start.clamp(1, load.max_streams.max(1));
+    loop {
         let t = run(n).await?;
         trials.push(t);
-        if t.passed {
-            good = Some(t);
-            n *= 2;
-        } else {
+        if !t.passed {
             bad = Some(n);
+            break;
         }
+        good = Some(t);
+        if n >= load.max_streams {
+            break;
+        }
+        n = (n * 2).min(load.max_streams);
     }
     if let Some(mut hi) = bad {
         let mut lo = good.map_or(0, |t| t.streams);
@@ -130,6 +144,7 @@ pub async fn search(load: &Load, spread: bool, start: usize) -> anyhow::Result<C
     Ok(Capacity {
         spread,
         budget_ms: load.budget.as_secs_f64() * 1e3,
+        capped: bad.is_none(),
         held: good,
         trials,
     })
