@@ -12,13 +12,14 @@ BIN := target/release/drsn-serve
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help serve test lint pytest rust-test v2-test bench-v2 deploy-test deploy-gen image-test local-stack build bench soak ort ort-gpu \
+.PHONY: help serve test lint pytest rust-test v2-test bench-v2 deploy-test deploy-gen image-test local-stack build dist bench soak ort ort-gpu \
 	reproduce study venv
 
 help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
 	@echo "make test       lint and run every test, Python and Rust (what CI runs)"
 	@echo "make bench      raw ONNX Runtime vs end-to-end service throughput, side by side"
+	@echo "make dist       the binary as the image ships it (fat LTO), in target/dist/"
 	@echo "make bench-v2   the KServe V2 endpoint against Seldon MLServer 1.7.1 serving the same model (own venv)"
 	@echo "make soak       30 minutes of mixed good, bad, slow and vanishing clients; RSS and fds sampled"
 	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
@@ -45,6 +46,10 @@ ort-gpu: .ort/gpu/$(ORT_LIB)
 
 build:
 	cargo build --release --locked
+
+# The binary as the image ships it (profile.dist: fat LTO), in target/dist/.
+dist:
+	cargo build --profile dist --locked
 
 serve: ort build
 	$(BIN) serve $(ARGS)

@@ -38,6 +38,12 @@ impl Lifecycle {
 
     /// SIGTERM: stop taking work; open streams get their queued windows, then a status with a resume point.
     pub fn begin_drain(&self) {
+        // Logged here, not by a task woken by the cancellation: a drain with nothing to wait for can end the
+        // process before such a task runs.
+        if !self.drain.shutdown.is_cancelled() {
+            let drain_timeout = self.drain_timeout;
+            tracing::info!(?drain_timeout, "draining: NOT_SERVING, no new streams");
+        }
         self.drain.shutdown.cancel();
     }
 

@@ -368,10 +368,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     let signal = {
         let draining = lifecycle.drain.shutdown.clone();
         let health = health.clone();
-        let drain_timeout = config.drain_timeout;
         async move {
             draining.cancelled().await;
-            tracing::info!(?drain_timeout, "draining: NOT_SERVING, no new streams");
             gauge!(m::SERVING).set(0.0);
             health
                 .set_not_serving::<DiagnosisServer<DiagnosisService>>()

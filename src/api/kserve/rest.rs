@@ -37,12 +37,18 @@ pub fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize) -> Router {
         )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
-        .route("/v2/models/{name}", get(metadata))
-        .route("/v2/models/{name}/versions/{version}", get(metadata_v))
-        .route("/v2/models/{name}/ready", get(ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(ready_v))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(model_infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(model_infer),
+        )
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(Ctx { v2, tokens })
 }
@@ -118,6 +124,14 @@ async fn server_ready(State(ctx): State<Ctx>) -> Response {
     (code, Json(json!({ "ready": ready }))).into_response()
 }
 
+/// `/v2/models/{name}[/versions/{version}]...`: an absent version is the empty string (any version).
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    name: String,
+    #[serde(default)]
+    version: String,
+}
+
 async fn server_metadata(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
@@ -126,23 +140,10 @@ async fn server_metadata(State(ctx): State<Ctx>, headers: HeaderMap) -> Response
         .into_response()
 }
 
-async fn metadata(ctx: State<Ctx>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    model_metadata(ctx, headers, name, String::new())
-}
-
-async fn metadata_v(
-    ctx: State<Ctx>,
-    headers: HeaderMap,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    model_metadata(ctx, headers, name, version)
-}
-
-fn model_metadata(
+async fn model_metadata(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    name: String,
-    version: String,
+    Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
@@ -162,23 +163,10 @@ fn model_metadata(
     .into_response()
 }
 
-async fn ready(ctx: State<Ctx>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    model_ready(ctx, headers, name, String::new())
-}
-
-async fn ready_v(
-    ctx: State<Ctx>,
-    headers: HeaderMap,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    model_ready(ctx, headers, name, version)
-}
-
-fn model_ready(
+async fn model_ready(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    name: String,
-    version: String,
+    Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
@@ -195,29 +183,10 @@ fn model_ready(
     (code, Json(json!({"name": name, "ready": ready}))).into_response()
 }
 
-async fn infer(
-    ctx: State<Ctx>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
-    model_infer(ctx, headers, name, String::new(), body).await
-}
-
-async fn infer_v(
-    ctx: State<Ctx>,
-    headers: HeaderMap,
-    Path((name, version)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    model_infer(ctx, headers, name, version, body).await
-}
-
 async fn model_infer(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    name: String,
-    version: String,
+    Path(ModelPath { name, version }): Path<ModelPath>,
     body: Bytes,
 ) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {

@@ -73,17 +73,7 @@ pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial>
             ))
         })
         .collect();
-    let mut windows = 0;
-    let mut latencies = Vec::new();
-    for t in tasks {
-        let out = t.await??;
-        if let Some(status) = out.status {
-            anyhow::bail!("a real-time stream failed: {status}");
-        }
-        windows += out.window_count;
-        latencies.extend(out.latencies_us);
-    }
-    latencies.sort_unstable();
+    let (windows, latencies) = super::gather(tasks).await?;
     let frames = (load.seconds * 12_000.0) as usize;
     let due = n * (frames.saturating_sub(load.window) / load.hop + 1);
     let delivered = windows as f64 / due.max(1) as f64;

@@ -170,17 +170,7 @@ async fn service_throughput(
             ))
         })
         .collect();
-    let mut windows = 0;
-    let mut latencies = Vec::new();
-    for t in tasks {
-        let out = t.await??;
-        if let Some(status) = out.status {
-            anyhow::bail!("a benchmark stream failed: {status}");
-        }
-        windows += out.window_count;
-        latencies.extend(out.latencies_us);
-    }
-    latencies.sort_unstable();
+    let (windows, latencies) = gather(tasks).await?;
     Ok((windows as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
@@ -203,6 +193,25 @@ pub async fn run_memory(args: BenchArgs, streams: usize) -> anyhow::Result<memor
         args.serve.model.to_string_lossy().into_owned(),
     ];
     memory::run(flags, recordings[0].clone(), streams, args.seconds).await
+}
+
+/// Waits for every benchmark stream: windows received in all, and every window's latency (us), sorted. A stream
+/// that ended with an error fails the measurement.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Result<replay::StreamOutcome, tonic::Status>>>,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let mut windows = 0;
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let out = t.await??;
+        if let Some(status) = out.status {
+            anyhow::bail!("a benchmark stream failed: {status}");
+        }
+        windows += out.window_count;
+        latencies.extend(out.latencies_us);
+    }
+    latencies.sort_unstable();
+    Ok((windows, latencies))
 }
 
 /// The settings on loopback, ephemeral ports.
