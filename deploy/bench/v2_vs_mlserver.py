@@ -1,7 +1,8 @@
 """drsn-serve's Open Inference Protocol endpoint against Seldon MLServer 1.7.1 serving the same ONNX model (adaptive
 batching, two workers), and drsn-serve's own drsn.v1 unary call, all driven by the same V2-style gRPC client at the
-same concurrency. Prints windows/s, p50/p99 latency and server CPU seconds per 1,000 windows, for 1-window and
-16-window requests. A benchmark, not a test: `make bench-v2` (it builds its own venv, .venv-mlserver).
+same concurrency. Prints windows/s, p50/p99 latency, server CPU seconds per 1,000 windows and the client's share of
+a core (near 1: the Python client sets the pace), for 1-window and 16-window requests. A benchmark, not a test:
+`make bench-v2` (it builds its own venv, .venv-mlserver).
 
 Usage: python deploy/bench/v2_vs_mlserver.py [--seconds 10] [--concurrency 1,8,32]
 """
@@ -169,9 +170,10 @@ def drsn_v1_call(port: int):
 
 async def measure(name, proc, call, windows, n, concurrency, seconds) -> dict:
     await drive(call, windows, n, concurrency, 1.0)  # warm up
-    cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+    cpu0, own0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
     lat = await drive(call, windows, n, concurrency, seconds)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
+    client_cpu = time.process_time() - own0
     count = len(lat) * n
     return {
         "server": name,
@@ -181,6 +183,8 @@ async def measure(name, proc, call, windows, n, concurrency, seconds) -> dict:
         "p50_ms": 1e3 * float(np.percentile(lat, 50)),
         "p99_ms": 1e3 * float(np.percentile(lat, 99)),
         "cpu_s_per_1000_windows": 1000 * cpu / max(count, 1),
+        # The Python client's share of one core: near 1.0, the client (not the server) sets the pace.
+        "client_cores": client_cpu / elapsed,
     }
 
 
@@ -218,12 +222,15 @@ def main() -> None:
         servers = (("drsn-serve V2", start_drsn), ("MLServer 1.7.1", lambda: start_mlserver(Path(d))))
         for name, start in servers:
             rows += asyncio.run(bench(name, start, windows, levels, args.seconds))
-    print("\n| server | windows per request | concurrency | windows/s | p50 ms | p99 ms | CPU s per 1,000 windows |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "\n| server | windows per request | concurrency | windows/s | p50 ms | p99 ms | CPU s per 1,000 windows "
+        "| client cores |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['server']} | {r['windows_per_request']} | {r['concurrency']} | {r['windows_per_s']:,.0f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_1000_windows']:.2f} |"
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['cpu_s_per_1000_windows']:.2f} | {r['client_cores']:.2f} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
