@@ -14,20 +14,10 @@ use std::time::{Duration, Instant};
 use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, FloatSamples, StreamDiagnoseRequest, Window, window,
 };
+use drsn_serve::client::bench::memory::rss_kib;
 use drsn_serve::client::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())

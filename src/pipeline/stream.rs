@@ -78,13 +78,7 @@ impl StreamSession {
     ) -> Result<(), Ended> {
         counter!(m::SAMPLES_RECEIVED).increment((samples.len() / self.spec.channels) as u64);
         if let Err(reason) = self.framer.push(first, samples) {
-            let resume_from = self.resume_from();
-            return self
-                .fail(ServeError::Resample {
-                    reason,
-                    resume_from,
-                })
-                .await;
+            return self.resampler_failed(reason).await;
         }
         self.forward(arrived).await
     }
@@ -92,13 +86,7 @@ impl StreamSession {
     /// The client half-closed: the last windows are cut, diagnosed and delivered, then the stream ends OK.
     pub async fn finish(mut self) {
         if let Err(reason) = self.framer.finish() {
-            let resume_from = self.resume_from();
-            let _ = self
-                .fail(ServeError::Resample {
-                    reason,
-                    resume_from,
-                })
-                .await;
+            let _ = self.resampler_failed(reason).await;
             return;
         }
         if self.forward(Instant::now()).await.is_ok() {
@@ -109,6 +97,16 @@ impl StreamSession {
     /// Ends the stream with `err`, after everything already handed over.
     pub async fn end(self, err: ServeError) {
         let _ = self.fail(err).await;
+    }
+
+    /// The resampler failed: the stream ends INTERNAL, resuming where its delivered windows end.
+    async fn resampler_failed(&self, reason: String) -> Result<(), Ended> {
+        let resume_from = self.resume_from();
+        self.fail(ServeError::Resample {
+            reason,
+            resume_from,
+        })
+        .await
     }
 
     async fn fail(&self, err: ServeError) -> Result<(), Ended> {
@@ -125,15 +123,7 @@ impl StreamSession {
                     self.progress.store(self.resume_from(), Ordering::SeqCst);
                     return Ok(());
                 }
-                Err(reason) => {
-                    let resume_from = self.resume_from();
-                    return self
-                        .fail(ServeError::Resample {
-                            reason,
-                            resume_from,
-                        })
-                        .await;
-                }
+                Err(reason) => return self.resampler_failed(reason).await,
             };
             let permit = tokio::select! {
                 permit = self.tx.reserve() => permit.map_err(|_| Ended)?,

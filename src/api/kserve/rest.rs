@@ -124,6 +124,11 @@ async fn server_ready(State(ctx): State<Ctx>) -> Response {
     (code, Json(json!({ "ready": ready }))).into_response()
 }
 
+/// A model request's token and model name (and version) checked, or the response that refuses it.
+fn admit(ctx: &Ctx, headers: &HeaderMap, name: &str, version: &str) -> Option<Response> {
+    refuse(ctx, headers).or_else(|| ctx.v2.check_model(name, version).err().map(error))
+}
+
 /// `/v2/models/{name}[/versions/{version}]...`: an absent version is the empty string (any version).
 #[derive(serde::Deserialize)]
 struct ModelPath {
@@ -145,11 +150,8 @@ async fn model_metadata(
     headers: HeaderMap,
     Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
-    if let Some(r) = refuse(&ctx, &headers) {
+    if let Some(r) = admit(&ctx, &headers, &name, &version) {
         return r;
-    }
-    if let Err(e) = ctx.v2.check_model(&name, &version) {
-        return error(e);
     }
     let card = &ctx.v2.model().card;
     let meta = |m: crate::api::kserve::TensorMeta| json!({"name": m.name, "datatype": m.datatype, "shape": m.shape});
@@ -168,11 +170,8 @@ async fn model_ready(
     headers: HeaderMap,
     Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
-    if let Some(r) = refuse(&ctx, &headers) {
+    if let Some(r) = admit(&ctx, &headers, &name, &version) {
         return r;
-    }
-    if let Err(e) = ctx.v2.check_model(&name, &version) {
-        return error(e);
     }
     let ready = ctx.v2.ready();
     let code = if ready {
@@ -189,11 +188,8 @@ async fn model_infer(
     Path(ModelPath { name, version }): Path<ModelPath>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refuse(&ctx, &headers) {
+    if let Some(r) = admit(&ctx, &headers, &name, &version) {
         return r;
-    }
-    if let Err(e) = ctx.v2.check_model(&name, &version) {
-        return error(e);
     }
     let request = match parse(&headers, &body) {
         Ok(r) => r,

@@ -32,7 +32,8 @@ impl Drop for Server {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A process's resident set size, in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
