@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::RECORDING_RATE_HZ;
 use crate::client::replay::{self, StreamPlan, percentile};
 
 /// One trial's outcome.
@@ -54,11 +55,12 @@ pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial>
     for _ in 0..n.div_ceil(STREAMS_PER_GATEWAY) {
         gateways.push(replay::connect(&load.addr).await?);
     }
-    let hop_period = Duration::from_secs_f64(load.hop as f64 / 12_000.0);
+    let hop_period = Duration::from_secs_f64(load.hop as f64 / RECORDING_RATE_HZ);
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let mut plan = StreamPlan::new(12_000.0, (load.seconds * 12_000.0) as u64);
+            let mut plan =
+                StreamPlan::new(RECORDING_RATE_HZ, (load.seconds * RECORDING_RATE_HZ) as u64);
             plan.sensor_id = format!("capacity-{i}");
             plan.realtime = true;
             plan.keep_windows = false;
@@ -74,7 +76,7 @@ pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial>
         })
         .collect();
     let (windows, latencies) = super::gather(tasks).await?;
-    let frames = (load.seconds * 12_000.0) as usize;
+    let frames = (load.seconds * RECORDING_RATE_HZ) as usize;
     let due = n * (frames.saturating_sub(load.window) / load.hop + 1);
     let delivered = windows as f64 / due.max(1) as f64;
     let p99_ms = percentile(&latencies, 99.0) as f64 / 1e3;

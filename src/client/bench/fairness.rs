@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::RECORDING_RATE_HZ;
 use crate::client::replay::{self, StreamPlan, percentile};
 
 /// A real-time sensor's window latency in one situation (ms): client-side p50 and p99, and the p99 of the two
@@ -31,7 +32,7 @@ pub struct FairnessReport {
 /// One real-time sensor for `seconds`.
 async fn sensor(addr: &str, samples: Arc<Vec<f32>>, seconds: f64) -> anyhow::Result<Latency> {
     let client = replay::connect(addr).await?;
-    let mut plan = StreamPlan::new(12_000.0, u64::MAX);
+    let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
     plan.sensor_id = "real-time".into();
     plan.realtime = true;
     plan.until = Some(Instant::now() + Duration::from_secs_f64(seconds));
@@ -73,7 +74,7 @@ fn flood(
         let client = replay::connect(&addr).await?;
         let tasks: Vec<_> = (0..streams)
             .map(|i| {
-                let mut plan = StreamPlan::new(12_000.0, u64::MAX);
+                let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
                 plan.sensor_id = format!("flood-{i}");
                 plan.until = Some(until);
                 plan.keep_windows = false;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::RECORDING_RATE_HZ;
 use crate::api::grpc::proto::stream_diagnose_request::Message;
 use crate::api::grpc::proto::{SampleChunk, StreamDiagnoseRequest, StreamOpen, sample_chunk};
 use crate::client::replay::{self, StreamPlan};
@@ -134,7 +135,7 @@ pub async fn run(
     settle().await;
     let base = rss_kib(pid);
     eprintln!("memory: {n} idle streams at 12 kHz ...");
-    let plain = idle_streams(&addr, n, 12_000.0).await?;
+    let plain = idle_streams(&addr, n, RECORDING_RATE_HZ).await?;
     settle().await;
     let with_plain = rss_kib(pid);
     drop(plain);
@@ -150,7 +151,7 @@ pub async fn run(
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..n)
         .map(|i| {
-            let mut plan = StreamPlan::new(12_000.0, u64::MAX);
+            let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
             plan.realtime = true;
             plan.until = Some(until);
             plan.keep_windows = false;

@@ -17,6 +17,9 @@ use crate::model::card::LoadedModel;
 use crate::server;
 use crate::server::config::ServeConfig;
 
+/// The rate of the CWRU recordings every benchmark streams (the server resamples them if its model's differs).
+pub const RECORDING_RATE_HZ: f64 = 12_000.0;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -157,7 +160,7 @@ async fn service_throughput(
     let until = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..streams)
         .map(|i| {
-            let mut plan = StreamPlan::new(12_000.0, u64::MAX);
+            let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
             plan.sensor_id = format!("bench-{i}");
             plan.realtime = realtime;
             plan.until = Some(until);
