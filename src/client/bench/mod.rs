@@ -229,8 +229,9 @@ fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let recordings = load_recordings(&args.recordings)?;
     let mut config = local(&args.serve)?;
-    // The capacity search measures the machine, not the default stream cap.
-    config.streams.max_streams = args.capacity_max;
+    // The capacity search measures the machine, not the default stream cap (with room for the service
+    // measurement's streams and the 64 real-time sensors whatever --capacity-max is).
+    config.streams.max_streams = args.capacity_max.max(args.streams).max(64);
     let model = LoadedModel::load(&config.model)?;
 
     eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
@@ -252,7 +253,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         hop: model.card.default_hop,
         seconds: args.seconds,
         budget: config.batching.latency_budget,
-        max_streams: config.streams.max_streams,
+        max_streams: args.capacity_max,
     };
     eprintln!(
         "measuring 64 real-time sensors, phases spread and in phase, {} s each ...",
