@@ -29,6 +29,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("drsn-io")
         .enable_all()
         .build()
     {

@@ -1,9 +1,11 @@
 //! `drsn-serve bench`: raw ONNX Runtime throughput in-process and the service's end-to-end throughput over
 //! loopback gRPC, measured one after the other in one run on the same settings, with their ratio; real-time
 //! latency at 64 sensors (phases spread and in phase); and the capacity a user plans with ([`capacity`]). With
-//! `--fairness`, real-time latency beside floods ([`fairness`]).
+//! `--fairness`, real-time latency beside floods ([`fairness`]). The client runs on its own threads so the
+//! server's CPU time per window can be told from the client's ([`cpu`]).
 
 pub mod capacity;
+pub mod cpu;
 pub mod fairness;
 pub mod memory;
 
@@ -61,6 +63,10 @@ pub struct BenchReport {
     pub raw_windows_per_s: f64,
     pub service_windows_per_s: f64,
     pub ratio: f64,
+    /// CPU time per window (us): raw ONNX Runtime, and the service's split into inference workers, the rest of
+    /// the server, and the benchmark's client; `None` where per-thread times cannot be read.
+    pub raw_cpu_us: Option<f64>,
+    pub service_cpu_us: Option<ServiceCpu>,
     pub saturated_p50_ms: f64,
     pub saturated_p99_ms: f64,
     /// 64 real-time sensors, phases spread and in phase.
@@ -70,6 +76,58 @@ pub struct BenchReport {
     pub cores: usize,
     pub window: usize,
     pub hop: usize,
+}
+
+/// The service's CPU time per window, by role (us).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ServiceCpu {
+    pub inference: f64,
+    pub server: f64,
+    pub client: f64,
+}
+
+impl ServiceCpu {
+    fn per_window(spent: cpu::CpuTimes, windows: u64) -> Self {
+        let us = |ns: u64| ns as f64 / 1e3 / windows.max(1) as f64;
+        Self {
+            inference: us(spent.inference),
+            server: us(spent.server),
+            client: us(spent.client),
+        }
+    }
+}
+
+/// The benchmark's client on a runtime of its own (threads named [`cpu::CLIENT_THREAD`]).
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(cpu::CLIENT_THREAD)
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let runtime = self
+            .0
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the client runtime is gone"))?;
+        runtime.spawn(work).await?
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        // Dropped inside the server's runtime, where a blocking shutdown is not allowed.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn load_recordings(dir: &std::path::Path) -> anyhow::Result<Vec<Arc<Vec<f32>>>> {
@@ -90,12 +148,22 @@ fn load_recordings(dir: &std::path::Path) -> anyhow::Result<Vec<Arc<Vec<f32>>>> 
         .collect()
 }
 
-/// Runs `workers` sessions flat out on batches of `max_batch` real windows; returns windows/s.
+/// What the raw measurement found.
+struct Raw {
+    windows_per_s: f64,
+    /// CPU time per window (us), `None` where it cannot be read.
+    cpu_us: Option<f64>,
+    device: String,
+    workers: usize,
+    max_batch: usize,
+}
+
+/// Runs `workers` sessions flat out on batches of `max_batch` real windows.
 async fn raw_throughput(
     config: &ServeConfig,
     recordings: &[Arc<Vec<f32>>],
     seconds: f64,
-) -> anyhow::Result<(f64, String, usize, usize)> {
+) -> anyhow::Result<Raw> {
     let model = Arc::new(LoadedModel::load(&config.model)?);
     let server::Opened {
         models,
@@ -122,6 +190,7 @@ async fn raw_throughput(
         .map(|mut m| {
             let batch = batch.clone();
             std::thread::spawn(move || {
+                let cpu_start = cpu::this_thread_ns();
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     if m.run(batch.iter().map(Vec::as_slice)).is_err() {
@@ -129,40 +198,42 @@ async fn raw_throughput(
                     }
                     done += batch.len() as u64;
                 }
-                done
+                (done, cpu::this_thread_ns() - cpu_start)
             })
         })
         .collect();
-    let mut total = 0;
+    let (mut total, mut cpu_ns) = (0, 0);
     for t in threads {
-        total += t
+        let (done, ns) = t
             .join()
             .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?;
+        total += done;
+        cpu_ns += ns;
     }
-    Ok((
-        total as f64 / started.elapsed().as_secs_f64(),
-        placement.to_string(),
-        settings.workers,
-        settings.max_batch,
-    ))
+    Ok(Raw {
+        windows_per_s: total as f64 / started.elapsed().as_secs_f64(),
+        cpu_us: (cpu_ns > 0).then(|| cpu_ns as f64 / 1e3 / total.max(1) as f64),
+        device: placement.to_string(),
+        workers: settings.workers,
+        max_batch: settings.max_batch,
+    })
 }
 
-/// Streams recordings on `streams` concurrent streams for `seconds`; returns (windows/s, sorted latencies in us).
+/// Streams recordings on `streams` concurrent streams for `seconds`; returns (windows, windows/s, sorted latencies
+/// in us).
 async fn service_throughput(
-    addr: &str,
-    recordings: &[Arc<Vec<f32>>],
+    addr: String,
+    recordings: Vec<Arc<Vec<f32>>>,
     streams: usize,
     seconds: f64,
-    realtime: bool,
-) -> anyhow::Result<(f64, Vec<u64>)> {
-    let channel = replay::connect(addr).await?;
+) -> anyhow::Result<(u64, f64, Vec<u64>)> {
+    let channel = replay::connect(&addr).await?;
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..streams)
         .map(|i| {
             let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
             plan.sensor_id = format!("bench-{i}");
-            plan.realtime = realtime;
             plan.until = Some(until);
             plan.keep_windows = false;
             tokio::spawn(replay::stream_samples(
@@ -174,7 +245,11 @@ async fn service_throughput(
         })
         .collect();
     let (windows, latencies) = gather(tasks).await?;
-    Ok((windows as f64 / started.elapsed().as_secs_f64(), latencies))
+    Ok((
+        windows,
+        windows as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    ))
 }
 
 /// Runs the fairness measurement on a server started for it.
@@ -182,7 +257,12 @@ pub async fn run_fairness(args: BenchArgs) -> anyhow::Result<fairness::FairnessR
     let recordings = load_recordings(&args.recordings)?;
     let running = server::start(local(&args.serve)?).await?;
     let addr = format!("http://{}", running.grpc_addr);
-    let report = fairness::run(&addr, recordings[0].clone(), args.seconds).await;
+    let client = ClientRuntime::new()?;
+    let (recording, seconds) = (recordings[0].clone(), args.seconds);
+    let report = client
+        .run(async move { fairness::run(&addr, recording, seconds).await })
+        .await;
+    drop(client);
     running.shutdown();
     running.stopped().await;
     report
@@ -235,17 +315,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let model = LoadedModel::load(&config.model)?;
 
     eprintln!("measuring raw ONNX Runtime for {} s ...", args.seconds);
-    let (raw, device, workers, max_batch) =
-        raw_throughput(&config, &recordings, args.seconds).await?;
+    let raw = raw_throughput(&config, &recordings, args.seconds).await?;
 
     let running = server::start(config.clone()).await?;
     let addr = format!("http://{}", running.grpc_addr);
+    let client = ClientRuntime::new()?;
     eprintln!(
         "measuring the service with {} streams for {} s ...",
         args.streams, args.seconds
     );
-    let (service, saturated) =
-        service_throughput(&addr, &recordings, args.streams, args.seconds, false).await?;
+    let cpu_before = cpu::CpuTimes::now();
+    let (windows, service, saturated) = client
+        .run(service_throughput(
+            addr.clone(),
+            recordings.clone(),
+            args.streams,
+            args.seconds,
+        ))
+        .await?;
+    let service_cpu = cpu_before
+        .zip(cpu::CpuTimes::now())
+        .map(|(before, after)| ServiceCpu::per_window(after.since(before), windows));
     let load = capacity::Load {
         addr: addr.clone(),
         recordings: recordings.clone(),
@@ -259,26 +349,38 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         "measuring 64 real-time sensors, phases spread and in phase, {} s each ...",
         args.seconds
     );
-    let realtime_spread = capacity::trial(&load, 64, true).await?;
-    let realtime_in_phase = capacity::trial(&load, 64, false).await?;
+    let trial = |spread| {
+        let load = load.clone();
+        client.run(async move { capacity::trial(&load, 64, spread).await })
+    };
+    let realtime_spread = trial(true).await?;
+    let realtime_in_phase = trial(false).await?;
     let mut capacity = Vec::new();
     if !args.skip_capacity {
         for spread in [true, false] {
-            capacity.push(capacity::search(&load, spread, args.capacity_start).await?);
+            let (load, start) = (load.clone(), args.capacity_start);
+            capacity.push(
+                client
+                    .run(async move { capacity::search(&load, spread, start).await })
+                    .await?,
+            );
         }
     }
+    drop(client);
     running.shutdown();
     running.stopped().await;
 
     let ms = |v: &[u64], p| percentile(v, p) as f64 / 1e3;
     Ok(BenchReport {
-        device,
-        workers,
+        device: raw.device,
+        workers: raw.workers,
         intra_threads: config.engine.intra_threads,
-        max_batch,
-        raw_windows_per_s: raw,
+        max_batch: raw.max_batch,
+        raw_windows_per_s: raw.windows_per_s,
         service_windows_per_s: service,
-        ratio: service / raw,
+        ratio: service / raw.windows_per_s,
+        raw_cpu_us: raw.cpu_us,
+        service_cpu_us: service_cpu,
         saturated_p50_ms: ms(&saturated, 50.0),
         saturated_p99_ms: ms(&saturated, 99.0),
         realtime_spread,
@@ -318,6 +420,20 @@ impl std::fmt::Display for BenchReport {
             "ratio service / raw:                 {:>9.2}",
             self.ratio
         )?;
+        if let (Some(raw), Some(s)) = (self.raw_cpu_us, self.service_cpu_us) {
+            writeln!(f, "CPU per window, raw:                 {raw:>9.1} us")?;
+            writeln!(
+                f,
+                "CPU per window, service:             {:>9.1} us inference + {:.1} us rest of server (+ {:.1} us \
+                 this bench's client)",
+                s.inference, s.server, s.client
+            )?;
+            writeln!(
+                f,
+                "ratio by server CPU (raw / service): {:>9.2}  (throughput ratio with the client on other machines)",
+                raw / (s.inference + s.server)
+            )?;
+        }
         writeln!(
             f,
             "window latency, saturated:           p50 {:.1} ms, p99 {:.1} ms",

@@ -1,0 +1,100 @@
+//! CPU time of this process's threads by role (inference workers, the server's async threads, the benchmark's
+//! own client), read from Linux's per-thread scheduler statistics, so the bench can say what the server spent per
+//! window apart from the client that shares its cores.
+
+/// The async runtime threads the benchmark's client runs on (named so their CPU time is not counted as the
+/// server's).
+pub const CLIENT_THREAD: &str = "bench-client";
+
+/// Nanoseconds on CPU so far, summed over the threads of each role.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTimes {
+    /// `drsn-infer-*`: ONNX Runtime and what the workers do around it.
+    pub inference: u64,
+    /// Every other thread of the server (the async runtime: network, decoding, windowing, scheduling, replies).
+    pub server: u64,
+    pub client: u64,
+}
+
+impl CpuTimes {
+    /// Now; `None` where the per-thread statistics cannot be read (not Linux).
+    pub fn now() -> Option<Self> {
+        let mut t = Self::default();
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = task.ok()?.path();
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(dir.join("comm")),
+                std::fs::read_to_string(dir.join("schedstat")),
+            ) else {
+                continue; // the thread ended while being read
+            };
+            let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+            let comm = comm.trim_end();
+            if comm.starts_with("drsn-infer") {
+                t.inference += ns;
+            } else if comm.starts_with(CLIENT_THREAD) {
+                t.client += ns;
+            } else {
+                t.server += ns;
+            }
+        }
+        Some(t)
+    }
+
+    /// What was spent since `earlier`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            inference: self.inference.saturating_sub(earlier.inference),
+            server: self.server.saturating_sub(earlier.server),
+            client: self.client.saturating_sub(earlier.client),
+        }
+    }
+}
+
+/// This thread's CPU time so far in nanoseconds (0 where it cannot be read).
+pub fn this_thread_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_named_thread_is_counted_in_its_role() {
+        let Some(before) = CpuTimes::now() else {
+            return; // not Linux: nothing to read
+        };
+        // Each thread spins 30 ms of CPU, then stays alive until its time has been read.
+        let sampled = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let spin = |name: &str| {
+            let sampled = sampled.clone();
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    let start = this_thread_ns();
+                    let mut x = 0u64;
+                    while this_thread_ns() - start < 30_000_000 {
+                        for _ in 0..10_000 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                        }
+                    }
+                    sampled.wait();
+                    sampled.wait();
+                })
+                .expect("a test thread starts")
+        };
+        let threads = [spin(CLIENT_THREAD), spin("drsn-infer-9")];
+        sampled.wait();
+        let spent = CpuTimes::now().map(|t| t.since(before)).unwrap_or_default();
+        sampled.wait();
+        for t in threads {
+            let _ = t.join();
+        }
+        assert!(spent.client >= 30_000_000, "{spent:?}");
+        assert!(spent.inference >= 30_000_000, "{spent:?}");
+    }
+}
