@@ -109,6 +109,12 @@ fn check_frames(values: Vec<f32>, channels: usize, limits: Limits) -> Result<Vec
 }
 
 fn check_finite(samples: &[f32], first: u64) -> Result<(), ServeError> {
+    // Every sample arrives through here: blocks checked without a branch per sample (which vectorises), the
+    // position looked for only when a block fails.
+    let finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
+    if samples.chunks(64).all(finite) {
+        return Ok(());
+    }
     match samples.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(ServeError::NonFinite {
             first,
