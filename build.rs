@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=deploy/ort");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Sample bytes as `Bytes`: decoded as slices of the received buffer rather than copied out of it.
+        .bytes(".")
         .file_descriptor_set_path(out.join("drsn_descriptor.bin"))
         .compile_protos(
             &[

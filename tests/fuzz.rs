@@ -116,7 +116,7 @@ fn random_stream(rng: &mut Rng, real: &[f32]) -> Vec<StreamDiagnoseRequest> {
                 if rng.chance(20) {
                     b.pop(); // not whole frames
                 }
-                Some(sample_chunk::Samples::F32le(b))
+                Some(sample_chunk::Samples::F32le(b.into()))
             }
             _ => Some(sample_chunk::Samples::F32le(
                 values.iter().flat_map(|v| v.to_le_bytes()).collect(),

@@ -167,6 +167,26 @@ pub async fn stream_samples(
     Ok(out)
 }
 
+/// Samples `at..end` of `samples` repeated end to end, as f32 little-endian bytes.
+fn le_bytes(samples: &[f32], at: u64, end: u64) -> Vec<u8> {
+    let n = samples.len() as u64;
+    let mut bytes = Vec::with_capacity((end - at) as usize * 4);
+    let mut i = at;
+    while i < end && n > 0 {
+        let from = (i % n) as usize;
+        let take = ((end - i) as usize).min(samples.len() - from);
+        let part = &samples[from..from + take];
+        if cfg!(target_endian = "little") {
+            bytes.extend_from_slice(bytemuck::cast_slice(part));
+        } else {
+            part.iter()
+                .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
+        }
+        i += take as u64;
+    }
+    bytes
+}
+
 async fn send_chunks(
     tx: mpsc::Sender<StreamDiagnoseRequest>,
     samples: Arc<Vec<f32>>,
@@ -176,16 +196,12 @@ async fn send_chunks(
     tokio::time::sleep(plan.start_delay).await;
     let start = Instant::now();
     let mut at: u64 = plan.start;
-    let n = samples.len() as u64;
     while at < plan.frames {
         if plan.until.is_some_and(|t| Instant::now() >= t) {
             break;
         }
         let end = (at + plan.chunk_frames as u64).min(plan.frames);
-        let mut bytes = Vec::with_capacity((end - at) as usize * 4);
-        for i in at..end {
-            bytes.extend_from_slice(&samples[(i % n) as usize].to_le_bytes());
-        }
+        let bytes = le_bytes(&samples, at, end);
         if plan.realtime {
             let due =
                 start + Duration::from_secs_f64((end - plan.start) as f64 / plan.sample_rate_hz);
@@ -193,7 +209,7 @@ async fn send_chunks(
         }
         let chunk = SampleChunk {
             first_sample_index: at,
-            samples: Some(sample_chunk::Samples::F32le(bytes)),
+            samples: Some(sample_chunk::Samples::F32le(bytes.into())),
         };
         if let Ok(mut s) = sent.lock() {
             s.push(Instant::now());
@@ -506,4 +522,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         println!("  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");
     }
     Ok(if failures > 0 { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::le_bytes;
+
+    #[test]
+    fn chunks_repeat_the_recording_end_to_end() {
+        let samples = [1.0f32, 2.0, 3.0];
+        let floats = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        assert_eq!(
+            floats(le_bytes(&samples, 2, 8)),
+            [3.0, 1.0, 2.0, 3.0, 1.0, 2.0]
+        );
+        assert_eq!(floats(le_bytes(&samples, 4, 5)), [2.0]);
+        assert!(le_bytes(&[], 0, 4).is_empty());
+    }
 }

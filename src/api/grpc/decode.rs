@@ -147,7 +147,7 @@ mod tests {
         let v = [1.5f32, -2.25, 3.0e-7, 4.0];
         let a = proto::SampleChunk {
             first_sample_index: 7,
-            samples: Some(sample_chunk::Samples::F32le(bytes(&v))),
+            samples: Some(sample_chunk::Samples::F32le(bytes(&v).into())),
         };
         let b = proto::SampleChunk {
             first_sample_index: 7,
@@ -165,8 +165,12 @@ mod tests {
             first_sample_index: 0,
             samples: Some(s),
         };
-        let e =
-            decode_chunk(chunk(sample_chunk::Samples::F32le(vec![0; 6])), 1, LIMITS).unwrap_err();
+        let e = decode_chunk(
+            chunk(sample_chunk::Samples::F32le(vec![0; 6].into())),
+            1,
+            LIMITS,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -178,7 +182,7 @@ mod tests {
             "{e}"
         );
         let e = decode_chunk(
-            chunk(sample_chunk::Samples::F32le(bytes(&[0.0; 9]))),
+            chunk(sample_chunk::Samples::F32le(bytes(&[0.0; 9]).into())),
             1,
             LIMITS,
         )
@@ -262,7 +266,7 @@ mod tests {
             ) {
                 let chunk = proto::SampleChunk {
                     first_sample_index: first,
-                    samples: Some(sample_chunk::Samples::F32le(bytes.clone())),
+                    samples: Some(sample_chunk::Samples::F32le(bytes.clone().into())),
                 };
                 let floats: Vec<f32> = bytes
                     .chunks_exact(4)

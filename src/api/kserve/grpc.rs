@@ -99,7 +99,7 @@ impl GrpcInferenceService for InferenceService {
         let wanted: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
         let outputs = self.0.infer(input, &wanted).await.map_err(status)?;
         let card = &self.0.model().card;
-        let raw = outputs.iter().map(Tensor::raw).collect();
+        let raw = outputs.iter().map(|t| t.raw().into()).collect();
         Ok(Response::new(pb::ModelInferResponse {
             model_name: card.name.clone(),
             model_version: card.version.clone(),

@@ -107,7 +107,7 @@ async fn idle_streams(addr: &str, n: usize, rate: f64) -> anyhow::Result<Vec<Hel
         tx.send(StreamDiagnoseRequest {
             message: Some(Message::Chunk(SampleChunk {
                 first_sample_index: 0,
-                samples: Some(sample_chunk::Samples::F32le(vec![0; 4 * 1000])),
+                samples: Some(sample_chunk::Samples::F32le(vec![0; 4 * 1000].into())),
             })),
         })
         .await?;
