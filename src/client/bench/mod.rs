@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Concurrent gRPC streams.
     #[arg(long, default_value_t = 64)]
     pub streams: usize,
+    /// Samples per chunk the service measurement's streams send (1024 = 85 ms at 12 kHz, as a real-time gateway).
+    #[arg(long, default_value_t = 1024)]
+    pub chunk: usize,
     /// Measure fairness instead: a real-time sensor's latency alone, beside floods, and after one.
     #[arg(long)]
     pub fairness: bool,
@@ -225,6 +228,7 @@ async fn service_throughput(
     addr: String,
     recordings: Vec<Arc<Vec<f32>>>,
     streams: usize,
+    chunk: usize,
     seconds: f64,
 ) -> anyhow::Result<(u64, f64, Vec<u64>)> {
     let channel = replay::connect(&addr).await?;
@@ -234,6 +238,7 @@ async fn service_throughput(
         .map(|i| {
             let mut plan = StreamPlan::new(RECORDING_RATE_HZ, u64::MAX);
             plan.sensor_id = format!("bench-{i}");
+            plan.chunk_frames = chunk.max(1);
             plan.until = Some(until);
             plan.keep_windows = false;
             tokio::spawn(replay::stream_samples(
@@ -330,6 +335,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
             addr.clone(),
             recordings.clone(),
             args.streams,
+            args.chunk,
             args.seconds,
         ))
         .await?;
