@@ -43,15 +43,114 @@ pub struct Flagged {
 /// Checks one window of `channels`-interleaved samples; `None` when the model may judge it.
 pub fn check(window: &[f32], channels: usize, range: Option<&InputRange>) -> Option<Flagged> {
     let channels = channels.max(1);
-    let mut channel = Vec::new();
-    for c in 0..channels {
-        let stats = if channels == 1 {
-            Stats::of(window)
-        } else {
-            channel.clear();
-            channel.extend(window.iter().skip(c).step_by(channels));
-            Stats::of(&channel)
+    let mut scratch = Vec::new();
+    let stats: Vec<Stats> = (0..channels)
+        .map(|c| Stats::of(channel(window, c, channels, &mut scratch)))
+        .collect();
+    judge(&stats, range)
+}
+
+/// Channel `c` of interleaved samples (the samples themselves when there is one channel).
+fn channel<'a>(
+    samples: &'a [f32],
+    c: usize,
+    channels: usize,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if channels == 1 {
+        return samples;
+    }
+    scratch.clear();
+    scratch.extend(samples.iter().skip(c).step_by(channels));
+    scratch
+}
+
+/// Checks one stream's windows in order. Consecutive windows overlap (the default hop is half a window), so each
+/// block of gcd(window, hop) frames is summarised once, when a window first covers it, and a window's statistics
+/// are merged from its blocks': every sample is read once instead of window / hop times. Blocks too small to pay
+/// for their merge (or too many to keep) fall back to summarising each window whole.
+pub struct Checker {
+    channels: usize,
+    /// Frames per block, and blocks per window and per hop; `None` when windows are summarised whole.
+    blocks: Option<(usize, u64, u64)>,
+    /// Per-channel statistics of the blocks the next windows still cover, by block number within the segment.
+    cache: std::collections::VecDeque<(u64, Vec<Stats>)>,
+    scratch: Vec<f32>,
+}
+
+/// Smallest block worth summarising on its own, and most blocks a window may be merged from.
+const MIN_BLOCK: usize = 256;
+const MAX_BLOCKS: usize = 64;
+
+impl Checker {
+    /// `window` and `hop` in frames.
+    pub fn new(window: usize, hop: usize, channels: usize) -> Self {
+        let block = gcd(window, hop.max(1));
+        let per_window = window / block.max(1);
+        let blocks = (hop < window && block >= MIN_BLOCK && per_window <= MAX_BLOCKS)
+            .then(|| (block, per_window as u64, (hop / block) as u64));
+        Self {
+            channels: channels.max(1),
+            blocks,
+            cache: Default::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Checks the segment's window number `index` (0, 1, 2, ... since the segment began; windows in order).
+    pub fn check(
+        &mut self,
+        index: u64,
+        window: &[f32],
+        range: Option<&InputRange>,
+    ) -> Option<Flagged> {
+        let Some((block, per_window, per_hop)) = self.blocks else {
+            return check(window, self.channels, range);
         };
+        let first = index * per_hop;
+        while self.cache.front().is_some_and(|(b, _)| *b < first) {
+            self.cache.pop_front();
+        }
+        if self.cache.front().is_some_and(|(b, _)| *b != first) {
+            self.cache.clear(); // not the window after the last one: start over
+        }
+        let width = block * self.channels;
+        for b in first + self.cache.len() as u64..first + per_window {
+            let at = (b - first) as usize * width;
+            let Some(samples) = window.get(at..at + width) else {
+                return check(window, self.channels, range);
+            };
+            let stats = (0..self.channels)
+                .map(|c| Stats::of(channel(samples, c, self.channels, &mut self.scratch)))
+                .collect();
+            self.cache.push_back((b, stats));
+        }
+        let merged: Vec<Stats> = (0..self.channels)
+            .map(|c| {
+                let mut blocks = self.cache.iter().map(|(_, s)| s[c]);
+                let head = blocks.next().unwrap_or_default();
+                blocks.fold(head, Stats::merge)
+            })
+            .collect();
+        judge(&merged, range)
+    }
+
+    /// The stream restarted its windows (a discontinuity): nothing summarised so far is covered again.
+    pub fn restart(&mut self) {
+        self.cache.clear();
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The verdict on a window from its channels' statistics.
+fn judge(channels: &[Stats], range: Option<&InputRange>) -> Option<Flagged> {
+    for (c, stats) in channels.iter().enumerate() {
         if stats.max == stats.min {
             return Some(Flagged {
                 flag: Flag::Flat,
@@ -63,7 +162,7 @@ pub fn check(window: &[f32], channels: usize, range: Option<&InputRange>) -> Opt
         }
         let Some(range) = range else { continue };
         let peak = stats.max.abs().max(stats.min.abs());
-        if !(stats.rms.is_finite() && peak.is_finite()) || peak > range.peak_accepted {
+        if !(stats.rms().is_finite() && peak.is_finite()) || peak > range.peak_accepted {
             return Some(Flagged {
                 flag: Flag::OutOfRange,
                 detail: format!(
@@ -74,13 +173,13 @@ pub fn check(window: &[f32], channels: usize, range: Option<&InputRange>) -> Opt
             });
         }
         let (lo, hi) = (range.rms_accepted[0], range.rms_accepted[1]);
-        if !(lo..=hi).contains(&stats.rms) {
+        if !(lo..=hi).contains(&stats.rms()) {
             return Some(Flagged {
                 flag: Flag::OutOfRange,
                 detail: format!(
                     "channel {c}: RMS {rms:.3e} {unit} is outside the {lo}..{hi} {unit} the model accepts \
                      (check the sensor's gain and units)",
-                    rms = stats.rms,
+                    rms = stats.rms(),
                     unit = range.unit,
                 ),
             });
@@ -110,13 +209,18 @@ pub fn check(window: &[f32], channels: usize, range: Option<&InputRange>) -> Opt
 /// the samples less the first one (which takes out a DC offset before squaring), then one pass counting the samples
 /// at each extreme. Two independent vectors per accumulator keep the adds' latency hidden. The RMS only has to be
 /// right to a few digits: the card's accepted range is ten times wider than the training range. A NaN makes the
-/// RMS NaN, which the range check flags.
+/// RMS NaN, which the range check flags. Two blocks' statistics merge exactly (Chan et al.'s pairwise update for
+/// the variance).
+#[derive(Debug, Clone, Copy, Default)]
 struct Stats {
     min: f32,
     max: f32,
     at_min: usize,
     at_max: usize,
-    rms: f32,
+    n: usize,
+    mean: f64,
+    /// Sum of squared deviations from the mean.
+    m2: f64,
 }
 
 /// Samples per step: two vectors of eight.
@@ -166,17 +270,42 @@ impl Stats {
             squares += f64::from((v - x0) * (v - x0));
         }
         let n = x.len().max(1) as f64;
-        let mean = total / n;
-        let var = squares / n - mean * mean;
-        let var = if var < 0.0 { 0.0 } else { var }; // rounding below zero; a NaN stays NaN
+        let m2 = squares - total * total / n;
+        let m2 = if m2 < 0.0 { 0.0 } else { m2 }; // rounding below zero; a NaN stays NaN
         let (at_min, at_max) = count_at(x, min, max);
         Self {
             min,
             max,
             at_min,
             at_max,
-            rms: var.sqrt() as f32,
+            n: x.len(),
+            mean: f64::from(x0) + total / n,
+            m2,
         }
+    }
+
+    fn merge(self, other: Self) -> Self {
+        let n = self.n + other.n;
+        if self.n == 0 || other.n == 0 {
+            return if self.n == 0 { other } else { self };
+        }
+        let (min, max) = (self.min.min(other.min), self.max.max(other.max));
+        let at = |v: f32, count: usize, extreme: f32| if v == extreme { count } else { 0 };
+        let delta = other.mean - self.mean;
+        let (a, b) = (self.n as f64, other.n as f64);
+        Self {
+            min,
+            max,
+            at_min: at(self.min, self.at_min, min) + at(other.min, other.at_min, min),
+            at_max: at(self.max, self.at_max, max) + at(other.max, other.at_max, max),
+            n,
+            mean: self.mean + delta * b / (a + b),
+            m2: self.m2 + other.m2 + delta * delta * a * b / (a + b),
+        }
+    }
+
+    fn rms(&self) -> f32 {
+        (self.m2 / self.n.max(1) as f64).sqrt() as f32
     }
 }
 
@@ -254,12 +383,12 @@ mod tests {
                 "n {n}"
             );
             assert!(
-                (f64::from(s.rms) - rms).abs() <= 1e-4 * rms.max(1e-3),
+                (f64::from(s.rms()) - rms).abs() <= 1e-4 * rms.max(1e-3),
                 "n {n}: {} vs {rms}",
-                s.rms
+                s.rms()
             );
         }
-        assert!(Stats::of(&[1.0, f32::NAN, 2.0]).rms.is_nan());
+        assert!(Stats::of(&[1.0, f32::NAN, 2.0]).rms().is_nan());
     }
 
     #[test]
@@ -322,5 +451,97 @@ mod tests {
         let f = check(&two, 2, None).unwrap();
         assert_eq!(f.flag, Flag::Flat);
         assert!(f.detail.starts_with("channel 1"));
+    }
+
+    #[test]
+    fn merged_blocks_give_the_whole_window_statistics() {
+        let mut x: Vec<f32> = sine(4096, 1.0).into_iter().map(|v| v + 7.0).collect();
+        x[100..103].fill(9.0); // three at the top, within the first block
+        x[3000] = 9.0; // and one in the second
+        let (a, b) = x.split_at(1024);
+        let merged = Stats::of(a).merge(Stats::of(b));
+        let whole = Stats::of(&x);
+        assert_eq!(
+            (
+                merged.min,
+                merged.max,
+                merged.at_min,
+                merged.at_max,
+                merged.n
+            ),
+            (whole.min, whole.max, whole.at_min, whole.at_max, whole.n)
+        );
+        assert_eq!(merged.at_max, 4);
+        assert!((merged.rms() - whole.rms()).abs() <= 1e-5 * whole.rms());
+        assert!((merged.mean - whole.mean).abs() < 1e-5);
+        let empty = Stats::default();
+        assert_eq!(empty.merge(whole).n, whole.n);
+    }
+
+    /// A stream's windows (interleaved `channels`), with a clipped run, a dead stretch and a spike placed so
+    /// that windows straddle them.
+    fn stream(frames: usize, channels: usize) -> Vec<f32> {
+        let mut x = Vec::with_capacity(frames * channels);
+        for i in 0..frames {
+            for c in 0..channels {
+                let v = (0.2 + 0.1 * c as f32) * ((i * (c + 3)) as f32 * 0.11).sin();
+                x.push(match i {
+                    5000..5010 if c == 0 => 0.3, // clipped at the top of channel 0
+                    9000..20000 if c == channels - 1 => 0.0, // the last channel goes dead
+                    30000 => 500.0,              // a spike out of range
+                    _ => v,
+                });
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn a_streams_checker_agrees_with_checking_each_window_whole() {
+        let r = range();
+        for (window, hop, channels) in [
+            (2048, 1024, 1),
+            (2048, 512, 1),
+            (2048, 768, 2),  // blocks of 256 frames
+            (1024, 1024, 1), // no overlap: whole windows
+            (2048, 1000, 1), // blocks of 8 frames: whole windows
+            (1024, 4096, 3),
+        ] {
+            let x = stream(40_000, channels);
+            let mut checker = Checker::new(window, hop, channels);
+            let mut flagged = 0;
+            let mut index = 0u64;
+            let mut start = 0;
+            while (start + window) * channels <= x.len() {
+                let w = &x[start * channels..(start + window) * channels];
+                let got = checker.check(index, w, Some(&r)).map(|f| f.flag);
+                let want = check(w, channels, Some(&r)).map(|f| f.flag);
+                assert_eq!(got, want, "window {index} of {window}/{hop}/{channels}");
+                flagged += usize::from(want.is_some());
+                index += 1;
+                start += hop;
+            }
+            assert!(flagged > 0 && flagged < index as usize, "{window}/{hop}");
+        }
+    }
+
+    #[test]
+    fn after_a_restart_or_a_gap_nothing_old_is_merged() {
+        let r = range();
+        let quiet: Vec<f32> = sine(2048, 0.001).into_iter().collect(); // RMS below the accepted range
+        let loud = sine(2048, 1.0);
+        let mut checker = Checker::new(2048, 1024, 1);
+        assert_eq!(
+            checker.check(0, &quiet, Some(&r)).map(|f| f.flag),
+            Some(Flag::OutOfRange)
+        );
+        // Window 1 of a new segment: its first half is not window 0's second half.
+        checker.restart();
+        assert_eq!(checker.check(1, &loud, Some(&r)), None);
+        // A jump in the numbering (a window the caller skipped) starts over as well.
+        assert_eq!(
+            checker.check(5, &quiet, Some(&r)).map(|f| f.flag),
+            Some(Flag::OutOfRange)
+        );
     }
 }

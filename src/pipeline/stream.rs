@@ -26,6 +26,7 @@ pub struct Ended;
 pub struct StreamSession {
     pub spec: StreamSpec,
     framer: Framer,
+    checker: quality::Checker,
     flow: Arc<Flow>,
     tx: mpsc::Sender<Outgoing>,
     model: Arc<LoadedModel>,
@@ -44,6 +45,7 @@ impl StreamSession {
         progress: Arc<AtomicU64>,
     ) -> Self {
         Self {
+            checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
             spec,
             framer,
             flow,
@@ -137,7 +139,7 @@ impl StreamSession {
                         last_sample: cut.last_sample,
                     };
                     let range = self.model.card.input_range.as_ref();
-                    let answer = match quality::check(&cut.samples, self.spec.channels, range) {
+                    let answer = match self.checker.check(cut.index, &cut.samples, range) {
                         Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
                         None => {
                             let submitted = tokio::select! {
@@ -165,6 +167,7 @@ impl StreamSession {
                     samples_discarded,
                 } => {
                     counter!(m::DISCONTINUITIES).increment(1);
+                    self.checker.restart();
                     permit.send(Outgoing::Discontinuity(Discontinuity {
                         expected,
                         received,
