@@ -78,16 +78,17 @@ pub struct Checker {
     scratch: Vec<f32>,
 }
 
-/// Smallest block worth summarising on its own, and most blocks a window may be merged from.
+/// Smallest block worth summarising on its own, and most per-channel block summaries a stream keeps (a few KiB).
 const MIN_BLOCK: usize = 256;
-const MAX_BLOCKS: usize = 64;
+const MAX_SUMMARIES: usize = 64;
 
 impl Checker {
     /// `window` and `hop` in frames.
     pub fn new(window: usize, hop: usize, channels: usize) -> Self {
         let block = gcd(window, hop.max(1));
         let per_window = window / block.max(1);
-        let blocks = (hop < window && block >= MIN_BLOCK && per_window <= MAX_BLOCKS)
+        let kept = per_window * channels.max(1);
+        let blocks = (hop < window && block >= MIN_BLOCK && kept <= MAX_SUMMARIES)
             .then(|| (block, per_window as u64, (hop / block) as u64));
         Self {
             channels: channels.max(1),
@@ -97,7 +98,8 @@ impl Checker {
         }
     }
 
-    /// Checks the segment's window number `index` (0, 1, 2, ... since the segment began; windows in order).
+    /// Checks the stream's window number `index` (consecutive within a segment; [`Checker::restart`] between
+    /// segments).
     pub fn check(
         &mut self,
         index: u64,
