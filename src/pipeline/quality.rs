@@ -73,8 +73,9 @@ pub struct Checker {
     channels: usize,
     /// Frames per block, and blocks per window and per hop; `None` when windows are summarised whole.
     blocks: Option<(usize, u64, u64)>,
-    /// Per-channel statistics of the blocks the next windows still cover, by block number within the segment.
-    cache: std::collections::VecDeque<(u64, Vec<Stats>)>,
+    /// Statistics of the blocks the next windows still cover, by block number (channels of a block in order).
+    cache: std::collections::VecDeque<(u64, Stats)>,
+    merged: Vec<Stats>,
     scratch: Vec<f32>,
 }
 
@@ -94,6 +95,7 @@ impl Checker {
             channels: channels.max(1),
             blocks,
             cache: Default::default(),
+            merged: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -116,25 +118,25 @@ impl Checker {
         if self.cache.front().is_some_and(|(b, _)| *b != first) {
             self.cache.clear(); // not the window after the last one: start over
         }
-        let width = block * self.channels;
-        for b in first + self.cache.len() as u64..first + per_window {
+        let (channels, width) = (self.channels, block * self.channels);
+        let cached = (self.cache.len() / channels) as u64;
+        for b in first + cached..first + per_window {
             let at = (b - first) as usize * width;
             let Some(samples) = window.get(at..at + width) else {
-                return check(window, self.channels, range);
+                return check(window, channels, range);
             };
-            let stats = (0..self.channels)
-                .map(|c| Stats::of(channel(samples, c, self.channels, &mut self.scratch)))
-                .collect();
-            self.cache.push_back((b, stats));
+            for c in 0..channels {
+                let stats = Stats::of(channel(samples, c, channels, &mut self.scratch));
+                self.cache.push_back((b, stats));
+            }
         }
-        let merged: Vec<Stats> = (0..self.channels)
-            .map(|c| {
-                let mut blocks = self.cache.iter().map(|(_, s)| s[c]);
-                let head = blocks.next().unwrap_or_default();
-                blocks.fold(head, Stats::merge)
-            })
-            .collect();
-        judge(&merged, range)
+        self.merged.clear();
+        for c in 0..channels {
+            let mut blocks = self.cache.iter().skip(c).step_by(channels).map(|(_, s)| *s);
+            let head = blocks.next().unwrap_or_default();
+            self.merged.push(blocks.fold(head, Stats::merge));
+        }
+        judge(&self.merged, range)
     }
 
     /// The stream restarted its windows (a discontinuity): nothing summarised so far is covered again.
