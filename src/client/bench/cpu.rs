@@ -41,6 +41,11 @@ impl CpuTimes {
         Some(t)
     }
 
+    /// All roles together.
+    pub fn total(self) -> u64 {
+        self.inference + self.server + self.client
+    }
+
     /// What was spent since `earlier`.
     pub fn since(self, earlier: Self) -> Self {
         Self {
@@ -51,17 +56,17 @@ impl CpuTimes {
     }
 }
 
-/// This thread's CPU time so far in nanoseconds (0 where it cannot be read).
-pub fn this_thread_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This thread's CPU time so far in nanoseconds.
+    fn this_thread_ns() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
 
     #[test]
     fn a_busy_named_thread_is_counted_in_its_role() {
@@ -75,9 +80,11 @@ mod tests {
             std::thread::Builder::new()
                 .name(name.to_owned())
                 .spawn(move || {
-                    let start = this_thread_ns();
+                    let (start, wall) = (this_thread_ns(), std::time::Instant::now());
                     let mut x = 0u64;
-                    while this_thread_ns() - start < 30_000_000 {
+                    while this_thread_ns().saturating_sub(start) < 30_000_000
+                        && wall.elapsed().as_secs() < 5
+                    {
                         for _ in 0..10_000 {
                             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
                         }
