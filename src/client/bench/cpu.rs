@@ -1,6 +1,6 @@
 //! CPU time of this process's threads by role (inference workers, the server's async threads, the benchmark's
 //! own client), read from Linux's per-thread scheduler statistics, so the bench can say what the server spent per
-//! window apart from the client that shares its cores.
+//! window apart from the client that shares its cores; and, on request, the client kept on CPUs of its own.
 
 /// The async runtime threads the benchmark's client runs on (named so their CPU time is not counted as the
 /// server's).
@@ -56,6 +56,66 @@ impl CpuTimes {
     }
 }
 
+/// CPUs set apart for the client and those left to the server (and to raw ONNX Runtime).
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub server: Vec<usize>,
+    pub client: Vec<usize>,
+}
+
+/// Splits the CPUs this process may run on: the last `client` for the benchmark's client, the rest for the server,
+/// and moves every thread that exists now onto the server's (threads started later inherit it).
+#[cfg(target_os = "linux")]
+pub fn split(client: usize) -> anyhow::Result<Split> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    let mask = sched_getaffinity(Pid::from_raw(0))?;
+    let allowed: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| mask.is_set(c).unwrap_or(false))
+        .collect();
+    anyhow::ensure!(
+        client >= 1 && client < allowed.len(),
+        "--client-cpus {client}: this process may run on {} CPU(s); the client needs at least one and the server \
+         at least one",
+        allowed.len()
+    );
+    let (server, client) = allowed.split_at(allowed.len() - client);
+    let split = Split {
+        server: server.to_vec(),
+        client: client.to_vec(),
+    };
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
+        // A thread may end meanwhile: nothing to move then.
+        let _ = pin(Pid::from_raw(tid), &split.server);
+    }
+    Ok(split)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn split(_client: usize) -> anyhow::Result<Split> {
+    anyhow::bail!("--client-cpus needs Linux (thread affinity)")
+}
+
+/// Keeps the calling thread on `cpus`.
+pub fn pin_this_thread(cpus: &[usize]) {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = pin(nix::unistd::Pid::from_raw(0), cpus) {
+        tracing::warn!(%err, "cannot pin a benchmark client thread");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpus;
+}
+
+#[cfg(target_os = "linux")]
+fn pin(tid: nix::unistd::Pid, cpus: &[usize]) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpus {
+        set.set(c)?;
+    }
+    nix::sched::sched_setaffinity(tid, &set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +163,14 @@ mod tests {
         }
         assert!(spent.client >= 30_000_000, "{spent:?}");
         assert!(spent.inference >= 30_000_000, "{spent:?}");
+    }
+
+    #[test]
+    fn a_split_leaves_at_least_one_cpu_on_each_side() {
+        // Only the refusals: a split that succeeds would pin this test binary's threads.
+        for client in [0, 1 << 20] {
+            let err = split(client).map(|_| ()).unwrap_err().to_string();
+            assert!(err.contains("--client-cpus"), "{err}");
+        }
     }
 }

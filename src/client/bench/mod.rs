@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Concurrent gRPC streams.
     #[arg(long, default_value_t = 64)]
     pub streams: usize,
+    /// Keep the benchmark's client on the last N CPUs and the server (and raw ONNX Runtime) on the others, as if the
+    /// client ran on other machines (Linux). Without it, client and server share every CPU.
+    #[arg(long)]
+    pub client_cpus: Option<usize>,
     /// Samples per chunk the service measurement's streams send (1024 = 85 ms at 12 kHz, as a real-time gateway).
     #[arg(long, default_value_t = 1024)]
     pub chunk: usize,
@@ -76,7 +80,10 @@ pub struct BenchReport {
     pub realtime_spread: capacity::Trial,
     pub realtime_in_phase: capacity::Trial,
     pub capacity: Vec<capacity::Capacity>,
+    /// CPUs the server (and raw ONNX Runtime) ran on.
     pub cores: usize,
+    /// CPUs set apart for the benchmark's client (`None`: it shared the server's).
+    pub client_cpus: Option<usize>,
     pub window: usize,
     pub hop: usize,
 }
@@ -104,12 +111,17 @@ impl ServiceCpu {
 struct ClientRuntime(Option<tokio::runtime::Runtime>);
 
 impl ClientRuntime {
-    fn new() -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name(cpu::CLIENT_THREAD)
-            .enable_all()
-            .build()?;
-        Ok(Self(Some(runtime)))
+    /// On CPUs of its own when `cpus` is given.
+    fn new(cpus: Option<&[usize]>) -> anyhow::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.thread_name(cpu::CLIENT_THREAD).enable_all();
+        if let Some(cpus) = cpus {
+            let pinned = cpus.to_vec();
+            builder
+                .worker_threads(cpus.len().max(1))
+                .on_thread_start(move || cpu::pin_this_thread(&pinned));
+        }
+        Ok(Self(Some(builder.build()?)))
     }
 
     async fn run<T: Send + 'static>(
@@ -274,10 +286,11 @@ async fn service_throughput(
 
 /// Runs the fairness measurement on a server started for it.
 pub async fn run_fairness(args: BenchArgs) -> anyhow::Result<fairness::FairnessReport> {
+    let split = args.client_cpus.map(cpu::split).transpose()?;
     let recordings = load_recordings(&args.recordings)?;
     let running = server::start(local(&args.serve)?).await?;
     let addr = format!("http://{}", running.grpc_addr);
-    let client = ClientRuntime::new()?;
+    let client = ClientRuntime::new(split.as_ref().map(|s| s.client.as_slice()))?;
     let (recording, seconds) = (recordings[0].clone(), args.seconds);
     let report = client
         .run(async move { fairness::run(&addr, recording, seconds).await })
@@ -327,6 +340,8 @@ fn local(serve: &ServeConfig) -> anyhow::Result<ServeConfig> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    // Before anything starts a thread: the server's threads (and their count by default) follow the split.
+    let split = args.client_cpus.map(cpu::split).transpose()?;
     let recordings = load_recordings(&args.recordings)?;
     let mut config = local(&args.serve)?;
     // The capacity search measures the machine, not the default stream cap (with room for the service
@@ -339,7 +354,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
     let running = server::start(config.clone()).await?;
     let addr = format!("http://{}", running.grpc_addr);
-    let client = ClientRuntime::new()?;
+    let client = ClientRuntime::new(split.as_ref().map(|s| s.client.as_slice()))?;
     eprintln!(
         "measuring the service with {} streams for {} s ...",
         args.streams, args.seconds
@@ -407,7 +422,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         realtime_spread,
         realtime_in_phase,
         capacity,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cores: split.as_ref().map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |s| s.server.len(),
+        ),
+        client_cpus: split.as_ref().map(|s| s.client.len()),
         window: model.window(),
         hop: model.card.default_hop,
     })
@@ -415,9 +434,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client = match self.client_cpus {
+            Some(n) => format!(" (client on {n} other CPU(s))"),
+            None => " shared with the client".to_owned(),
+        };
         writeln!(
             f,
-            "device {}, {} worker(s) x {} intra-op thread(s), max batch {}, {} cores; window {} / hop {} at 12 kHz",
+            "device {}, {} worker(s) x {} intra-op thread(s), max batch {}, {} cores{client}; window {} / hop {} at \
+             12 kHz",
             self.device,
             self.workers,
             self.intra_threads,
