@@ -17,6 +17,9 @@ use crate::pipeline::diagnosis::{Reading, Timing};
 use crate::pipeline::schedule::{Cut, Job, Scheduler};
 use crate::telemetry::metrics as m;
 
+/// Name prefix of the inference worker threads (as the OS, `top -H` and profilers show them).
+pub const INFER_THREAD: &str = "drsn-infer";
+
 /// The running batcher and its inference threads.
 pub struct Batcher {
     workers: Vec<JoinHandle<()>>,
@@ -62,7 +65,7 @@ pub fn spawn<R: Runner>(
             let (alive, gone, scheduler) = (alive.clone(), workers_gone.clone(), scheduler.clone());
             let cost = cut.cost.clone();
             std::thread::Builder::new()
-                .name(format!("drsn-infer-{i}"))
+                .name(format!("{INFER_THREAD}-{i}"))
                 .spawn(move || {
                     while let Ok(batch) = batch_rx.recv() {
                         if !run_batch(&mut runner, batch, reading, &cost) {

@@ -2,6 +2,8 @@
 //! own client), read from Linux's per-thread scheduler statistics, so the bench can say what the server spent per
 //! window apart from the client that shares its cores; and, on request, the client kept on CPUs of its own.
 
+use crate::pipeline::batch::INFER_THREAD;
+
 /// The async runtime threads the benchmark's client runs on (named so their CPU time is not counted as the
 /// server's).
 pub const CLIENT_THREAD: &str = "bench-client";
@@ -30,7 +32,7 @@ impl CpuTimes {
             };
             let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
             let comm = comm.trim_end();
-            if comm.starts_with("drsn-infer") {
+            if comm.starts_with(INFER_THREAD) {
                 t.inference += ns;
             } else if comm.starts_with(CLIENT_THREAD) {
                 t.client += ns;
@@ -154,7 +156,7 @@ mod tests {
                 })
                 .expect("a test thread starts")
         };
-        let threads = [spin(CLIENT_THREAD), spin("drsn-infer-9")];
+        let threads = [spin(CLIENT_THREAD), spin(&format!("{INFER_THREAD}-9"))];
         sampled.wait();
         let spent = CpuTimes::now().map(|t| t.since(before)).unwrap_or_default();
         sampled.wait();
