@@ -175,6 +175,15 @@ pub enum ServeError {
     ReaderFailed { resume_from: u64 },
     #[error("the inference workers have stopped")]
     WorkersGone,
+    #[error(
+        "a request of {bytes} bytes is over the {max} bytes this server takes in one request; split it"
+    )]
+    RequestTooLarge { bytes: usize, max: usize },
+    #[error(
+        "requests in flight already hold this server's request memory ({capacity} bytes); retry this {bytes}-byte \
+         request with backoff, or send smaller ones"
+    )]
+    RequestMemory { bytes: usize, capacity: usize },
 }
 
 impl ServeError {
@@ -215,6 +224,8 @@ impl ServeError {
             Self::Inference { .. } => "inference",
             Self::ReaderFailed { .. } => "reader_failed",
             Self::WorkersGone => "workers_gone",
+            Self::RequestTooLarge { .. } => "request_too_large",
+            Self::RequestMemory { .. } => "request_memory",
         }
     }
 
@@ -223,7 +234,8 @@ impl ServeError {
             Self::QueueFull { .. }
             | Self::TooManyStreams { .. }
             | Self::TooManyStreamsOnConnection { .. }
-            | Self::StreamMemory { .. } => ErrorKind::Exhausted,
+            | Self::StreamMemory { .. }
+            | Self::RequestMemory { .. } => ErrorKind::Exhausted,
             Self::OpenTimeout { .. } | Self::IdleTimeout { .. } => ErrorKind::Timeout,
             Self::ClientGone(_) => ErrorKind::Cancelled,
             Self::ShuttingDown { .. }
@@ -320,8 +332,31 @@ impl ServeError {
             },
             ReaderFailed { resume_from: 0 },
             WorkersGone,
+            RequestTooLarge { bytes: 0, max: 0 },
+            RequestMemory {
+                bytes: 0,
+                capacity: 0,
+            },
         ]
     }
+}
+
+/// Most characters of client text quoted back in an error or a log line.
+pub const QUOTE_CHARS: usize = 64;
+
+/// Client text as an error or log line may quote it: escaped (no control characters, no quotes to break out of),
+/// and at most [`QUOTE_CHARS`] characters, with the full length said when it was cut. A client that sends a
+/// megabyte of name gets a short answer, not its megabyte back.
+pub fn quote(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars().take(QUOTE_CHARS) {
+        out.extend(c.escape_debug());
+    }
+    out.push('"');
+    if text.chars().nth(QUOTE_CHARS).is_some() {
+        out.push_str(&format!("... ({} bytes)", text.len()));
+    }
+    out
 }
 
 /// Why the server could not start. Each message names what to fix.
@@ -389,11 +424,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quotes_are_bounded_and_escaped() {
+        assert_eq!(quote("vibration"), "\"vibration\"");
+        assert_eq!(quote("a\"b\nc"), "\"a\\\"b\\nc\"");
+        let long = quote(&"x".repeat(1 << 20));
+        assert!(long.len() < 100, "{long}");
+        assert!(long.ends_with("... (1048576 bytes)"), "{long}");
+    }
+
+    #[test]
     fn the_examples_cover_every_reason_once() {
         let reasons: Vec<&str> = ServeError::examples().iter().map(|e| e.reason()).collect();
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 34);
+        assert_eq!(unique.len(), 36);
     }
 }

@@ -7,6 +7,7 @@
 //! [`deliver`] (window order). [`stream`] runs one stream through them.
 
 pub mod batch;
+pub mod budget;
 pub mod cost;
 pub mod deliver;
 pub mod diagnosis;
@@ -44,6 +45,8 @@ pub struct Admission {
     pub max_streams_per_connection: usize,
     /// Most windows in one unary call.
     pub max_unary_windows: usize,
+    /// Bytes that requests in flight may hold together (see [`budget`]).
+    pub max_request_memory: usize,
 }
 
 /// The drain signals a pipeline obeys; the server owns and fires them.
@@ -68,6 +71,7 @@ pub struct Pipeline {
     per_connection: Arc<Mutex<HashMap<ClientKey, usize>>>,
     /// Unary calls are clients of their own: keys counted down from the top, apart from connection ids.
     next_unary: AtomicU64,
+    requests: budget::RequestBudget,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -138,6 +142,7 @@ impl Pipeline {
             drain,
             per_connection: Arc::default(),
             next_unary: AtomicU64::new(u64::MAX),
+            requests: budget::RequestBudget::new(admission.max_request_memory),
         }
     }
 
@@ -151,6 +156,11 @@ impl Pipeline {
 
     pub fn drain(&self) -> &Drain {
         &self.drain
+    }
+
+    /// The memory budget every API reserves a request's bytes from before it reads the request.
+    pub fn request_budget(&self) -> &budget::RequestBudget {
+        &self.requests
     }
 
     /// A slot for a new stream of `client`'s, before it has sent `open`.

@@ -185,6 +185,10 @@ pub struct StreamArgs {
     /// in bytes; a stream whose sample rate needs more resampler state is refused.
     #[arg(long, env = "DRSN_MAX_STREAM_MEMORY", default_value_t = 2 << 20)]
     pub max_stream_memory: usize,
+    /// Most memory the requests in flight (drsn.v1 Diagnose, KServe V2 gRPC and REST) may hold together, in bytes:
+    /// each reserves three times its declared size before it is read; past the budget, RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "DRSN_MAX_REQUEST_MEMORY", default_value_t = 256 << 20)]
+    pub max_request_memory: usize,
 }
 
 /// The HTTP/2 receive window of each stream: what a client may send before the server reads it.
@@ -219,6 +223,7 @@ impl ServeConfig {
             ),
             ("--max-connections", self.network.max_connections),
             ("--max-id-bytes", self.streams.max_id_bytes),
+            ("--max-request-memory", self.streams.max_request_memory),
         ];
         for (flag, value) in positive {
             if value == 0 {

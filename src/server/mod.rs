@@ -241,6 +241,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_streams: config.streams.max_streams,
             max_streams_per_connection: config.streams.max_streams_per_connection,
             max_unary_windows: config.streams.max_unary_windows,
+            max_request_memory: config.streams.max_request_memory,
         },
         drain,
     ));
@@ -501,6 +502,7 @@ mod tests {
                 max_streams: 1,
                 max_streams_per_connection: 1,
                 max_unary_windows: 1,
+                max_request_memory: 1 << 20,
             },
             drain.clone(),
         ));

@@ -33,6 +33,8 @@ pub const QUEUE_DEPTH: &str = "drsn_queue_depth";
 pub const QUEUE_CAPACITY: &str = "drsn_queue_capacity";
 pub const QUEUE_CLIENTS: &str = "drsn_queue_clients";
 pub const STREAM_MEMORY: &str = "drsn_stream_memory_bytes";
+pub const REQUEST_MEMORY: &str = "drsn_request_memory_bytes";
+pub const REQUEST_MEMORY_CAPACITY: &str = "drsn_request_memory_capacity_bytes";
 pub const CONNECTIONS: &str = "drsn_connections";
 pub const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
 pub const MODEL_INFO: &str = "drsn_model_info";
@@ -125,6 +127,7 @@ pub fn zero_series(
     counter!(DISCONTINUITIES).absolute(0);
     gauge!(ACTIVE_STREAMS).set(0.0);
     gauge!(STREAM_MEMORY).set(0.0);
+    gauge!(REQUEST_MEMORY).set(0.0);
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(QUEUE_CLIENTS).set(0.0);
 }
@@ -201,6 +204,16 @@ fn describe() {
         STREAM_MEMORY,
         Unit::Bytes,
         "Memory budgeted for open streams (buffers, resampler state, windows in flight)."
+    );
+    describe_gauge!(
+        REQUEST_MEMORY,
+        Unit::Bytes,
+        "Memory reserved by requests in flight (drsn.v1 Diagnose, KServe V2 gRPC and REST), before they are read."
+    );
+    describe_gauge!(
+        REQUEST_MEMORY_CAPACITY,
+        Unit::Bytes,
+        "The request memory budget (--max-request-memory)."
     );
     describe_gauge!(
         CONNECTIONS,
