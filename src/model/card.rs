@@ -45,6 +45,9 @@ pub struct InputRange {
     /// A window with this many samples exactly at its maximum (or minimum) is clipped.
     #[serde(default = "default_clip_samples")]
     pub clip_samples: usize,
+    /// Largest crest factor (peak about the mean over the RMS) accepted; absent, impulses are not checked.
+    #[serde(default)]
+    pub crest_accepted: Option<f32>,
 }
 
 fn default_clip_samples() -> usize {

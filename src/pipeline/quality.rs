@@ -14,6 +14,10 @@ pub enum Flag {
     Clipped,
     /// The window's RMS or peak is outside the range the model accepts (wrong gain or units, a broken sensor).
     OutOfRange,
+    /// One impulse holds a share of the window's energy that no training window came near (a crest factor above
+    /// the card's `crest_accepted`): a knock, a cable glitch or an ADC spike, which would otherwise rewrite the
+    /// window's class.
+    Impulsive,
     /// The model's output was not finite.
     OutputNotFinite,
     /// The server was overloaded: the window waited longer than `--max-queue-wait` and was not run.
@@ -27,6 +31,7 @@ impl Flag {
             Self::Flat => "flat",
             Self::Clipped => "clipped",
             Self::OutOfRange => "out_of_range",
+            Self::Impulsive => "impulsive",
             Self::OutputNotFinite => "output_not_finite",
             Self::Shed => "shed",
         }
@@ -188,6 +193,19 @@ fn judge(channels: &[Stats], range: Option<&InputRange>) -> Option<Flagged> {
                 ),
             });
         }
+        if let Some(max_crest) = range.crest_accepted
+            && stats.crest() > max_crest
+        {
+            return Some(Flagged {
+                flag: Flag::Impulsive,
+                detail: format!(
+                    "channel {c}: crest factor {crest:.1} (peak over RMS) is above the {max_crest} the model \
+                     accepts: one impulse carries {share:.0}% of the window's energy (a knock, a glitch or a spike)",
+                    crest = stats.crest(),
+                    share = 100.0 * stats.crest().powi(2) / stats.n.max(1) as f32,
+                ),
+            });
+        }
         let at_rail = stats.at_max.max(stats.at_min);
         if at_rail >= range.clip_samples {
             return Some(Flagged {
@@ -310,6 +328,14 @@ impl Stats {
 
     fn rms(&self) -> f32 {
         (self.m2 / self.n.max(1) as f64).sqrt() as f32
+    }
+
+    /// The largest deviation from the mean over the RMS; crest² / n is the top sample's share of the energy.
+    fn crest(&self) -> f32 {
+        let peak = (f64::from(self.max) - self.mean)
+            .abs()
+            .max((f64::from(self.min) - self.mean).abs());
+        (peak / (self.m2 / self.n.max(1) as f64).sqrt()) as f32
     }
 }
 

@@ -46,6 +46,7 @@ pub const FLAG_REASONS: &[&str] = &[
     "flat",
     "clipped",
     "out_of_range",
+    "impulsive",
     "output_not_finite",
     "shed",
 ];

@@ -70,7 +70,7 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     assert card["operating_conditions"]["loads_hp"] == [0, 1, 2]
     assert card["calibration"]["temperature"] > 0 and 0 <= card["calibration"]["uncertain_below"] <= 1
     assert card["evaluation"]["leave_one_load_out"]["runs"] == 3 * 2
-    assert set(card["input_range"]) >= {"rms_accepted", "peak_accepted", "clip_samples", "unit"}
+    assert set(card["input_range"]) >= {"rms_accepted", "peak_accepted", "clip_samples", "crest_accepted", "unit"}
 
     # A second invocation reuses every finished run instead of training again.
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}

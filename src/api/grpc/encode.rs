@@ -73,6 +73,7 @@ impl Encoder {
                     Flag::Flat => (WindowStatus::InvalidSignal, InvalidReason::Flat),
                     Flag::Clipped => (WindowStatus::InvalidSignal, InvalidReason::Clipped),
                     Flag::OutOfRange => (WindowStatus::InvalidSignal, InvalidReason::OutOfRange),
+                    Flag::Impulsive => (WindowStatus::InvalidSignal, InvalidReason::Impulsive),
                     Flag::OutputNotFinite => (
                         WindowStatus::InvalidSignal,
                         InvalidReason::ModelOutputNotFinite,
