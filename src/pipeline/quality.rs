@@ -367,6 +367,7 @@ mod tests {
             rms_accepted: [0.01, 10.0],
             peak_accepted: 60.0,
             clip_samples: 4,
+            crest_accepted: Some(25.0),
         }
     }
 
