@@ -77,9 +77,9 @@ pub enum ServeError {
     EmptyMessage,
     #[error("channels = {got}, but the model takes {want} channel(s) per frame")]
     Channels { got: u32, want: usize },
-    #[error("sample_rate_hz = {0}: it must be a finite number above 0")]
+    #[error("sample_rate_hz = {}: it must be a finite number above 0", Hz(*.0))]
     SampleRate(f64),
-    #[error("sample_rate_hz = {rate}: {reason}")]
+    #[error("sample_rate_hz = {}: {reason}", Hz(*rate))]
     UnservableRate { rate: f64, reason: String },
     #[error("hop = {hop}: it must be between 1 and {max} samples")]
     Hop { hop: u32, max: usize },
@@ -95,8 +95,8 @@ pub enum ServeError {
     IdCharacters { field: &'static str, at: usize },
     #[error("{field} = {value} is not a known value; see proto/drsn/v1/diagnosis.proto")]
     UnknownEnum { field: &'static str, value: i32 },
-    #[error("a chunk carries no samples: set `f32le` or `values`")]
-    NoSamples,
+    #[error("{what} carries no samples: set `f32le` or `values`")]
+    NoSamples { what: String },
     #[error(
         "f32le carries {len} bytes, not a whole number of {frame_bytes}-byte frames (4 bytes x channels)"
     )]
@@ -105,12 +105,8 @@ pub enum ServeError {
     PartialFrame { count: usize, channels: usize },
     #[error("a chunk of {frames} frames is over the limit of {max}; send smaller chunks")]
     ChunkTooLarge { frames: usize, max: usize },
-    #[error("sample {index} of the chunk starting at {first} is {value}; samples must be finite")]
-    NonFinite {
-        first: u64,
-        index: usize,
-        value: f32,
-    },
+    #[error("{place} is {value}; samples must be finite")]
+    NonFinite { place: String, value: f32 },
     #[error("chunk at sample {first} with {frames} frames runs past the largest sample index")]
     IndexOverflow { first: u64, frames: usize },
     #[error("window {index} has {got} samples; every window must have exactly {want}")]
@@ -142,7 +138,8 @@ pub enum ServeError {
     #[error("no `open` message within {after:?} of the stream starting")]
     OpenTimeout { after: Duration },
     #[error(
-        "no samples for {after:?}: the stream was closed to free its slot; open a new stream and {resume}"
+        "no window completed in {after:?} (no samples, or too few to fill a window): the stream was closed to free \
+         its slot; open a new stream when samples flow again and {resume}"
     )]
     IdleTimeout { after: Duration, resume: Resume },
     #[error("the server already has {max} open streams; retry later or on another replica")]
@@ -152,7 +149,9 @@ pub enum ServeError {
     )]
     TooManyStreamsOnConnection { max: usize },
     #[error(
-        "this stream would hold about {need} KiB ({what}); the server allows {max} KiB per stream (--max-stream-memory)"
+        "this stream would hold about {need} KiB ({what}); the server allows {max} KiB per stream \
+         (--max-stream-memory), so it can never be opened here as asked: send at the model's rate or a rate with a \
+         larger common divisor with it (a smaller resampler), or ask the operator to raise the limit"
     )]
     StreamMemory {
         need: usize,
@@ -200,7 +199,7 @@ impl ServeError {
             Self::Hop { .. } => "hop",
             Self::IdTooLong { .. } | Self::IdCharacters { .. } => "id",
             Self::UnknownEnum { .. } => "unknown_enum",
-            Self::NoSamples => "no_samples",
+            Self::NoSamples { .. } => "no_samples",
             Self::Misaligned { .. } | Self::PartialFrame { .. } => "partial_frame",
             Self::ChunkTooLarge { .. } => "chunk_too_large",
             Self::NonFinite { .. } => "non_finite",
@@ -234,7 +233,6 @@ impl ServeError {
             Self::QueueFull { .. }
             | Self::TooManyStreams { .. }
             | Self::TooManyStreamsOnConnection { .. }
-            | Self::StreamMemory { .. }
             | Self::RequestMemory { .. } => ErrorKind::Exhausted,
             Self::OpenTimeout { .. } | Self::IdleTimeout { .. } => ErrorKind::Timeout,
             Self::ClientGone(_) => ErrorKind::Cancelled,
@@ -274,15 +272,16 @@ impl ServeError {
                 field: "",
                 value: 0,
             },
-            NoSamples,
+            NoSamples {
+                what: String::new(),
+            },
             Misaligned {
                 len: 0,
                 frame_bytes: 0,
             },
             ChunkTooLarge { frames: 0, max: 0 },
             NonFinite {
-                first: 0,
-                index: 0,
+                place: String::new(),
                 value: 0.0,
             },
             IndexOverflow {
@@ -338,6 +337,20 @@ impl ServeError {
                 capacity: 0,
             },
         ]
+    }
+}
+
+/// A rate as people write it: 12000, 25600.5; exponent notation where plain digits would run long (5e-324).
+pub struct Hz(pub f64);
+
+impl std::fmt::Display for Hz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.0;
+        if r == 0.0 || !r.is_finite() || (1e-3..1e9).contains(&r.abs()) {
+            write!(f, "{r}")
+        } else {
+            write!(f, "{r:e}")
+        }
     }
 }
 
@@ -422,6 +435,16 @@ pub enum StartupError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_print_short() {
+        assert_eq!(Hz(12_000.0).to_string(), "12000");
+        assert_eq!(Hz(25_600.5).to_string(), "25600.5");
+        assert_eq!(Hz(5e-324).to_string(), "5e-324");
+        assert_eq!(Hz(1e300).to_string(), "1e300");
+        assert_eq!(Hz(f64::NAN).to_string(), "NaN");
+        assert!(ServeError::SampleRate(5e-324).to_string().len() < 80);
+    }
 
     #[test]
     fn quotes_are_bounded_and_escaped() {

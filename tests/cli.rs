@@ -74,3 +74,56 @@ fn every_serve_flag_has_an_environment_variable() {
         );
     }
 }
+
+/// Tokens set but empty (a stray comma, an empty Secret value) refuse to start, as an empty token file does: an
+/// operator who set tokens meant to require them, and must not get a server that requires none.
+#[test]
+fn tokens_that_are_set_but_empty_refuse_to_start() {
+    let serve = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drsn-serve"));
+        cmd.args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-listen", "127.0.0.1:0", "--model"])
+        .arg(common::model_card())
+        .env_remove("DRSN_AUTH_TOKENS");
+        if let Some(v) = env {
+            cmd.env("DRSN_AUTH_TOKENS", v);
+        }
+        if let Some(v) = flag {
+            cmd.args(["--auth-tokens", v]);
+        }
+        // Each of these fails before ONNX Runtime is loaded; a server that started would run until killed.
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                return (status.success(), err);
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                return (true, "still running: it started".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    for (env, flag) in [
+        (Some(","), None),
+        (Some(""), None),
+        (Some(" , "), None),
+        (None, Some(",")),
+    ] {
+        let (ok, err) = serve(env, flag);
+        assert!(!ok, "env {env:?} flag {flag:?} started");
+        assert!(
+            err.contains("holds no token"),
+            "env {env:?} flag {flag:?}: {err}"
+        );
+    }
+}

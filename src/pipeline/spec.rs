@@ -111,7 +111,9 @@ impl StreamSpec {
             return Err(ServeError::SampleRate(rate));
         }
         let model_rate = card.input.sample_rate_hz;
-        let resample = if (rate - model_rate).abs() < 1e-9 {
+        // Within a part per million of the model's rate is the model's rate: below any sensor clock's accuracy, and
+        // a rate printed with a rounding error must not cost a resampler.
+        let resample = if (rate - model_rate).abs() <= model_rate * 1e-6 {
             None
         } else {
             Some(
@@ -195,5 +197,38 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_rate_within_a_part_per_million_is_the_models_rate() {
+        let card =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/drsn_cw_cwru.json");
+        let model = LoadedModel::load(&card).unwrap();
+        let limits = Limits {
+            max_chunk_frames: 1024,
+            max_id_bytes: 64,
+            stream_buffer: 4,
+            transport_buffer: 0,
+            max_stream_memory: 1 << 30,
+        };
+        let open = |rate| OpenRequest {
+            machine_id: "m".into(),
+            sensor_id: "s".into(),
+            sample_rate_hz: rate,
+            channels: 1,
+            hop: 0,
+            detail: Detail::Compact,
+        };
+        let rate = model.card.input.sample_rate_hz;
+        for same in [rate, rate + 1e-7, rate * (1.0 - 5e-7)] {
+            let spec = StreamSpec::new(open(same), &model, &limits).unwrap();
+            assert!(spec.resample.is_none(), "{same} Hz is resampled");
+        }
+        let spec = StreamSpec::new(open(rate * 4.0), &model, &limits).unwrap();
+        assert!(spec.resample.is_some());
+        let e = StreamSpec::new(open(5e-324), &model, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5e-324") && e.len() < 120, "{e}");
     }
 }

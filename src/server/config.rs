@@ -108,9 +108,12 @@ pub struct SecurityArgs {
     #[arg(long, env = "DRSN_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
     /// Bearer tokens, comma-separated (prefer --auth-tokens-file: environment variables show in process listings).
-    #[arg(long, env = "DRSN_AUTH_TOKENS", hide_env_values = true, value_parser = parse_tokens)]
+    #[arg(long, env = TOKENS_ENV, hide_env_values = true, value_parser = parse_tokens)]
     pub auth_tokens: Option<Tokens>,
 }
+
+/// The environment variable of `--auth-tokens`.
+pub const TOKENS_ENV: &str = "DRSN_AUTH_TOKENS";
 
 fn parse_tokens(text: &str) -> Result<Tokens, String> {
     Tokens::parse(text)
@@ -175,7 +178,8 @@ pub struct StreamArgs {
     /// How long a new stream may take to send its `open` message.
     #[arg(long, env = "DRSN_OPEN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub open_timeout: Duration,
-    /// An open stream that sends no chunk for this long is ended (DEADLINE_EXCEEDED, with a resume point).
+    /// An open stream that completes no window for this long (no samples, or too few to fill one) is ended
+    /// (DEADLINE_EXCEEDED, with a resume point); at least twice a window and a hop of signal at the model's rate.
     #[arg(long, env = "DRSN_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
     /// Longest machine_id / sensor_id, in bytes.
@@ -276,6 +280,22 @@ impl ServeConfig {
             }
         }
         let from_file = Tokens::parse(&text).map_err(StartupError::Auth)?;
+        // Set but empty (",", or an empty Secret value, which clap reads as unset) must not mean "no
+        // authentication": an operator who set tokens meant to require them.
+        let env_set =
+            std::env::var_os(TOKENS_ENV).is_some_and(|v| v.to_string_lossy().trim().is_empty());
+        if self
+            .security
+            .auth_tokens
+            .as_ref()
+            .is_some_and(Tokens::is_empty)
+            || (env_set && self.security.auth_tokens.is_none())
+        {
+            return Err(StartupError::Auth(format!(
+                "--auth-tokens / {TOKENS_ENV} is set but holds no token: set at least one, or unset it to serve \
+                 without authentication"
+            )));
+        }
         Ok(match &self.security.auth_tokens {
             Some(flag) => from_file.joined(flag),
             None => from_file,

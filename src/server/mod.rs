@@ -279,12 +279,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     } else {
         None
     };
-    let exposed = !grpc_addr.ip().is_loopback();
-    if exposed && tokens.is_empty() {
-        tracing::warn!(%grpc_addr, "serving beyond this machine without authentication: set --auth-tokens-file");
-    }
-    if exposed && tls.is_none() {
-        tracing::warn!(%grpc_addr, "serving beyond this machine without TLS: set --tls-cert and --tls-key");
+    for (listener, addr) in [("gRPC", grpc_addr), ("V2 REST", http_addr)] {
+        if addr.ip().is_loopback() {
+            continue;
+        }
+        if tokens.is_empty() {
+            tracing::warn!(listener, %addr, "serving beyond this machine without authentication: set --auth-tokens-file");
+        }
+        if tls.is_none() {
+            tracing::warn!(listener, %addr, "serving beyond this machine without TLS: set --tls-cert and --tls-key");
+        }
     }
 
     let metrics_tls = match (&tls, config.security.metrics_tls) {

@@ -40,6 +40,7 @@ pub const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
 pub const MODEL_INFO: &str = "drsn_model_info";
 pub const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
 pub const SERVING: &str = "drsn_serving";
+pub const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
 
 /// Why a window came back without a class (the `reason` label of [`WINDOWS_FLAGGED`]).
 pub const FLAG_REASONS: &[&str] = &[
@@ -52,6 +53,8 @@ pub const FLAG_REASONS: &[&str] = &[
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
 pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle"];
+/// Log lines clients can cause, each with its own budget (the `site` label of [`LOG_LINES_SUPPRESSED`]).
+pub const LOG_SITES: &[&str] = &["stream_opened", "request_failed"];
 /// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
 pub const APIS: &[&str] = &["stream", "unary", "v2"];
 
@@ -129,6 +132,9 @@ pub fn zero_series(
     gauge!(ACTIVE_STREAMS).set(0.0);
     gauge!(STREAM_MEMORY).set(0.0);
     gauge!(REQUEST_MEMORY).set(0.0);
+    for site in LOG_SITES {
+        counter!(LOG_LINES_SUPPRESSED, "site" => *site).absolute(0);
+    }
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(QUEUE_CLIENTS).set(0.0);
 }
@@ -210,6 +216,10 @@ fn describe() {
         REQUEST_MEMORY,
         Unit::Bytes,
         "Memory reserved by requests in flight (drsn.v1 Diagnose, KServe V2 gRPC and REST), before they are read."
+    );
+    describe_counter!(
+        LOG_LINES_SUPPRESSED,
+        "Log lines held back by their site's budget (one client cannot flood the log); see the summary lines."
     );
     describe_gauge!(
         REQUEST_MEMORY_CAPACITY,

@@ -241,6 +241,8 @@ pub struct ServerProcess {
     pub metrics: std::net::SocketAddr,
     /// Its KServe V2 REST listener.
     pub http: std::net::SocketAddr,
+    /// Bytes it has logged since SERVING.
+    pub log_bytes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ServerProcess {
@@ -281,13 +283,20 @@ impl ServerProcess {
                 );
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining the log so the server never blocks on a full pipe, counting what it writes.
+        let log_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = log_bytes.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                counted.fetch_add(line.len() + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
         Self {
             child,
             addr,
             metrics,
             http,
+            log_bytes,
         }
     }
 }

@@ -38,13 +38,19 @@ pub fn decode_chunk(
     let samples = match chunk.samples {
         Some(sample_chunk::Samples::F32le(bytes)) => decode_f32le(&bytes, channels, limits)?,
         Some(sample_chunk::Samples::Values(v)) => check_frames(v.values, channels, limits)?,
-        None => return Err(ServeError::NoSamples),
+        None => {
+            return Err(ServeError::NoSamples {
+                what: "a chunk".into(),
+            });
+        }
     };
     let frames = samples.len() / channels;
     if first.checked_add(frames as u64).is_none() {
         return Err(ServeError::IndexOverflow { first, frames });
     }
-    check_finite(&samples, first)?;
+    check_finite(&samples, |i| {
+        format!("sample {i} of the chunk starting at {first}")
+    })?;
     Ok((first, samples))
 }
 
@@ -59,7 +65,11 @@ pub fn decode_window(w: proto::Window, index: usize, want: usize) -> Result<Vec<
             });
         }
         Some(window::Samples::Values(v)) => v.values,
-        None => return Err(ServeError::NoSamples),
+        None => {
+            return Err(ServeError::NoSamples {
+                what: format!("window {index}"),
+            });
+        }
     };
     if samples.len() != want {
         return Err(ServeError::WindowLength {
@@ -68,7 +78,7 @@ pub fn decode_window(w: proto::Window, index: usize, want: usize) -> Result<Vec<
             want,
         });
     }
-    check_finite(&samples, 0)?;
+    check_finite(&samples, |i| format!("sample {i} of window {index}"))?;
     Ok(samples)
 }
 
@@ -108,7 +118,8 @@ fn check_frames(values: Vec<f32>, channels: usize, limits: Limits) -> Result<Vec
     Ok(values)
 }
 
-fn check_finite(samples: &[f32], first: u64) -> Result<(), ServeError> {
+/// Every sample finite, or the first one that is not, placed by `place` (its index) for the client.
+fn check_finite(samples: &[f32], place: impl Fn(usize) -> String) -> Result<(), ServeError> {
     // Every sample arrives through here: blocks checked without a branch per sample (which vectorises), the
     // position looked for only when a block fails.
     let finite = |c: &[f32]| c.iter().fold(true, |ok, x| ok & x.is_finite());
@@ -117,8 +128,7 @@ fn check_finite(samples: &[f32], first: u64) -> Result<(), ServeError> {
     }
     match samples.iter().position(|x| !x.is_finite()) {
         Some(index) => Err(ServeError::NonFinite {
-            first,
-            index,
+            place: place(index),
             value: samples[index],
         }),
         None => Ok(()),
@@ -199,7 +209,11 @@ mod tests {
             LIMITS,
         )
         .unwrap_err();
-        assert!(matches!(e, ServeError::NonFinite { index: 1, .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("sample 1 of the chunk starting at 0 is NaN"),
+            "{e}"
+        );
         let e = decode_chunk(
             chunk(sample_chunk::Samples::Values(FloatSamples {
                 values: vec![0.0; 3],
@@ -224,7 +238,7 @@ mod tests {
         };
         assert!(matches!(
             decode_chunk(none, 1, LIMITS),
-            Err(ServeError::NoSamples)
+            Err(ServeError::NoSamples { .. })
         ));
         let overflow = proto::SampleChunk {
             first_sample_index: u64::MAX,
@@ -309,5 +323,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn unary_window_errors_speak_of_windows_not_chunks() {
+        let empty = proto::Window { samples: None };
+        let e = decode_window(empty, 3, 4).unwrap_err().to_string();
+        assert!(e.starts_with("window 3 carries no samples"), "{e}");
+        let nan = proto::Window {
+            samples: Some(window::Samples::Values(FloatSamples {
+                values: vec![0.0, f32::NAN, 0.0, 0.0],
+            })),
+        };
+        let e = decode_window(nan, 2, 4).unwrap_err().to_string();
+        assert!(e.starts_with("sample 1 of window 2 is NaN"), "{e}");
+        assert!(!e.contains("chunk"), "{e}");
     }
 }

@@ -17,6 +17,7 @@ use crate::engine::device::Placement;
 use crate::error::{Resume, ServeError};
 use crate::pipeline::Pipeline;
 use crate::pipeline::stream::StreamSession;
+use crate::telemetry::logging::LogBudget;
 
 /// Timeouts a stream is held to.
 #[derive(Debug, Clone, Copy)]
@@ -110,8 +111,11 @@ impl Diagnosis for DiagnosisService {
             .map_err(status::status)?;
         let spec = &session.spec;
         // Ids are client text: logged through Debug, so control characters could never forge a line anyway.
-        tracing::info!(machine = ?spec.machine_id, sensor = ?spec.sensor_id, rate = spec.sample_rate_hz,
-            hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
+        static OPENED: LogBudget = LogBudget::new("stream_opened");
+        if OPENED.admit() {
+            tracing::info!(machine = ?spec.machine_id, sensor = ?spec.sensor_id, rate = spec.sample_rate_hz,
+                hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
+        }
         let opened = self.encoder.opened(self.pipeline.model(), spec);
         let detail = spec.detail;
         let reader = Reader {
@@ -200,8 +204,15 @@ impl Reader {
         let channels = session.spec.channels;
         let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let aged = self.aged.unwrap_or(far);
+        // A stream holds its slot by making progress, not by sending: the timer restarts when a window is cut, so
+        // a client trickling a sample now and then cannot keep a slot for free. A real-time sensor cuts one every
+        // hop (a third of a second by default); the allowance covers a window and a hop twice over at any hop.
+        let model = self.pipeline.model();
+        let span = (model.window() + session.spec.hop) as f64 / model.card.input.sample_rate_hz;
+        let allowance = self.idle.max(Duration::from_secs_f64(2.0 * span));
+        let mut progress = session.resume();
+        let mut quiet_until = tokio::time::Instant::now() + allowance;
         loop {
-            let quiet_until = tokio::time::Instant::now() + self.idle;
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -215,7 +226,7 @@ impl Reader {
                 _ = session.closed() => return,
                 _ = tokio::time::sleep_until(quiet_until) => {
                     let resume = session.resume();
-                    return session.end(ServeError::IdleTimeout { after: self.idle, resume }).await;
+                    return session.end(ServeError::IdleTimeout { after: allowance, resume }).await;
                 }
                 message = inbound.message() => message,
             };
@@ -239,6 +250,10 @@ impl Reader {
                 Ok((first, samples)) => {
                     if session.push(first, samples, arrived).await.is_err() {
                         return;
+                    }
+                    if session.resume() != progress {
+                        progress = session.resume();
+                        quiet_until = tokio::time::Instant::now() + allowance;
                     }
                 }
                 Err(err) => return session.end(err).await,

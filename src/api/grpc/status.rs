@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::error::{ErrorKind, ServeError};
+use crate::telemetry::logging::LogBudget;
 use crate::telemetry::metrics;
 
 pub fn code(kind: ErrorKind) -> Code {
@@ -22,8 +23,11 @@ pub fn code(kind: ErrorKind) -> Code {
 pub fn status(err: ServeError) -> Status {
     let code = code(err.kind());
     metrics::record_error(err.reason(), code_name(code));
+    static FAILED: LogBudget = LogBudget::new("request_failed");
     if code == Code::Internal {
-        tracing::error!(error = %err, "request failed");
+        if FAILED.admit() {
+            tracing::error!(error = %err, "request failed");
+        }
     } else {
         tracing::debug!(error = %err, "request refused");
     }
