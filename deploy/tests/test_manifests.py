@@ -308,6 +308,63 @@ def test_services_and_budget_select_the_pods(target):
     assert one(objs, "Deployment")["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
+# The ports each kind of peer may reach: gateways and clients the APIs (token and TLS protected), Prometheus the
+# plaintext, tokenless metrics listener. Kubelet probes come from the node, which most network plugins admit.
+CLIENT_LABEL = {"drsn-serve/client": "true"}
+POLICY_PORTS = {"clients": {"grpc", "http"}, "prometheus": {"metrics"}}
+
+
+def policy_port_name(port: dict, ports: dict[str, int]) -> str:
+    """The container port a NetworkPolicy port entry names, by name or number (TCP only; no ranges)."""
+    assert port.get("protocol", "TCP") == "TCP" and "endPort" not in port, port
+    by_number = {number: name for name, number in ports.items()}
+    name = port["port"] if isinstance(port["port"], str) else by_number.get(port["port"])
+    assert name in ports, f"NetworkPolicy port {port['port']!r} is no container port ({ports})"
+    return name
+
+
+def restricted(peer: dict) -> bool:
+    """A peer that names its pods by label (not a whole namespace, not everyone, not an IP range)."""
+    return set(peer) <= {"namespaceSelector", "podSelector"} and bool(peer.get("podSelector", {}).get("matchLabels"))
+
+
+@pytest.mark.parametrize("target", WORKLOADS)
+def test_network_policy_admits_only_the_listeners(target):
+    """One NetworkPolicy selects the pods, isolates them both ways, and admits ingress only on the container ports,
+    each from labelled peers: grpc and http from pods labelled drsn-serve/client, metrics from Prometheus in the
+    namespace the monitoring kustomization uses. No egress at all. (test_validates_strictly covers its schema.)"""
+    objs = render(target)
+    dep = one(objs, "Deployment", "drsn-serve")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    ports = container_ports(objs)
+    policy = one(objs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert policy["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    selector = spec["podSelector"]
+    assert set(selector) == {"matchLabels"} and selector["matchLabels"], "select the pods by label, not everything"
+    assert selector["matchLabels"].items() <= pod_labels.items()
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec.get("egress", []) == [], "the server opens no connections"
+
+    admitted: dict[str, list[dict]] = {}
+    for rule in spec["ingress"]:
+        assert rule.get("ports"), f"a rule without ports admits every port: {rule}"
+        assert rule.get("from") and all(restricted(p) for p in rule["from"]), f"a rule open to anyone: {rule}"
+        for port in rule["ports"]:
+            admitted.setdefault(policy_port_name(port, ports), []).extend(rule["from"])
+    assert set(admitted) == set(ports), f"ingress ports {sorted(admitted)}, container ports {sorted(ports)}"
+
+    # Where the monitoring kustomization expects the Prometheus stack (the adapter's rules live there too).
+    monitoring_ns = one(render("monitoring"), "ConfigMap", "drsn-prometheus-adapter")["metadata"]["namespace"]
+    for name, peers in admitted.items():
+        if name in POLICY_PORTS["clients"]:
+            assert all(p["podSelector"]["matchLabels"] == CLIENT_LABEL for p in peers), f"{name}: {peers}"
+        else:
+            assert name in POLICY_PORTS["prometheus"], name
+            for p in peers:
+                assert p["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": monitoring_ns}}, p
+
+
 def test_monitoring_matches_the_pods():
     pods = render("cpu")
     pod_labels = one(pods, "Deployment")["spec"]["template"]["metadata"]["labels"]
