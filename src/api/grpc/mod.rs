@@ -7,3 +7,4 @@ pub mod proto;
 pub mod service;
 pub mod status;
 pub mod transport_errors;
+pub mod wire;
