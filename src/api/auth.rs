@@ -1,11 +1,19 @@
 //! Bearer-token authentication: `authorization: Bearer <token>` on every call of a protected service, compared in
 //! constant time against the configured tokens (as SHA-256 digests, so neither a token's content nor its length
-//! leaks through timing). Tokens are never logged.
+//! leaks through timing), except on the health methods probes call ([`Guard`]). Tokens are never logged.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http;
+use tonic::server::NamedService;
 use tonic::{Request, Status};
 
 use crate::telemetry::metrics;
@@ -81,31 +89,84 @@ impl Tokens {
         found.into()
     }
 
+    /// Whether a call with this `authorization` header value may proceed (always, when no token is configured).
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), Status> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let presented = authorization.and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+        match presented {
+            Some(token) if self.accepts(token.trim()) => Ok(()),
+            Some(_) => Err(refuse("the bearer token is not valid")),
+            None => Err(refuse(
+                "this server requires `authorization: Bearer <token>` metadata",
+            )),
+        }
+    }
+
     /// The interceptor for a protected service (a no-op when no token is configured).
     pub fn interceptor(
         &self,
     ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone + use<> {
         let tokens = self.clone();
         move |request: Request<()>| {
-            if tokens.is_empty() {
-                return Ok(request);
-            }
-            let presented = request
+            let header = request
                 .metadata()
                 .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                });
-            match presented {
-                Some(token) if tokens.accepts(token.trim()) => Ok(request),
-                Some(_) => Err(refuse("the bearer token is not valid")),
-                None => Err(refuse(
-                    "this server requires `authorization: Bearer <token>` metadata",
-                )),
+                .and_then(|v| v.to_str().ok());
+            tokens.check(header).map(|()| request)
+        }
+    }
+
+    /// `service` behind the tokens, except for the methods (paths, `/package.Service/Method`) in `open`.
+    pub fn guard<S>(&self, service: S, open: &'static [&'static str]) -> Guard<S> {
+        Guard {
+            inner: service,
+            tokens: self.clone(),
+            open,
+        }
+    }
+}
+
+/// A gRPC service behind the tokens, with some methods open (health checks, which probes make without a token).
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    tokens: Tokens,
+    open: &'static [&'static str],
+}
+
+impl<S: NamedService> NamedService for Guard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Guard<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if !self.open.contains(&request.uri().path()) {
+            let header = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if let Err(status) = self.tokens.check(header) {
+                return Box::pin(async move { Ok(status.into_http()) });
             }
         }
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -146,6 +207,56 @@ mod tests {
         let missing = call(None).unwrap_err();
         assert!(missing.message().contains("Bearer"));
         assert!(call(Some(GOOD)).is_err(), "the scheme is required");
+    }
+
+    #[tokio::test]
+    async fn the_guard_lets_only_open_paths_through_without_a_token() {
+        let tokens = Tokens::parse(GOOD).unwrap();
+        let echo = tower_service_fn();
+        let mut guard = tokens.guard(echo, &["/p.S/Live"]);
+        let call = |path: &str, token: Option<&str>| {
+            let mut r = http::Request::post(format!("http://h{path}"));
+            if let Some(t) = token {
+                r = r.header("authorization", t);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        let code = |r: http::Response<Body>| {
+            r.headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let live = guard.call(call("/p.S/Live", None)).await.unwrap();
+        assert_eq!(code(live), None, "open");
+        let infer = guard.call(call("/p.S/Infer", None)).await.unwrap();
+        assert_eq!(code(infer).as_deref(), Some("16"), "UNAUTHENTICATED");
+        let authed = guard
+            .call(call("/p.S/Infer", Some(&format!("Bearer {GOOD}"))))
+            .await
+            .unwrap();
+        assert_eq!(code(authed), None);
+    }
+
+    /// A service that answers every call with an empty 200.
+    fn tower_service_fn() -> Echo {
+        Echo
+    }
+
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<http::Request<Body>> for Echo {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
     }
 
     #[test]

@@ -154,6 +154,10 @@ impl Pipeline {
         &self.limits
     }
 
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     pub fn drain(&self) -> &Drain {
         &self.drain
     }

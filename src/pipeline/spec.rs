@@ -51,18 +51,28 @@ impl Limits {
         Ok(())
     }
 
-    /// Upper bound of a stream's memory, in bytes, and what it is made of: the transport's buffer, a chunk as
-    /// received and decoded (and one held back at a discontinuity), the window being assembled, the windows in
-    /// flight with their results, and the resampler's state.
+    /// The largest message a stream may send (`--max-chunk-frames` frames as f32le or packed floats, or an `open`
+    /// with the longest ids), with room for the protobuf tags and lengths around it.
+    pub fn stream_message(&self, model: &LoadedModel) -> usize {
+        let chunk = self.max_chunk_frames.saturating_mul(4 * model.channels());
+        chunk.max(2 * self.max_id_bytes) + MESSAGE_OVERHEAD
+    }
+
+    /// Upper bound of a stream's memory, in bytes, and what it is made of: the transport's buffer, the message
+    /// being received (tonic's decode buffer, up to [`Limits::stream_message`]), a chunk decoded (and one held back
+    /// at a discontinuity), the window being assembled, the windows in flight with their results, and the
+    /// resampler's state.
     pub fn stream_memory(&self, model: &LoadedModel, resampler: usize) -> (usize, String) {
         let frame = 4 * model.channels();
         let chunk = self.max_chunk_frames * frame;
+        let message = self.stream_message(model);
         let window = model.window_values() * 4;
         let in_flight = self.stream_buffer * (window + RESULT_BYTES);
-        let total = self.transport_buffer + 3 * chunk + window + in_flight + resampler;
+        let total = self.transport_buffer + message + 2 * chunk + window + in_flight + resampler;
         let what = format!(
-            "transport {} KiB, chunks 3 x {} KiB, windows in flight {} x {} KiB, resampler {} KiB",
+            "transport {} KiB, message {} KiB, chunks 2 x {} KiB, windows in flight {} x {} KiB, resampler {} KiB",
             self.transport_buffer / 1024,
+            message / 1024,
             chunk / 1024,
             self.stream_buffer,
             (window + RESULT_BYTES) / 1024,
@@ -71,6 +81,10 @@ impl Limits {
         (total, what)
     }
 }
+
+/// Protobuf tags and lengths around a stream message's samples or ids (and a little room for fields a newer
+/// client may add).
+const MESSAGE_OVERHEAD: usize = 128;
 
 /// Room for one result on its way out (label, vectors, ids).
 const RESULT_BYTES: usize = 512;
@@ -175,6 +189,33 @@ fn check_id(field: &'static str, value: &str, max: usize) -> Result<(), ServeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_budget_covers_the_largest_message_being_received() {
+        let card =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/drsn_cw_cwru.json");
+        let model = LoadedModel::load(&card).unwrap();
+        let limits = Limits {
+            max_chunk_frames: 1 << 16,
+            max_id_bytes: 128,
+            stream_buffer: 16,
+            transport_buffer: 256 << 10,
+            max_stream_memory: 2 << 20,
+        };
+        let message = limits.stream_message(&model);
+        assert_eq!(message, (1 << 16) * 4 * model.channels() + MESSAGE_OVERHEAD);
+        let (total, what) = limits.stream_memory(&model, 0);
+        let chunk = (1 << 16) * 4 * model.channels();
+        assert!(
+            total >= (256 << 10) + message + 2 * chunk,
+            "{total}: {what}"
+        );
+        assert!(
+            total <= 2 << 20,
+            "the defaults fit the default budget: {total}"
+        );
+        assert!(what.contains("message 256 KiB"), "{what}");
+    }
 
     #[test]
     fn ids_are_bounded_and_printable() {

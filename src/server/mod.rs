@@ -20,8 +20,8 @@ use tonic_health::ServingStatus;
 
 use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
 use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
-use crate::api::grpc::status;
 use crate::api::grpc::transport_errors::TransportErrors;
+use crate::api::grpc::{frames, status};
 use crate::api::kserve;
 use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::engine::device::{Device, Placement};
@@ -253,12 +253,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         .set_serving::<DiagnosisServer<DiagnosisService>>()
         .await;
     health.set_service_status("", ServingStatus::Serving).await;
-    let max_message = (config.streams.max_chunk_frames * 4 * model.channels() * 2 + (64 << 10))
-        .max(model.window_values() * 4 * config.streams.max_unary_windows * 2 + (64 << 10));
+    // Each method's message limit is enforced from the framing (`frames`); tonic's own limit is the largest.
+    let messages = frames::MessageLimits::new(&pipeline);
     let v2 = Arc::new(kserve::V2::new(pipeline.clone()));
     let inference = GrpcInferenceServiceServer::new(kserve::grpc::InferenceService(v2.clone()))
-        .max_decoding_message_size(max_message);
-    let inference = TransportErrors(InterceptedService::new(inference, tokens.interceptor()));
+        .max_decoding_message_size(messages.largest());
+    let inference = TransportErrors(tokens.guard(
+        frames::inference(inference, &pipeline, v2.outputs().len()),
+        kserve::grpc::OPEN_METHODS,
+    ));
     let diagnosis = DiagnosisServer::new(DiagnosisService::new(
         pipeline.clone(),
         placement,
@@ -267,8 +270,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             idle: config.streams.idle_timeout,
         },
     ))
-    .max_decoding_message_size(max_message);
-    let diagnosis = TransportErrors(InterceptedService::new(diagnosis, tokens.interceptor()));
+    .max_decoding_message_size(messages.largest());
+    let diagnosis = TransportErrors(tokens.guard(frames::diagnosis(diagnosis, &pipeline), &[]));
     let reflection = if config.network.reflection {
         let service = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

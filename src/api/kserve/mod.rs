@@ -15,7 +15,7 @@ pub mod tensor;
 
 use std::sync::Arc;
 
-use crate::error::{ErrorKind, ServeError};
+use crate::error::{ErrorKind, ServeError, quote};
 use crate::model::card::LoadedModel;
 use crate::pipeline::Pipeline;
 use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};
@@ -34,7 +34,8 @@ pub const API: &str = "v2";
 /// Why a V2 request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum V2Error {
-    #[error("model `{0}` is not served here; GET /v2/models/<name> lists ours: {1}")]
+    /// The model asked for (quoted client text) and ours.
+    #[error("model {0} is not served here; GET /v2/models/<name> lists ours: {1}")]
     ModelNotFound(String, String),
     #[error("{0}")]
     Tensor(String),
@@ -99,9 +100,9 @@ impl V2 {
         if name != card.name || !(version.is_empty() || version == card.version) {
             return Err(V2Error::ModelNotFound(
                 if version.is_empty() {
-                    name.to_owned()
+                    quote(name)
                 } else {
-                    format!("{name}/versions/{version}")
+                    format!("{} version {}", quote(name), quote(version))
                 },
                 format!("{} (version {})", card.name, card.version),
             ));
@@ -165,28 +166,42 @@ impl V2 {
     }
 
     /// Diagnoses the `vibration` tensor; returns the requested outputs (all when `wanted` is empty), in the order
-    /// asked.
+    /// asked, each once.
     pub async fn infer(&self, input: Tensor, wanted: &[String]) -> Result<Vec<Tensor>, V2Error> {
+        // Checked before any work: a response holds each output at most once.
+        let names = self.output_names(wanted)?;
         let windows = tensor::windows(input, &self.inputs()[0], self.model().channels())?;
         let diagnoses = self.pipeline.diagnose(API, windows).await?;
-        let all = self.outputs();
-        let names: Vec<&str> = if wanted.is_empty() {
-            all.iter().map(|m| m.name).collect()
-        } else {
-            for w in wanted {
-                if !all.iter().any(|m| m.name == w) {
-                    return Err(V2Error::Tensor(format!(
-                        "output `{w}` is not one of: {}",
-                        all.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            }
-            wanted.iter().map(String::as_str).collect()
-        };
         Ok(names
             .into_iter()
             .map(|name| self.output(name, &diagnoses))
             .collect())
+    }
+
+    /// The outputs to answer with: all when none is asked for; an unknown or repeated name is an error.
+    fn output_names(&self, wanted: &[String]) -> Result<Vec<&'static str>, V2Error> {
+        let all = self.outputs();
+        if wanted.is_empty() {
+            return Ok(all.iter().map(|m| m.name).collect());
+        }
+        let mut names = Vec::with_capacity(all.len());
+        for w in wanted {
+            let Some(meta) = all.iter().find(|m| m.name == w) else {
+                return Err(V2Error::Tensor(format!(
+                    "output {} is not one of: {}",
+                    quote(w),
+                    all.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                )));
+            };
+            if names.contains(&meta.name) {
+                return Err(V2Error::Tensor(format!(
+                    "output {} is asked for more than once; ask for each output once",
+                    quote(w)
+                )));
+            }
+            names.push(meta.name);
+        }
+        Ok(names)
     }
 
     fn output(&self, name: &str, rows: &[WindowDiagnosis]) -> Tensor {

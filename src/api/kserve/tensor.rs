@@ -2,6 +2,7 @@
 //! against the model's input (name, datatype, shape, byte count) and turned into the pipeline's windows.
 
 use crate::api::kserve::{TensorMeta, V2Error};
+use crate::error::quote;
 
 /// A tensor's elements.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,13 +44,45 @@ pub fn elements(shape: &[i64]) -> Option<usize> {
     })
 }
 
+/// Most dimensions of a shape quoted back in an error.
+const SHOWN_DIMS: usize = 8;
+
+/// A client's shape as an error quotes it: at most [`SHOWN_DIMS`] dimensions.
+pub fn shape_text(shape: &[i64]) -> String {
+    if shape.len() <= SHOWN_DIMS {
+        return format!("{shape:?}");
+    }
+    format!("{:?}... ({} dimensions)", &shape[..SHOWN_DIMS], shape.len())
+}
+
+/// The values a shape holds, or why it cannot be served: a negative dimension, or more values than fit in memory.
+fn values_of(name: &str, shape: &[i64]) -> Result<usize, V2Error> {
+    if shape.iter().any(|d| *d < 0) {
+        return Err(V2Error::Tensor(format!(
+            "input {} has shape {}: dimensions must be 0 or more",
+            quote(name),
+            shape_text(shape)
+        )));
+    }
+    elements(shape)
+        .filter(|n| n.checked_mul(4).is_some())
+        .ok_or_else(|| {
+            V2Error::Tensor(format!(
+                "input {} has shape {}: it holds more values than a request may",
+                quote(name),
+                shape_text(shape)
+            ))
+        })
+}
+
 /// Float elements from raw little-endian bytes, for a tensor of `shape`.
 pub fn f32_from_raw(name: &str, shape: &[i64], bytes: &[u8]) -> Result<Vec<f32>, V2Error> {
-    let want = elements(shape)
-        .ok_or_else(|| V2Error::Tensor(format!("input `{name}` has shape {shape:?}")))?;
+    let want = values_of(name, shape)?;
     if bytes.len() != want * 4 {
         return Err(V2Error::Tensor(format!(
-            "input `{name}` of shape {shape:?} and datatype FP32 needs {} bytes; {} were sent",
+            "input {} of shape {} and datatype FP32 needs {} bytes; {} were sent",
+            quote(name),
+            shape_text(shape),
             want * 4,
             bytes.len()
         )));
@@ -69,14 +102,17 @@ pub fn windows(
 ) -> Result<Vec<Vec<f32>>, V2Error> {
     if input.name != meta.name {
         return Err(V2Error::Tensor(format!(
-            "input `{}` is unknown; the model takes one input, `{}`",
-            input.name, meta.name
+            "input {} is unknown; the model takes one input, `{}`",
+            quote(&input.name),
+            meta.name
         )));
     }
     if input.datatype != meta.datatype {
         return Err(V2Error::Tensor(format!(
-            "input `{}` has datatype {}; the model takes {}",
-            input.name, input.datatype, meta.datatype
+            "input {} has datatype {}; the model takes {}",
+            quote(&input.name),
+            quote(&input.datatype),
+            meta.datatype
         )));
     }
     let shape_ok = input.shape.len() == meta.shape.len()
@@ -84,29 +120,33 @@ pub fn windows(
         && input.shape[1..] == meta.shape[1..];
     if !shape_ok {
         return Err(V2Error::Tensor(format!(
-            "input `{}` has shape {:?}; the model takes [N, {}, {}] with N >= 1",
-            input.name, input.shape, meta.shape[1], meta.shape[2]
+            "input {} has shape {}; the model takes [N, {}, {}] with N >= 1",
+            quote(&input.name),
+            shape_text(&input.shape),
+            meta.shape[1],
+            meta.shape[2]
         )));
     }
     let Data::F32(values) = input.data else {
         return Err(V2Error::Tensor(format!(
-            "input `{}` holds no FP32 data",
-            input.name
+            "input {} holds no FP32 data",
+            quote(&input.name)
         )));
     };
-    let want = elements(&input.shape).unwrap_or(0);
+    let want = values_of(&input.name, &input.shape)?;
     if values.len() != want {
         return Err(V2Error::Tensor(format!(
-            "input `{}` of shape {:?} needs {want} values; {} were sent",
-            input.name,
-            input.shape,
+            "input {} of shape {} needs {want} values; {} were sent",
+            quote(&input.name),
+            shape_text(&input.shape),
             values.len()
         )));
     }
     if let Some(i) = values.iter().position(|x| !x.is_finite()) {
         return Err(V2Error::Tensor(format!(
-            "input `{}` value {i} is {}; samples must be finite",
-            input.name, values[i]
+            "input {} value {i} is {}; samples must be finite",
+            quote(&input.name),
+            values[i]
         )));
     }
     let window = meta.shape[2] as usize;
@@ -169,10 +209,13 @@ mod tests {
     #[test]
     fn every_mismatch_says_which() {
         let cases = [
-            (input("x", "FP32", vec![1, 2, 3], vec![0.0; 6]), "unknown"),
+            (
+                input("x", "FP32", vec![1, 2, 3], vec![0.0; 6]),
+                "\"x\" is unknown",
+            ),
             (
                 input("vibration", "FP64", vec![1, 2, 3], vec![0.0; 6]),
-                "datatype FP64",
+                "datatype \"FP64\"",
             ),
             (
                 input("vibration", "FP32", vec![1, 3, 2], vec![0.0; 6]),
@@ -201,6 +244,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs 24 bytes; 23 were sent"), "{e}");
+    }
+
+    #[test]
+    fn a_shape_too_large_to_hold_says_so() {
+        let huge = vec![i64::MAX, 2, 3];
+        let e = windows(input("vibration", "FP32", huge.clone(), vec![]), &meta(), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more values than a request may"), "{e}");
+        assert!(!e.contains("needs 0 values"), "{e}");
+        let e = f32_from_raw("vibration", &[i64::MAX, 1, 8192], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more values than a request may"), "{e}");
+        // 2^62 values fit a usize but not as bytes.
+        let e = f32_from_raw("vibration", &[1 << 62], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more values than a request may"), "{e}");
+        let e = f32_from_raw("vibration", &[-1, 2], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0 or more"), "{e}");
+        let long: Vec<i64> = vec![1; 1000];
+        assert_eq!(
+            shape_text(&long),
+            "[1, 1, 1, 1, 1, 1, 1, 1]... (1000 dimensions)"
+        );
+    }
+
+    #[test]
+    fn client_names_are_quoted_briefly() {
+        let name = "n".repeat(1 << 20);
+        let e = windows(
+            input(&name, "FP32", vec![1, 2, 3], vec![0.0; 6]),
+            &meta(),
+            2,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.len() < 200, "{} bytes", e.len());
     }
 
     #[test]
