@@ -36,7 +36,7 @@ use crate::pipeline::spec::Limits;
 use crate::pipeline::{Admission, Drain, Pipeline};
 use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
 use crate::server::lifecycle::Lifecycle;
-use crate::server::net::ConnLimits;
+use crate::server::net::{AtCapacity, ConnLimits};
 use crate::server::tls::TlsFiles;
 use crate::telemetry::metrics as m;
 
@@ -298,10 +298,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         metrics_tls,
         ConnLimits {
             listener: "metrics",
-            // Scrapers are few.
+            // Scrapers and probes are few; whoever else fills the listener loses its oldest connection, so that
+            // the liveness probe always gets in.
             max_connections: 64,
             idle: config.network.connection_idle_timeout,
             max_age: None,
+            at_capacity: AtCapacity::EvictOldest,
         },
         lifecycle.stop_metrics.clone(),
     ));
@@ -325,6 +327,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_connections: config.network.max_connections,
             idle: config.network.connection_idle_timeout,
             max_age: None,
+            at_capacity: AtCapacity::Refuse,
         },
         lifecycle.stop_metrics.clone(),
     ));
@@ -336,6 +339,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_connections: config.network.max_connections,
             idle: config.network.connection_idle_timeout,
             max_age: config.network.max_connection_age,
+            at_capacity: AtCapacity::Refuse,
         },
         lifecycle.drain.shutdown.clone(),
     );
