@@ -305,6 +305,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_age: None,
             at_capacity: AtCapacity::EvictOldest,
         },
+        config.network.request_read_timeout,
         lifecycle.stop_metrics.clone(),
     ));
     // The Open Inference Protocol over REST, with the gRPC listener's TLS; it stops taking requests on drain.
@@ -329,6 +330,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_age: None,
             at_capacity: AtCapacity::Refuse,
         },
+        config.network.request_read_timeout,
         lifecycle.stop_metrics.clone(),
     ));
 

@@ -50,7 +50,7 @@ pub const FLAG_REASONS: &[&str] = &[
     "shed",
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
-pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "evicted"];
+pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "slow", "evicted"];
 /// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
 pub const APIS: &[&str] = &["stream", "unary", "v2"];
 
