@@ -313,6 +313,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         v2.clone(),
         tokens.clone(),
         model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
+        model.window_values() * config.streams.max_unary_windows,
     );
     let rest_tls = tls
         .as_ref()
