@@ -196,42 +196,75 @@ async fn request_memory_is_reserved_from_the_declared_length_before_the_body() {
     running.stopped().await;
 }
 
+/// Sends `request` to the server process and measures its peak RSS growth meanwhile: (response head, MiB).
+fn peak_growth(server: &common::ServerProcess, request: &[u8]) -> (String, f64) {
+    let pid = server.child.id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = status_kib(pid, "VmRSS:");
+    // Reset the peak, so that VmHWM says what this request cost.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let (head, response) = rt.block_on(exchange(server.http, request));
+    let peak = status_kib(pid, "VmHWM:");
+    let growth = peak.saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "{:.1} MiB body: RSS {:.0} MiB before, peak {:.0} MiB (+{growth:.0} MiB): {} {}",
+        request.len() as f64 / (1 << 20) as f64,
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        head.lines().next().unwrap_or(""),
+        &response[..response.len().min(200)]
+    );
+    (head, growth)
+}
+
 #[test]
 fn a_32_mib_json_body_costs_about_its_size_to_decode() {
     let server = common::ServerProcess::spawn(&[]);
-    let pid = server.child.id();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(infer_ok(server.http, None));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(infer_ok(server.http, None));
+    let limit = (32 << 20) + (64 << 10);
     // 256 windows of 8192 values with 12 decimals: ~16 bytes a value, just under the 32 MiB + 64 KiB limit.
     let body = infer_json(256, 12);
     assert!(
-        body.len() > 30 << 20 && body.len() < (32 << 20) + (64 << 10),
+        body.len() > 30 << 20 && body.len() < limit,
         "{} bytes",
         body.len()
     );
     let mut request = post_head(body.len(), "Connection: close\r\n").into_bytes();
     request.extend_from_slice(body.as_bytes());
     drop(body);
-    let before = status_kib(pid, "VmRSS:");
-    // Reset the peak, so that VmHWM says what this request cost.
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
-    let (head, response) = rt.block_on(exchange(server.http, &request));
+    let (head, growth) = peak_growth(&server, &request);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{head}\n{}",
-        &response[..response.len().min(500)]
+        growth < 200.0,
+        "a 31 MiB JSON infer body grew the server's RSS by {growth:.0} MiB; the bound is +200 MiB"
     );
-    let peak = status_kib(pid, "VmHWM:");
-    let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
-    eprintln!(
-        "a {:.1} MiB JSON infer body: RSS {:.0} MiB before, peak {:.0} MiB (+{growth_mib:.0} MiB)",
-        request.len() as f64 / (1 << 20) as f64,
-        before as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
+    // The same size in two-byte values (`0,1,0,...`): 16 million of them, eight times what a request may hold. A
+    // `serde_json::Value` tree of them would take over 500 MiB.
+    let prefix = r#"{"inputs": [{"name": "vibration", "datatype": "FP32", "shape": [256, 1, 8192], "data": ["#;
+    let n = (limit - prefix.len() - 8) / 2;
+    let mut body = String::with_capacity(limit);
+    body.push_str(prefix);
+    for i in 0..n {
+        body.push_str(if i == 0 {
+            "0"
+        } else if i % 2 == 0 {
+            ",0"
+        } else {
+            ",1"
+        });
+    }
+    body.push_str("]}]}");
+    let mut request = post_head(body.len(), "Connection: close\r\n").into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    drop(body);
+    let (head, growth) = peak_growth(&server, &request);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert!(
-        growth_mib < 200.0,
-        "a 32 MiB JSON body grew the server's RSS by {growth_mib:.0} MiB; the bound is +200 MiB"
+        growth < 200.0,
+        "a 32 MiB JSON body of 16 million short values grew the server's RSS by {growth:.0} MiB; the bound is \
+         +200 MiB"
     );
 }
 
