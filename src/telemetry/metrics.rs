@@ -221,7 +221,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Connections the server refused or closed, by listener and reason (max_connections, idle)."
+        "Connections the server refused or closed, by listener and reason (max_connections: refused at the cap; idle: silent; slow: a request not in by --request-read-timeout; evicted: the oldest metrics connection, closed to admit a new one)."
     );
     describe_gauge!(
         MODEL_INFO,
