@@ -183,6 +183,11 @@ pub enum ServeError {
          request with backoff, or send smaller ones"
     )]
     RequestMemory { bytes: usize, capacity: usize },
+    #[error(
+        "the request did not arrive in full within {after:?} of its first byte (--request-read-timeout); send it \
+         without pauses"
+    )]
+    RequestReadTimeout { after: Duration },
 }
 
 impl ServeError {
@@ -225,6 +230,7 @@ impl ServeError {
             Self::WorkersGone => "workers_gone",
             Self::RequestTooLarge { .. } => "request_too_large",
             Self::RequestMemory { .. } => "request_memory",
+            Self::RequestReadTimeout { .. } => "request_read_timeout",
         }
     }
 
@@ -234,7 +240,9 @@ impl ServeError {
             | Self::TooManyStreams { .. }
             | Self::TooManyStreamsOnConnection { .. }
             | Self::RequestMemory { .. } => ErrorKind::Exhausted,
-            Self::OpenTimeout { .. } | Self::IdleTimeout { .. } => ErrorKind::Timeout,
+            Self::OpenTimeout { .. }
+            | Self::IdleTimeout { .. }
+            | Self::RequestReadTimeout { .. } => ErrorKind::Timeout,
             Self::ClientGone(_) => ErrorKind::Cancelled,
             Self::ShuttingDown { .. }
             | Self::DrainTimeout { .. }
@@ -336,6 +344,7 @@ impl ServeError {
                 bytes: 0,
                 capacity: 0,
             },
+            RequestReadTimeout { after: d },
         ]
     }
 }
@@ -461,6 +470,6 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 36);
+        assert_eq!(unique.len(), 37);
     }
 }

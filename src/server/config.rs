@@ -73,6 +73,10 @@ pub struct NetworkArgs {
     /// its TLS or HTTP/2 handshake, and a /metrics connection that stops mid-request).
     #[arg(long, env = "DRSN_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
     pub connection_idle_timeout: Duration,
+    /// An HTTP request (REST API, /metrics, probes) must arrive in full, headers and body, within this long of its
+    /// first byte: a slower one is answered 408 or closed. Also the longest a keep-alive HTTP connection waits idle.
+    #[arg(long, env = "DRSN_REQUEST_READ_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub request_read_timeout: Duration,
     /// Streams on a connection end with UNAVAILABLE and a resume point once the connection is this old, so that
     /// long-lived streams spread over replicas added since (off by default).
     #[arg(long, env = "DRSN_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
@@ -242,6 +246,9 @@ impl ServeConfig {
         }
         if self.batching.max_queue_wait.is_zero() {
             return bad("--max-queue-wait must be above 0".into());
+        }
+        if self.network.request_read_timeout.is_zero() {
+            return bad("--request-read-timeout must be above 0".into());
         }
         if self.security.metrics_tls && self.security.tls_cert.is_none() {
             return bad("--metrics-tls needs --tls-cert and --tls-key".into());

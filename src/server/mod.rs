@@ -36,7 +36,7 @@ use crate::pipeline::spec::Limits;
 use crate::pipeline::{Admission, Drain, Pipeline};
 use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
 use crate::server::lifecycle::Lifecycle;
-use crate::server::net::ConnLimits;
+use crate::server::net::{AtCapacity, ConnLimits};
 use crate::server::tls::TlsFiles;
 use crate::telemetry::metrics as m;
 
@@ -305,11 +305,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         metrics_tls,
         ConnLimits {
             listener: "metrics",
-            // Scrapers are few.
+            // Scrapers and probes are few; whoever else fills the listener loses its oldest connection, so that
+            // the liveness probe always gets in.
             max_connections: 64,
             idle: config.network.connection_idle_timeout,
             max_age: None,
+            at_capacity: AtCapacity::EvictOldest,
         },
+        config.network.request_read_timeout,
         lifecycle.stop_metrics.clone(),
     ));
     // The Open Inference Protocol over REST, with the gRPC listener's TLS; it stops taking requests on drain.
@@ -317,6 +320,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         v2.clone(),
         tokens.clone(),
         model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
+        model.window_values() * config.streams.max_unary_windows,
     );
     let rest_tls = tls
         .as_ref()
@@ -332,7 +336,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_connections: config.network.max_connections,
             idle: config.network.connection_idle_timeout,
             max_age: None,
+            at_capacity: AtCapacity::Refuse,
         },
+        config.network.request_read_timeout,
         lifecycle.stop_metrics.clone(),
     ));
 
@@ -343,6 +349,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             max_connections: config.network.max_connections,
             idle: config.network.connection_idle_timeout,
             max_age: config.network.max_connection_age,
+            at_capacity: AtCapacity::Refuse,
         },
         lifecycle.drain.shutdown.clone(),
     );

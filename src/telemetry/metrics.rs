@@ -52,7 +52,7 @@ pub const FLAG_REASONS: &[&str] = &[
     "shed",
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
-pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle"];
+pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "slow", "evicted"];
 /// Log lines clients can cause, each with its own budget (the `site` label of [`LOG_LINES_SUPPRESSED`]).
 pub const LOG_SITES: &[&str] = &["stream_opened", "request_failed"];
 /// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
@@ -232,7 +232,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_CLOSED,
-        "Connections the server refused or closed, by listener and reason (max_connections, idle)."
+        "Connections the server refused or closed, by listener and reason (max_connections: refused at the cap; idle: silent; slow: a request not in by --request-read-timeout; evicted: the oldest metrics connection, closed to admit a new one)."
     );
     describe_gauge!(
         MODEL_INFO,

@@ -94,6 +94,11 @@ impl V2 {
         self.pipeline.ready()
     }
 
+    /// The request memory budget a request reserves its bytes from before reading them.
+    pub fn request_budget(&self) -> &crate::pipeline::budget::RequestBudget {
+        self.pipeline.request_budget()
+    }
+
     /// Checks that a request names our model (and, if it names one, our version).
     pub fn check_model(&self, name: &str, version: &str) -> Result<(), V2Error> {
         let card = &self.model().card;

@@ -2,34 +2,45 @@
 //! `.../infer`, with JSON tensors and the binary tensor data extension (`Inference-Header-Content-Length`: the
 //! JSON header, then each binary tensor in order). Health stays open; everything else wants the bearer token
 //! when tokens are configured. Errors are `{"error": "..."}` with the HTTP status for their kind.
+//!
+//! An infer request is refused from its headers alone when it can be (token, model, Content-Length over the limit,
+//! request memory budget), before a byte of its body is read; its JSON is decoded by typed serde, tensor data
+//! straight into flat floats, so decoding holds about as much as the body.
 
+use std::cell::Cell;
+use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::api::auth::Tokens;
 use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
 use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
-use crate::error::ErrorKind;
+use crate::error::{ErrorKind, ServeError, quote};
+use crate::server::http::{ReadDeadline, read_body};
 use crate::telemetry::metrics;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Bodies larger than this are decoded on a blocking thread.
+const PARSE_INLINE: usize = 64 << 10;
 
 #[derive(Clone)]
 struct Ctx {
     v2: Arc<V2>,
     tokens: Tokens,
+    max_body: usize,
+    max_values: usize,
 }
 
-/// The V2 REST routes; `max_body` bounds a request.
-pub fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize) -> Router {
+/// The V2 REST routes; `max_body` bounds a request's body, `max_values` its tensor's values.
+pub fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize, max_values: usize) -> Router {
     Router::new()
         .route(
             "/v2/health/live",
@@ -49,8 +60,12 @@ pub fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize) -> Router {
             "/v2/models/{name}/versions/{version}/infer",
             post(model_infer),
         )
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(Ctx { v2, tokens })
+        .with_state(Ctx {
+            v2,
+            tokens,
+            max_body,
+            max_values,
+        })
 }
 
 struct Json(Value);
@@ -71,8 +86,22 @@ fn error(err: V2Error) -> Response {
         None => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
         Some(kind) => (http_status(kind), code(kind)),
     };
+    let http = match &err {
+        V2Error::Serve(ServeError::RequestTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => http,
+    };
     err.record(code_name(grpc));
-    (http, Json(json!({ "error": err.to_string() }))).into_response()
+    let mut response = (http, Json(json!({ "error": err.to_string() }))).into_response();
+    if matches!(
+        http,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
+        // The body is left unread: the connection cannot carry another request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn http_status(kind: ErrorKind) -> StatusCode {
@@ -184,17 +213,101 @@ async fn model_ready(
 
 async fn model_infer(
     State(ctx): State<Ctx>,
-    headers: HeaderMap,
     Path(ModelPath { name, version }): Path<ModelPath>,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    if let Some(r) = admit(&ctx, &headers, &name, &version) {
+    let (parts, body) = request.into_parts();
+    // Everything the headers can decide is decided before the first body byte is read (and before hyper answers
+    // `Expect: 100-continue`): an unauthenticated or oversized request costs the server nothing.
+    if let Some(r) = admit(&ctx, &parts.headers, &name, &version) {
         return r;
     }
-    let request = match parse(&headers, &body) {
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if let Some(bytes) = declared.filter(|n| *n > ctx.max_body) {
+        return error(
+            ServeError::RequestTooLarge {
+                bytes,
+                max: ctx.max_body,
+            }
+            .into(),
+        );
+    }
+    // A chunked body may grow to the limit: reserve that much. Held until the response is built.
+    let reservation = match ctx
+        .v2
+        .request_budget()
+        .reserve(declared.unwrap_or(ctx.max_body))
+    {
         Ok(r) => r,
-        Err(e) => return error(e),
+        Err(e) => return error(e.into()),
     };
+    let deadline = parts.extensions.get::<ReadDeadline>().copied();
+    let body = match read_body(body, declared, ctx.max_body, deadline).await {
+        Ok(b) => b,
+        Err(e) => return error(e.into()),
+    };
+    let headers = parts.headers;
+    let max_values = ctx.max_values;
+    let parsed = if body.len() > PARSE_INLINE {
+        // Megabytes of JSON take milliseconds: off the async threads, which serve every other connection.
+        match tokio::task::spawn_blocking(move || parse(&headers, &body, max_values)).await {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::error!(error = %err, "the REST request parser failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "the server failed to parse the request (a bug: please report it)"})),
+                )
+                    .into_response();
+            }
+        }
+    } else {
+        parse(&headers, &body, max_values)
+    };
+    let response = match parsed {
+        Ok(request) => infer(&ctx, request).await,
+        Err(e) => error(e),
+    };
+    drop(reservation);
+    response
+}
+
+/// Checks the input and the outputs asked for (quoting what the client named), diagnoses, and builds the response.
+async fn infer(ctx: &Ctx, request: InferRequest) -> Response {
+    if let Some(meta) = ctx.v2.inputs().first() {
+        let input = &request.input;
+        if input.name != meta.name {
+            return error(bad(format!(
+                "input {} is unknown; the model takes one input, `{}`",
+                quote(&input.name),
+                meta.name
+            )));
+        }
+        if input.datatype != meta.datatype {
+            return error(bad(format!(
+                "input {} has datatype {}; the model takes {}",
+                quote(&input.name),
+                quote(&input.datatype),
+                meta.datatype
+            )));
+        }
+    }
+    let all = ctx.v2.outputs();
+    if let Some((unknown, _)) = request
+        .outputs
+        .iter()
+        .find(|(w, _)| !all.iter().any(|m| m.name == w))
+    {
+        return error(bad(format!(
+            "output {} is not one of: {}",
+            quote(unknown),
+            all.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+        )));
+    }
     let wanted: Vec<String> = request.outputs.iter().map(|o| o.0.clone()).collect();
     let outputs = match ctx.v2.infer(request.input, &wanted).await {
         Ok(o) => o,
@@ -238,10 +351,10 @@ async fn model_infer(
     if let Some(id) = request.id {
         head["id"] = id;
     }
-    let head = head.to_string();
     if blobs.is_empty() {
-        return Json(serde_json::from_str(&head).unwrap_or(Value::Null)).into_response();
+        return Json(head).into_response();
     }
+    let head = head.to_string();
     let mut bytes = head.clone().into_bytes();
     for b in blobs {
         bytes.extend_from_slice(&b);
@@ -271,8 +384,9 @@ fn bad(text: impl Into<String>) -> V2Error {
     V2Error::Tensor(text.into())
 }
 
-/// Splits the body into its JSON header and binary part, and reads the one input tensor.
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, V2Error> {
+/// Splits the body into its JSON header and binary part, and reads the one input tensor (at most `max_values`
+/// values).
+fn parse(headers: &HeaderMap, body: &[u8], max_values: usize) -> Result<InferRequest, V2Error> {
     let split = match headers.get(HEADER_LENGTH) {
         Some(v) => v
             .to_str()
@@ -288,30 +402,54 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, V2Error> {
         None => body.len(),
     };
     let (head, mut binary) = body.split_at(split);
-    let json: Value = serde_json::from_slice(head)
-        .map_err(|e| bad(format!("the request is not valid JSON: {e}")))?;
-    let inputs = json["inputs"]
-        .as_array()
+    MAX_VALUES.with(|m| m.set(max_values));
+    let json: Head = serde_json::from_slice(head).map_err(|e| {
+        if e.is_data() {
+            // serde's message may quote the client's text: bounded and escaped.
+            bad(format!(
+                "the request is not a KServe V2 inference request: {}",
+                quote(&e.to_string())
+            ))
+        } else {
+            bad(format!("the request is not valid JSON: {e}"))
+        }
+    })?;
+    let inputs = json
+        .inputs
         .ok_or_else(|| bad("the request has no `inputs` array"))?;
-    let [input] = inputs.as_slice() else {
+    let count = inputs.count;
+    let Ok([input]) = <[InputHead; 1]>::try_from(inputs.items) else {
         return Err(bad(format!(
-            "{} input tensors were sent; the model takes exactly one, `vibration`",
-            inputs.len()
+            "{count} input tensors were sent; the model takes exactly one, `vibration`"
         )));
     };
-    let name = input["name"].as_str().unwrap_or("").to_owned();
-    let datatype = input["datatype"].as_str().unwrap_or("").to_owned();
-    let shape: Vec<i64> = input["shape"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_i64).collect())
-        .filter(|s: &Vec<i64>| s.len() == input["shape"].as_array().map_or(0, Vec::len))
-        .ok_or_else(|| bad(format!("input `{name}` needs a `shape` of integers")))?;
-    let values = match input["parameters"]["binary_data_size"].as_u64() {
-        Some(size) => {
-            let size = size as usize;
+    if count != 1 {
+        return Err(bad(format!(
+            "{count} input tensors were sent; the model takes exactly one, `vibration`"
+        )));
+    }
+    let name = input.name.unwrap_or_default();
+    let datatype = input.datatype.unwrap_or_default();
+    let shape = input.shape.and_then(|s| s.0).ok_or_else(|| {
+        bad(format!(
+            "input {} needs a `shape` of integers",
+            quote(&name)
+        ))
+    })?;
+    let size = input.parameters.and_then(|p| p.binary_data_size);
+    let values = match (size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "input {} has both `data` and binary data (binary_data_size); send one of them",
+                quote(&name)
+            )));
+        }
+        (Some(size), None) => {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
             if size > binary.len() {
                 return Err(bad(format!(
-                    "input `{name}` says binary_data_size {size}, but only {} bytes follow the header",
+                    "input {} says binary_data_size {size}, but only {} bytes follow the header",
+                    quote(&name),
                     binary.len()
                 )));
             }
@@ -319,16 +457,34 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, V2Error> {
             binary = rest;
             if datatype != "FP32" {
                 return Err(bad(format!(
-                    "input `{name}` has datatype {datatype}; the model takes FP32"
+                    "input {} has datatype {}; the model takes FP32",
+                    quote(&name),
+                    quote(&datatype)
                 )));
             }
-            tensor::f32_from_raw(&name, &shape, mine)?
+            let want = tensor::elements(&shape).and_then(|n| n.checked_mul(4));
+            if want != Some(mine.len()) {
+                return Err(bad(format!(
+                    "input {} of shape {shape:?} and datatype FP32 needs {} bytes; {} were sent",
+                    quote(&name),
+                    want.map_or_else(|| "more".to_owned(), |n| n.to_string()),
+                    mine.len()
+                )));
+            }
+            mine.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         }
-        None => {
-            let mut flat = Vec::new();
-            flatten(&input["data"], &mut flat)
-                .map_err(|what| bad(format!("input `{name}` data: {what}")))?;
-            flat
+        (None, Some(FlatData(Ok(values)))) => values,
+        (None, Some(FlatData(Err(what)))) => {
+            return Err(bad(format!("input {} data: {what}", quote(&name))));
+        }
+        (None, None) => {
+            return Err(bad(format!(
+                "input {} data: {}",
+                quote(&name),
+                Wrong::Missing
+            )));
         }
     };
     if !binary.is_empty() {
@@ -337,44 +493,366 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<InferRequest, V2Error> {
             binary.len()
         )));
     }
-    let outputs = json["outputs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|o| {
-                    (
-                        o["name"].as_str().unwrap_or("").to_owned(),
-                        o["parameters"]["binary_data"].as_bool().unwrap_or(false),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let outputs = json.outputs.unwrap_or_default();
+    if outputs.count > outputs.items.len() {
+        return Err(bad(format!(
+            "{} outputs were asked for; the model has at most {MAX_OUTPUTS}",
+            outputs.count
+        )));
+    }
     Ok(InferRequest {
-        id: json.get("id").cloned(),
+        id: json.id.map(|Id(v)| v),
         input: Tensor {
             name,
             datatype,
             shape,
             data: Data::F32(values),
         },
-        outputs,
-        binary_outputs: json["parameters"]["binary_data_output"]
-            .as_bool()
+        outputs: outputs
+            .items
+            .into_iter()
+            .map(|o| {
+                (
+                    o.name.unwrap_or_default(),
+                    o.parameters.and_then(|p| p.binary_data).unwrap_or(false),
+                )
+            })
+            .collect(),
+        binary_outputs: json
+            .parameters
+            .and_then(|p| p.binary_data_output)
             .unwrap_or(false),
     })
 }
 
-/// JSON tensor data, flat or nested, row-major.
-fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<(), &'static str> {
-    match v {
-        Value::Array(items) => items.iter().try_for_each(|i| flatten(i, out)),
-        Value::Number(n) => {
-            out.push(n.as_f64().ok_or("a number out of range")? as f32);
-            Ok(())
+// The request, typed: unknown fields are skipped without being stored, tensor data goes straight into one flat
+// `Vec<f32>`, and every list is bounded, so that decoding holds about as much as the body (no `serde_json::Value`
+// tree, which costs some 20 times the body for a tensor of numbers).
+
+/// Most outputs a request may name (the model has six).
+const MAX_OUTPUTS: usize = 16;
+/// Most dimensions of a shape.
+const MAX_DIMS: usize = 8;
+
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default)]
+    inputs: Option<Bounded<InputHead, 1>>,
+    #[serde(default)]
+    outputs: Option<Bounded<OutputHead, MAX_OUTPUTS>>,
+    #[serde(default)]
+    parameters: Option<RequestParameters>,
+}
+
+#[derive(serde::Deserialize)]
+struct RequestParameters {
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct InputHead {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    datatype: Option<String>,
+    #[serde(default)]
+    shape: Option<Shape>,
+    #[serde(default)]
+    parameters: Option<InputParameters>,
+    #[serde(default)]
+    data: Option<FlatData>,
+}
+
+#[derive(serde::Deserialize)]
+struct InputParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputHead {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    parameters: Option<OutputParameters>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: Option<bool>,
+}
+
+/// The request id, echoed back: a string (or a number).
+struct Id(Value);
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(Value::String(v.to_owned())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(v.into()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.into()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                Ok(Id(v.into()))
+            }
         }
-        Value::Null => Err("missing (send `data`, or binary data with binary_data_size)"),
-        _ => Err("not numbers"),
+        d.deserialize_any(V)
+    }
+}
+
+/// The first `N` items of a list, and how many it had (the rest are skipped unread).
+struct Bounded<T, const N: usize> {
+    items: Vec<T>,
+    count: usize,
+}
+
+impl<T, const N: usize> Default for Bounded<T, N> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<'de, T: serde::Deserialize<'de>, const N: usize> serde::Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                let mut count = 0;
+                while count < N {
+                    match seq.next_element()? {
+                        Some(item) => items.push(item),
+                        None => return Ok(Bounded { items, count }),
+                    }
+                    count += 1;
+                }
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                Ok(Bounded { items, count })
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
+
+/// What is wrong with a tensor's `data` (or `shape`), said once the input's name is known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Wrong {
+    Missing,
+    NotNumbers,
+    OutOfRange,
+    TooMany(usize),
+}
+
+impl fmt::Display for Wrong {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::Missing => {
+                f.write_str("missing (send `data`, or binary data with binary_data_size)")
+            }
+            Self::NotNumbers => f.write_str("not numbers"),
+            Self::OutOfRange => f.write_str("a number out of range for FP32"),
+            Self::TooMany(max) => write!(f, "more than {max} values"),
+        }
+    }
+}
+
+/// Visitor methods that take a JSON scalar other than a number as `$value`.
+macro_rules! other_scalars_are {
+    ($value:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// A shape: `None` unless it is a list of at most [`MAX_DIMS`] integers.
+struct Shape(Option<Vec<i64>>);
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Shape;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of integers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                let mut dims = Vec::new();
+                let mut ok = true;
+                while let Some(Dim(dim)) = seq.next_element()? {
+                    match dim {
+                        Some(n) if ok && dims.len() < MAX_DIMS => dims.push(n),
+                        _ => ok = false,
+                    }
+                }
+                Ok(Shape(ok.then_some(dims)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Shape(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape(None))
+            }
+            other_scalars_are!(Shape(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One dimension of a shape: `None` unless an integer.
+struct Dim(Option<i64>);
+
+impl<'de> serde::Deserialize<'de> for Dim {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Dim;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dim, E> {
+                Ok(Dim(Some(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dim, E> {
+                Ok(Dim(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Dim, E> {
+                Ok(Dim(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Dim, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Dim(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dim, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Dim(None))
+            }
+            other_scalars_are!(Dim(None));
+        }
+        d.deserialize_any(V)
+    }
+}
+
+std::thread_local! {
+    /// Most values the `data` of the request being parsed on this thread may hold ([`parse`] sets it; a serde
+    /// `Deserialize` has no other way in).
+    static MAX_VALUES: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Tensor `data`, flat or nested arrays of numbers, flattened row-major as it is read; what is wrong with it is
+/// kept (the rest skipped unread) so that the error can name the input, whose name may come later.
+struct FlatData(Result<Vec<f32>, Wrong>);
+
+impl<'de> serde::Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        let max = MAX_VALUES.with(Cell::get);
+        let read = d.deserialize_any(Flatten { out: &mut out, max })?;
+        Ok(FlatData(read.map(|()| out)))
+    }
+}
+
+/// Appends the numbers of a (nested) array to `out`.
+struct Flatten<'a> {
+    out: &'a mut Vec<f32>,
+    max: usize,
+}
+
+impl Flatten<'_> {
+    fn push(self, v: f32) -> Result<(), Wrong> {
+        if !v.is_finite() {
+            return Err(Wrong::OutOfRange);
+        }
+        if self.out.len() >= self.max {
+            return Err(Wrong::TooMany(self.max));
+        }
+        self.out.push(v);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = Result<(), Wrong>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = Result<(), Wrong>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("numbers")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let Flatten { out, max } = self;
+        while let Some(read) = seq.next_element_seed(Flatten {
+            out: &mut *out,
+            max,
+        })? {
+            if let Err(wrong) = read {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(Err(wrong));
+            }
+        }
+        Ok(Ok(()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self.push(v as f32))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.push(v as f32))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.push(v as f32))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Err(Wrong::Missing))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err(Wrong::NotNumbers))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err(Wrong::NotNumbers))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Err(Wrong::NotNumbers))
     }
 }
 
@@ -389,7 +867,7 @@ mod tests {
             json!({"inputs": [{"name": "vibration", "datatype": "FP32", "shape": [1, 1, 3],
             "data": [[[0.5, -1.25, 3.0]]]}]})
             .to_string();
-        let a = parse(&HeaderMap::new(), json_body.as_bytes()).unwrap();
+        let a = parse(&HeaderMap::new(), json_body.as_bytes(), 1 << 20).unwrap();
         let head = json!({"id": "r1", "inputs": [{"name": "vibration", "datatype": "FP32", "shape": [1, 1, 3],
             "parameters": {"binary_data_size": 12}}], "outputs": [{"name": "label", "parameters": {"binary_data": true}}]})
         .to_string();
@@ -397,7 +875,7 @@ mod tests {
         body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, head.len().to_string().parse().unwrap());
-        let b = parse(&headers, &body).unwrap();
+        let b = parse(&headers, &body, 1 << 20).unwrap();
         assert_eq!(a.input, b.input);
         assert_eq!(b.outputs, vec![("label".to_owned(), true)]);
         assert_eq!(b.id, Some(json!("r1")));
@@ -422,7 +900,7 @@ mod tests {
                 "shape",
             ),
         ] {
-            let e = parse(&HeaderMap::new(), body.as_bytes())
+            let e = parse(&HeaderMap::new(), body.as_bytes(), 1 << 20)
                 .err()
                 .unwrap()
                 .to_string();
@@ -430,7 +908,63 @@ mod tests {
         }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_LENGTH, "999".parse().unwrap());
-        let e = parse(&headers, b"{}").err().unwrap().to_string();
+        let e = parse(&headers, b"{}", 1 << 20).err().unwrap().to_string();
         assert!(e.contains("Inference-Header-Content-Length"), "{e}");
+    }
+
+    #[test]
+    fn tensor_data_is_flattened_and_checked_as_it_is_read() {
+        let body = |data: &str| {
+            format!(
+                r#"{{"inputs": [{{"data": {data}, "name": "vibration", "datatype": "FP32", "shape": [1, 2, 2]}}]}}"#
+            )
+        };
+        let ok = parse(
+            &HeaderMap::new(),
+            body("[[[1, -2.5], [3e2, 4]]]").as_bytes(),
+            4,
+        )
+        .unwrap();
+        assert_eq!(ok.input.data, Data::F32(vec![1.0, -2.5, 300.0, 4.0]));
+        for (data, text) in [
+            (
+                "[1, 2, 3, 1e39]",
+                "input \"vibration\" data: a number out of range for FP32",
+            ),
+            ("[1, 2, 3, 4, 5]", "more than 4 values"),
+            ("[[1, true], [3, 4]]", "not numbers"),
+            ("[[1, {\"a\": 1}], 3]", "not numbers"),
+            ("[1, null]", "missing"),
+        ] {
+            let e = parse(&HeaderMap::new(), body(data).as_bytes(), 4)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(text), "{data}: {e}");
+        }
+        // Binary data and JSON data for the same input: ambiguous, refused.
+        let head = r#"{"inputs": [{"name": "vibration", "datatype": "FP32", "shape": [1, 1, 1], "data": [1],
+            "parameters": {"binary_data_size": 4}}]}"#;
+        let mut both = head.as_bytes().to_vec();
+        both.extend(1f32.to_le_bytes());
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_LENGTH, head.len().to_string().parse().unwrap());
+        let e = parse(&headers, &both, 4).err().unwrap().to_string();
+        assert!(e.contains("both `data` and binary data"), "{e}");
+        // Client text is quoted back bounded and escaped.
+        let long = format!(
+            r#"{{"inputs": [{{"name": "{}\n", "datatype": "FP32", "shape": "x"}}]}}"#,
+            "n".repeat(10_000)
+        );
+        let e = parse(&HeaderMap::new(), long.as_bytes(), 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("(10001 bytes)"), "{e}");
+        let e = parse(&HeaderMap::new(), br#"{"inputs": [{}, {}, {}]}"#, 4)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("3 input tensors"), "{e}");
     }
 }
