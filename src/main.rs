@@ -5,6 +5,14 @@ use drsn_serve::client::{bench, replay};
 use drsn_serve::server::{self, config::LogFormat, config::ServeConfig};
 use drsn_serve::telemetry::logging;
 
+/// jemalloc, not glibc's malloc: after a burst of large requests glibc kept the freed memory (RSS +88 MiB that stayed
+/// while the server idled), and so did mimalloc, which purges only when the program allocates again; jemalloc's
+/// background thread gives freed pages back on its decay schedule (10 s) whatever the server is doing
+/// (`tests/memory.rs`; README "Measured").
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "drsn-serve",
