@@ -412,3 +412,35 @@ async fn a_megabyte_model_name_gets_a_short_not_found() {
     running.shutdown();
     running.stopped().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_unary_body_gives_its_reservation_back_at_the_read_timeout() {
+    let server = common::ServerProcess::spawn(&[
+        "--max-request-memory",
+        "1000000",
+        "--request-read-timeout",
+        "1s",
+    ]);
+    let mut h2 = h2_connect(socket(&server.addr)).await;
+    // Declares 300,000 bytes, sends 1 KiB, then nothing: without a deadline it would hold 900,000 of the budget
+    // for as long as the connection lives.
+    let started = std::time::Instant::now();
+    let (stalled, mut body) = raw_call(&mut h2, DIAGNOSE).await;
+    let mut partial = header(300_000);
+    partial.extend_from_slice(&[0u8; 1024]);
+    body.send_data(partial.into(), false).unwrap();
+    let (code, message) = tokio::time::timeout(Duration::from_secs(5), outcome(stalled))
+        .await
+        .expect("answered at the read timeout");
+    assert_eq!(code, 4, "DEADLINE_EXCEEDED: {message}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    let scrape = common::scrape_at(server.metrics).await;
+    assert_eq!(common::metric(&scrape, "drsn_request_memory_bytes"), Some(0.0));
+    assert_eq!(
+        common::metric(
+            &scrape,
+            r#"drsn_errors_total{reason="request_read_timeout",code="DEADLINE_EXCEEDED"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -259,7 +259,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     let inference = GrpcInferenceServiceServer::new(kserve::grpc::InferenceService(v2.clone()))
         .max_decoding_message_size(messages.largest());
     let inference = TransportErrors(tokens.guard(
-        frames::inference(inference, &pipeline, v2.outputs().len()),
+        frames::inference(
+            inference,
+            &pipeline,
+            v2.outputs().len(),
+            config.network.request_read_timeout,
+        ),
         kserve::grpc::OPEN_METHODS,
     ));
     let diagnosis = DiagnosisServer::new(DiagnosisService::new(
@@ -271,7 +276,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         },
     ))
     .max_decoding_message_size(messages.largest());
-    let diagnosis = TransportErrors(tokens.guard(frames::diagnosis(diagnosis, &pipeline), &[]));
+    let diagnosis = TransportErrors(tokens.guard(
+        frames::diagnosis(diagnosis, &pipeline, config.network.request_read_timeout),
+        &[],
+    ));
     let reflection = if config.network.reflection {
         let service = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

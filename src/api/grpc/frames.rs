@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http_body::Body as HttpBody;
 use tonic::Status;
@@ -20,6 +21,7 @@ use tonic::server::NamedService;
 
 use crate::api::grpc::{status, wire};
 use crate::api::kserve;
+use crate::error::ServeError;
 use crate::pipeline::Pipeline;
 use crate::pipeline::budget::{RequestBudget, Reservation};
 
@@ -53,7 +55,7 @@ impl MessageLimits {
 }
 
 /// drsn.v1 `Diagnosis` behind its limits: streams to one chunk, Diagnose budgeted and its windows counted.
-pub fn diagnosis<S>(service: S, pipeline: &Pipeline) -> Frames<S> {
+pub fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Duration) -> Frames<S> {
     let limits = MessageLimits::new(pipeline);
     let max_windows = pipeline.admission().max_unary_windows;
     let scan: Scan =
@@ -74,12 +76,18 @@ pub fn diagnosis<S>(service: S, pipeline: &Pipeline) -> Frames<S> {
         ],
         SMALL_MESSAGE,
         pipeline.request_budget().clone(),
+        read_timeout,
     )
 }
 
 /// V2 `GRPCInferenceService` behind its limits: ModelInfer budgeted and checked on the wire (`outputs`: how many
 /// outputs the model has).
-pub fn inference<S>(service: S, pipeline: &Pipeline, outputs: usize) -> Frames<S> {
+pub fn inference<S>(
+    service: S,
+    pipeline: &Pipeline,
+    outputs: usize,
+    read_timeout: Duration,
+) -> Frames<S> {
     let limits = MessageLimits::new(pipeline);
     let scan: Scan =
         Arc::new(move |buf| kserve::grpc::check_infer(buf, outputs).map_err(kserve::grpc::status));
@@ -92,6 +100,7 @@ pub fn inference<S>(service: S, pipeline: &Pipeline, outputs: usize) -> Frames<S
         }],
         SMALL_MESSAGE,
         pipeline.request_budget().clone(),
+        read_timeout,
     )
 }
 
@@ -113,6 +122,8 @@ struct Rules {
     /// The limit of every other method (metadata, health: small messages).
     other: usize,
     budget: RequestBudget,
+    /// How long a unary call may take to send its message: a stalled body must not hold its reservation.
+    read_timeout: Duration,
 }
 
 /// The layer around one gRPC service.
@@ -123,13 +134,20 @@ pub struct Frames<S> {
 }
 
 impl<S> Frames<S> {
-    pub fn new(inner: S, methods: Vec<Method>, other: usize, budget: RequestBudget) -> Self {
+    pub fn new(
+        inner: S,
+        methods: Vec<Method>,
+        other: usize,
+        budget: RequestBudget,
+        read_timeout: Duration,
+    ) -> Self {
         Self {
             inner,
             rules: Arc::new(Rules {
                 methods,
                 other,
                 budget,
+                read_timeout,
             }),
         }
     }
@@ -176,7 +194,14 @@ where
         // The service readied by `poll_ready` is the one called, later.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(unary(inner, request, limit, scan, rules.budget.clone()))
+        Box::pin(unary(
+            inner,
+            request,
+            limit,
+            scan,
+            rules.budget.clone(),
+            rules.read_timeout,
+        ))
     }
 }
 
@@ -196,6 +221,7 @@ async fn unary<S>(
     limit: usize,
     scan: Scan,
     budget: RequestBudget,
+    read_timeout: Duration,
 ) -> Result<Response<Body>, Infallible>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
@@ -203,27 +229,31 @@ where
     let (parts, mut body) = request.into_parts();
     let mut buf = Vec::new();
     let mut ended = false;
-    if let Err(status) = fill(&mut body, &mut buf, 5, &mut ended).await {
-        return Ok(status.into_http());
-    }
     let mut reservation: Option<Reservation> = None;
-    if buf.len() >= 5 {
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if len > limit {
-            return Ok(too_large(len, limit).into_http());
+    let read = async {
+        fill(&mut body, &mut buf, 5, &mut ended).await?;
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > limit {
+                return Err(too_large(len, limit));
+            }
+            reservation = Some(budget.reserve(5 + len).map_err(status::status)?);
+            buf.reserve_exact((5 + len).saturating_sub(buf.len()));
+            fill(&mut body, &mut buf, 5 + len, &mut ended).await?;
+            if buf.len() >= 5 + len {
+                scan(&buf[5..5 + len])?;
+            }
         }
-        match budget.reserve(5 + len) {
-            Ok(r) => reservation = Some(r),
-            Err(err) => return Ok(status::status(err).into_http()),
-        }
-        buf.reserve_exact((5 + len).saturating_sub(buf.len()));
-        if let Err(status) = fill(&mut body, &mut buf, 5 + len, &mut ended).await {
-            return Ok(status.into_http());
-        }
-        if buf.len() >= 5 + len
-            && let Err(status) = scan(&buf[5..5 + len])
-        {
-            return Ok(status.into_http());
+        Ok(())
+    };
+    match tokio::time::timeout(read_timeout, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(status)) => return Ok(status.into_http()),
+        Err(_) => {
+            let err = ServeError::RequestReadTimeout {
+                after: read_timeout,
+            };
+            return Ok(status::status(err).into_http());
         }
     }
     // What was read goes on first, then the rest of the body, still framed; tonic answers a short body.
