@@ -166,19 +166,19 @@ def test_every_error_case_gets_its_code_and_says_which(server, golden):
             x.set_data_from_numpy(data)
             return c.infer(model, [x])
 
-        expect_error(lambda send=send: send(name="signal"), bad, "400", "\"signal\" is unknown")
+        expect_error(lambda send=send: send(name="signal"), bad, "400", '"signal" is unknown')
         expect_error(lambda send=send: send(dtype="FP64", data=good.astype(np.float64)), bad, "400", "FP64")
         expect_error(lambda send=send: send(data=good[:, 0, :]), bad, "400", f"has shape [2, {WINDOW}]")
         many = np.repeat(good[:1], 257, axis=0)
         expect_error(lambda send=send, many=many: send(data=many), bad, "400", "over the limit of 256")
-        expect_error(lambda send=send: send(model="other"), "StatusCode.NOT_FOUND", "404", "\"other\" is not served")
+        expect_error(lambda send=send: send(model="other"), "StatusCode.NOT_FOUND", "404", '"other" is not served')
         nan = good.copy()
         nan[0, 0, 5] = np.nan
         expect_error(lambda send=send, nan=nan: send(data=nan), bad, "400", "must be finite")
         out = mod.InferRequestedOutput("nope")
         x = mod.InferInput("vibration", list(good.shape), "FP32")
         x.set_data_from_numpy(good)
-        expect_error(lambda c=c, x=x, out=out: c.infer(MODEL, [x], outputs=[out]), bad, "400", "\"nope\" is not one of")
+        expect_error(lambda c=c, x=x, out=out: c.infer(MODEL, [x], outputs=[out]), bad, "400", '"nope" is not one of')
 
 
 def rest(server, path, body=None, headers=None):
