@@ -433,9 +433,16 @@ async fn a_stalled_unary_body_gives_its_reservation_back_at_the_read_timeout() {
         .await
         .expect("answered at the read timeout");
     assert_eq!(code, 4, "DEADLINE_EXCEEDED: {message}");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     let scrape = common::scrape_at(server.metrics).await;
-    assert_eq!(common::metric(&scrape, "drsn_request_memory_bytes"), Some(0.0));
+    assert_eq!(
+        common::metric(&scrape, "drsn_request_memory_bytes"),
+        Some(0.0)
+    );
     assert_eq!(
         common::metric(
             &scrape,
