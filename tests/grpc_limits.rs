@@ -424,7 +424,7 @@ async fn a_stalled_unary_body_gives_its_reservation_back_at_the_read_timeout() {
     let mut h2 = h2_connect(socket(&server.addr)).await;
     // Declares 300,000 bytes, sends 1 KiB, then nothing: without a deadline it would hold 900,000 of the budget
     // for as long as the connection lives.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (stalled, mut body) = raw_call(&mut h2, DIAGNOSE).await;
     let mut partial = header(300_000);
     partial.extend_from_slice(&[0u8; 1024]);
