@@ -59,16 +59,6 @@ fn infer_request(model: &str, outputs: &[&str]) -> pb::ModelInferRequest {
     }
 }
 
-/// A field of /proc/<pid>/status, in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 fn socket(addr: &str) -> SocketAddr {
     addr.trim_start_matches("http://").parse().unwrap()
 }
@@ -178,7 +168,7 @@ async fn half_sent_stream_messages_over_the_chunk_limit_are_refused_from_their_h
         conns.push(h2_connect(addr).await);
     }
     let open = framed(&common::open(12_000.0, 1, 0).encode_to_vec());
-    let before = proc_kib(pid, "VmRSS:");
+    let before = common::proc_status_kib(pid, "VmRSS:");
     let started = Instant::now();
     let mut calls = Vec::new();
     for i in 0..256 {
@@ -198,8 +188,8 @@ async fn half_sent_stream_messages_over_the_chunk_limit_are_refused_from_their_h
         ends.push((end, body));
     }
     let elapsed = started.elapsed();
-    let during = proc_kib(pid, "VmRSS:");
-    let peak = proc_kib(pid, "VmHWM:");
+    let during = common::proc_status_kib(pid, "VmRSS:");
+    let peak = common::proc_status_kib(pid, "VmHWM:");
     for ((code, message), _) in &ends {
         assert_eq!(*code, 3, "INVALID_ARGUMENT: {message}");
         assert!(message.contains("size%20limit"), "{message}");
@@ -290,8 +280,8 @@ async fn a_request_of_millions_of_empty_inputs_is_refused_before_it_is_decoded()
     let mut h2 = h2_connect(socket(&server.addr)).await;
     // 16,000,000 bytes: eight million empty `inputs` (field 5, length 0).
     let message: Vec<u8> = [0x2au8, 0x00].repeat(8_000_000);
-    let before = proc_kib(pid, "VmRSS:");
-    let hwm_before = proc_kib(pid, "VmHWM:");
+    let before = common::proc_status_kib(pid, "VmRSS:");
+    let hwm_before = common::proc_status_kib(pid, "VmHWM:");
     let started = Instant::now();
     let (response, mut body) = raw_call(&mut h2, INFER).await;
     body.send_data(framed(&message), true).unwrap();
@@ -299,7 +289,7 @@ async fn a_request_of_millions_of_empty_inputs_is_refused_before_it_is_decoded()
         .await
         .unwrap();
     let elapsed = started.elapsed();
-    let peak = proc_kib(pid, "VmHWM:");
+    let peak = common::proc_status_kib(pid, "VmHWM:");
     let grew = peak.saturating_sub(before);
     eprintln!(
         "16 MB of empty inputs: {elapsed:?}, VmRSS before {before} KiB, VmHWM {hwm_before} -> {peak} KiB (+{grew} KiB over the RSS before)"

@@ -80,15 +80,6 @@ async fn infer_ok(addr: SocketAddr, token: Option<&str>) {
     assert!(body.contains("\"label\""), "{body}");
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_its_token_is_refused_before_its_body_is_read() {
     let running = common::start(&["--auth-tokens", TOKEN]).await;
@@ -200,11 +191,11 @@ async fn request_memory_is_reserved_from_the_declared_length_before_the_body() {
 fn peak_growth(server: &common::ServerProcess, request: &[u8]) -> (String, f64) {
     let pid = server.child.id();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let before = status_kib(pid, "VmRSS:");
+    let before = common::proc_status_kib(pid, "VmRSS:");
     // Reset the peak, so that VmHWM says what this request cost.
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
     let (head, response) = rt.block_on(exchange(server.http, request));
-    let peak = status_kib(pid, "VmHWM:");
+    let peak = common::proc_status_kib(pid, "VmHWM:");
     let growth = peak.saturating_sub(before) as f64 / 1024.0;
     eprintln!(
         "{:.1} MiB body: RSS {:.0} MiB before, peak {:.0} MiB (+{growth:.0} MiB): {} {}",

@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use drsn_serve::api::grpc::proto::{DiagnoseRequest, FloatSamples, Window, window};
-use drsn_serve::client::bench::memory::rss_kib;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_given_back_after_a_burst_of_large_requests() {
@@ -48,15 +47,15 @@ async fn memory_is_given_back_after_a_burst_of_large_requests() {
             }
         }
     };
-    let before = rss_kib(pid);
+    let before = common::proc_status_kib(pid, "VmRSS:");
     burst(6).await;
-    let peak = rss_kib(pid);
+    let peak = common::proc_status_kib(pid, "VmRSS:");
     // The allocator gives pages back on its own schedule (jemalloc's decay: 10 s), while the server idles.
     let idle = std::time::Instant::now();
     let mut after = peak;
     while after > before + 64 * 1024 && idle.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        after = rss_kib(pid);
+        after = common::proc_status_kib(pid, "VmRSS:");
     }
     eprintln!(
         "RSS: {before} KiB before, {peak} KiB at the end of the load, {after} KiB {:.1} s later",

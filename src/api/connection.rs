@@ -68,3 +68,14 @@ pub fn of<T>(request: &tonic::Request<T>) -> ConnInfo {
             activity: Arc::default(),
         })
 }
+
+/// The time by which a request must have arrived in full, headers and body: a request extension the HTTP listener attaches
+/// for handlers that read a body.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadDeadline {
+    pub at: tokio::time::Instant,
+    /// The read timeout it was set from.
+    pub timeout: std::time::Duration,
+    /// The listener, for the metrics.
+    pub listener: &'static str,
+}

@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
-use futures_util::StreamExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -24,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ServeError;
+use crate::api::connection::ReadDeadline;
 use crate::server::net::{self, ConnIo, ConnLimits};
 use crate::server::tls::HANDSHAKE_TIMEOUT;
 use crate::telemetry::metrics as m;
@@ -142,53 +140,6 @@ impl AsyncWrite for Watched {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
-}
-
-/// The time by which a request must have arrived in full, headers and body: a request extension for handlers that
-/// read a body ([`read_body`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ReadDeadline {
-    pub at: Instant,
-    /// The read timeout it was set from.
-    pub timeout: Duration,
-    /// The listener, for the metrics.
-    pub listener: &'static str,
-}
-
-/// Reads a request body of at most `max` bytes by `deadline`; `expected` (its Content-Length) sizes the buffer. A
-/// slow body is counted (`drsn_connections_closed_total{reason="slow"}`): answer it and the connection closes, since
-/// the rest of the body is never read.
-pub async fn read_body(
-    body: Body,
-    expected: Option<usize>,
-    max: usize,
-    deadline: Option<ReadDeadline>,
-) -> Result<Vec<u8>, ServeError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::with_capacity(expected.unwrap_or(0).min(max));
-    let read = async {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ServeError::ClientGone(e.to_string()))?;
-            let bytes = buf.len().saturating_add(chunk.len());
-            if bytes > max {
-                return Err(ServeError::RequestTooLarge { bytes, max });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok(())
-    };
-    match deadline {
-        None => read.await?,
-        Some(d) => match tokio::time::timeout_at(d.at, read).await {
-            Ok(read) => read?,
-            Err(_) => {
-                counter!(m::CONNECTIONS_CLOSED, "listener" => d.listener, "reason" => "slow")
-                    .increment(1);
-                return Err(ServeError::RequestReadTimeout { after: d.timeout });
-            }
-        },
-    }
-    Ok(buf)
 }
 
 /// Serves `router` on `listener` until `stop` fires (requests in flight are answered, then connections close);

@@ -150,6 +150,17 @@ pub fn label_of(name: &str) -> String {
     format!("{kind}_{}", &size[..3])
 }
 
+/// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`: memory now, and at its peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 /// Fetches the Prometheus exposition from a running server.
 pub async fn scrape(running: &Running) -> String {
     scrape_at(running.metrics_addr).await

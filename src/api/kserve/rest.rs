@@ -11,20 +11,23 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
+use ::metrics::counter;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::api::auth::Tokens;
+use crate::api::connection::ReadDeadline;
 use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
 use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
 use crate::error::{ErrorKind, ServeError, quote};
-use crate::server::http::{ReadDeadline, read_body};
 use crate::telemetry::metrics;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -854,6 +857,42 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Err(Wrong::NotNumbers))
     }
+}
+
+/// Reads a request body of at most `max` bytes by `deadline`; `expected` (its Content-Length) sizes the buffer. A
+/// slow body is counted (`drsn_connections_closed_total{reason="slow"}`): answer it and the connection closes, since
+/// the rest of the body is never read.
+pub async fn read_body(
+    body: Body,
+    expected: Option<usize>,
+    max: usize,
+    deadline: Option<ReadDeadline>,
+) -> Result<Vec<u8>, ServeError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::with_capacity(expected.unwrap_or(0).min(max));
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ServeError::ClientGone(e.to_string()))?;
+            let bytes = buf.len().saturating_add(chunk.len());
+            if bytes > max {
+                return Err(ServeError::RequestTooLarge { bytes, max });
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    match deadline {
+        None => read.await?,
+        Some(d) => match tokio::time::timeout_at(d.at, read).await {
+            Ok(read) => read?,
+            Err(_) => {
+                counter!(metrics::CONNECTIONS_CLOSED, "listener" => d.listener, "reason" => "slow")
+                    .increment(1);
+                return Err(ServeError::RequestReadTimeout { after: d.timeout });
+            }
+        },
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]
