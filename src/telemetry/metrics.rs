@@ -41,6 +41,16 @@ pub const MODEL_INFO: &str = "drsn_model_info";
 pub const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
 pub const SERVING: &str = "drsn_serving";
 pub const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
+pub const MACHINES: &str = "drsn_machines";
+pub const CONDITION_CHANGES: &str = "drsn_condition_changes_total";
+pub const MACHINES_NOT_EXPORTED: &str = "drsn_machines_not_exported_total";
+// Per machine, only with --machine-metrics (rendered from the condition registry at each scrape, so a machine
+// that leaves the replica leaves /metrics with it).
+pub const MACHINE_CONDITION: &str = "drsn_machine_condition";
+pub const MACHINE_INFO: &str = "drsn_machine_info";
+pub const MACHINE_CLASS_SHARE: &str = "drsn_machine_class_share";
+pub const MACHINE_VELOCITY: &str = "drsn_machine_velocity_rms_mm_per_second";
+pub const MACHINE_SINCE: &str = "drsn_machine_condition_since_timestamp_seconds";
 
 /// Why a window came back without a class (the `reason` label of [`WINDOWS_FLAGGED`]).
 pub const FLAG_REASONS: &[&str] = &[
@@ -57,6 +67,8 @@ pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "slow", "evicted
 pub const LOG_SITES: &[&str] = &["stream_opened", "request_failed"];
 /// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
 pub const APIS: &[&str] = &["stream", "unary", "v2"];
+/// A sensor's or machine's condition (the `condition` label of [`MACHINES`], `to` of [`CONDITION_CHANGES`]).
+pub const CONDITIONS: &[&str] = &["normal", "fault", "sensor_fault", "unknown"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -137,9 +149,47 @@ pub fn zero_series(
     }
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(QUEUE_CLIENTS).set(0.0);
+    for condition in CONDITIONS {
+        gauge!(MACHINES, "condition" => *condition).set(0.0);
+        counter!(CONDITION_CHANGES, "to" => *condition).absolute(0);
+    }
+    counter!(MACHINES_NOT_EXPORTED).absolute(0);
 }
 
 fn describe() {
+    describe_gauge!(
+        MACHINES,
+        "Machines with a stream on this replica (or recently ended), by condition: the worst of their sensors'."
+    );
+    describe_counter!(
+        CONDITION_CHANGES,
+        "Sensor condition changes (onset, clear, sensor fault, class change), by the condition changed to."
+    );
+    describe_counter!(
+        MACHINES_NOT_EXPORTED,
+        "Machines that appeared while --max-machine-metrics machines were already exported per machine."
+    );
+    describe_gauge!(
+        MACHINE_CONDITION,
+        "Per machine (--machine-metrics): 1 for its current condition, 0 for the others."
+    );
+    describe_gauge!(
+        MACHINE_INFO,
+        "Per machine (--machine-metrics): 1, labelled with its condition, the sensor that sets it, the dominant \
+         fault class and the worst sustained ISO 10816 zone."
+    );
+    describe_gauge!(
+        MACHINE_CLASS_SHARE,
+        "Per machine (--machine-metrics): each class's share of the current evidence of the sensor that sets it."
+    );
+    describe_gauge!(
+        MACHINE_VELOCITY,
+        "Per machine (--machine-metrics): sustained RMS vibration velocity, mm/s over 10-1000 Hz, of its worst sensor."
+    );
+    describe_gauge!(
+        MACHINE_SINCE,
+        "Per machine (--machine-metrics): Unix time at which its current condition began."
+    );
     describe_gauge!(ACTIVE_STREAMS, "Open StreamDiagnose streams.");
     describe_counter!(
         STREAMS_OPENED,
