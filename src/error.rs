@@ -95,6 +95,11 @@ pub enum ServeError {
     IdCharacters { field: &'static str, at: usize },
     #[error("{field} = {value} is not a known value; see proto/drsn/v1/diagnosis.proto")]
     UnknownEnum { field: &'static str, value: i32 },
+    #[error(
+        "resume_condition cannot be used: {0}; send it back exactly as the server gave it (the last `condition` \
+         event's carry or the ending status's drsn-condition-bin), or leave it out to start the condition afresh"
+    )]
+    ConditionCarry(String),
     #[error("{what} carries no samples: set `f32le` or `values`")]
     NoSamples { what: String },
     #[error(
@@ -197,6 +202,7 @@ impl ServeError {
             Self::NotOpened => "not_opened",
             Self::EndedBeforeOpen => "ended_before_open",
             Self::OpenedTwice => "opened_twice",
+            Self::ConditionCarry(_) => "condition_carry",
             Self::EmptyMessage => "empty_message",
             Self::Channels { .. } => "channels",
             Self::SampleRate(_) => "sample_rate",
@@ -264,6 +270,7 @@ impl ServeError {
             EndedBeforeOpen,
             OpenedTwice,
             EmptyMessage,
+            ConditionCarry(String::new()),
             Channels { got: 0, want: 0 },
             SampleRate(0.0),
             UnservableRate {

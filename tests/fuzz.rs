@@ -101,6 +101,7 @@ fn random_stream(rng: &mut Rng, real: &[f32]) -> Vec<StreamDiagnoseRequest> {
                 } else {
                     rng.pick(&[0i32, 1, 2])
                 },
+                ..Default::default()
             })),
         });
     }

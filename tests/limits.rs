@@ -61,6 +61,7 @@ fn open_with(sensor: &str, rate: f64) -> StreamDiagnoseRequest {
             channels: 1,
             hop: 0,
             detail: 0,
+            ..Default::default()
         })),
     }
 }
@@ -391,6 +392,7 @@ async fn opening_and_resetting_streams_in_a_loop_cannot_flood_the_log() {
                     channels: 1,
                     hop: 0,
                     detail: 0,
+                    ..Default::default()
                 })),
             };
             calls.push(tokio::spawn(async move {

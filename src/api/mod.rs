@@ -1,7 +1,9 @@
 //! The only place that knows wire protocols and status codes: drsn.v1 over gRPC, the Open Inference Protocol
-//! (KServe V2, gRPC and REST), bearer-token authentication, and what a request knows of its connection.
+//! (KServe V2, gRPC and REST), the machines as JSON, bearer-token authentication, and what a request knows of its
+//! connection.
 
 pub mod auth;
 pub mod connection;
 pub mod grpc;
 pub mod kserve;
+pub mod machines;

@@ -13,9 +13,11 @@ use tonic::Status;
 use crate::api::grpc::proto::stream_diagnose_request::Message;
 use crate::api::grpc::proto::stream_diagnose_response::Event;
 use crate::api::grpc::proto::{
-    Discontinuity, InvalidReason, ResultDetail, SampleChunk, StreamDiagnoseRequest, StreamOpen,
-    StreamOpened, WindowResult, WindowStatus, sample_chunk,
+    Condition, ConditionCarry, Discontinuity, InvalidReason, ResultDetail, SampleChunk,
+    SensorCondition, StreamDiagnoseRequest, StreamOpen, StreamOpened, VibrationZone, WindowResult,
+    WindowStatus, sample_chunk,
 };
+use crate::api::grpc::service::CONDITION_TRAILER;
 use crate::client::connect::{Client, ConnectArgs};
 use crate::client::recording::{ReadOptions, read_recording};
 
@@ -43,6 +45,8 @@ pub struct StreamPlan {
     pub until: Option<Instant>,
     /// Keep every `WindowResult` in the outcome (off for long load runs).
     pub keep_windows: bool,
+    /// The condition state to go on from (a resumed stream).
+    pub resume_condition: Option<ConditionCarry>,
 }
 
 impl StreamPlan {
@@ -60,6 +64,7 @@ impl StreamPlan {
             start_delay: Duration::ZERO,
             until: None,
             keep_windows: true,
+            resume_condition: None,
         }
     }
 }
@@ -78,6 +83,12 @@ pub struct StreamOutcome {
     pub status: Option<Status>,
     /// How many times the stream was resumed on a new stream after UNAVAILABLE.
     pub resumed: u64,
+    /// The sensor's condition changes, in order.
+    pub conditions: Vec<SensorCondition>,
+    /// Its condition now: the last change, or the one the stream opened in.
+    pub condition: Option<SensorCondition>,
+    /// The latest condition state the server gave (a change's carry, or the ending status's trailer).
+    pub carry: Option<ConditionCarry>,
 }
 
 /// What a window's result amounts to, for counting: its class, or why it has none.
@@ -120,6 +131,8 @@ pub async fn stream_samples(
         channels: 1,
         hop: plan.hop,
         detail: plan.detail as i32,
+        resume_condition: plan.resume_condition.clone(),
+        ..Default::default()
     };
     tx.send(StreamDiagnoseRequest {
         message: Some(Message::Open(open)),
@@ -138,7 +151,15 @@ pub async fn stream_samples(
     loop {
         match inbound.message().await {
             Ok(Some(resp)) => match resp.event {
-                Some(Event::Opened(o)) => out.opened = Some(o),
+                Some(Event::Opened(o)) => {
+                    out.condition = o.condition.clone();
+                    out.opened = Some(o);
+                }
+                Some(Event::Condition(c)) => {
+                    out.carry = c.carry.clone().or(out.carry.take());
+                    out.condition = Some(c.clone());
+                    out.conditions.push(c);
+                }
                 Some(Event::Discontinuity(d)) => out.discontinuities.push(d),
                 Some(Event::Window(w)) => {
                     let chunk = (w.last_sample_index.saturating_sub(plan.start)
@@ -158,6 +179,14 @@ pub async fn stream_samples(
             },
             Ok(None) => break,
             Err(status) => {
+                if let Some(carry) = status
+                    .metadata()
+                    .get_bin(CONDITION_TRAILER)
+                    .and_then(|v| v.to_bytes().ok())
+                    .and_then(|b| <ConditionCarry as prost::Message>::decode(b).ok())
+                {
+                    out.carry = Some(carry);
+                }
                 out.status = Some(status);
                 break;
             }
@@ -274,10 +303,15 @@ pub async fn stream_resuming(
         total.discontinuities.extend(out.discontinuities);
         total.latencies_us.extend(out.latencies_us);
         total.resumed += out.resumed;
+        total.conditions.extend(out.conditions);
+        total.condition = out.condition.or(total.condition.take());
+        total.carry = out.carry.or(total.carry.take());
         match out.status.as_ref().and_then(resume_point) {
             Some(from) if attempt < retries && from.is_none_or(|n| n < plan.frames) => {
                 tracing::warn!(?from, "the server asked to resume elsewhere; reconnecting");
                 plan.start = from.unwrap_or(plan.start);
+                // The sensor's condition goes on where the last stream left it: no new alarm, none cleared.
+                plan.resume_condition = total.carry.clone();
                 total.resumed += 1;
             }
             _ => {
@@ -325,6 +359,12 @@ pub struct ReplayArgs {
     /// Print only the summary.
     #[arg(long)]
     pub quiet: bool,
+    /// Machine id of every stream (default: each recording's file stem, so each is a machine of its own).
+    #[arg(long)]
+    pub machine_id: Option<String>,
+    /// Sensor id of every stream (default: the recording's file name, with #copy for --streams copies).
+    #[arg(long)]
+    pub sensor_id: Option<String>,
     /// .mat variable to read (default: the one ending in _DE_time).
     #[arg(long)]
     pub variable: Option<String>,
@@ -432,13 +472,19 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             .path
             .file_name()
             .map_or_else(|| "?".into(), |n| n.to_string_lossy().into_owned());
+        let stem = rec
+            .path
+            .file_stem()
+            .map_or_else(|| "replay".into(), |n| n.to_string_lossy().into_owned());
         for copy in 0..args.streams {
             let mut plan = StreamPlan::new(rate, samples.len() as u64);
+            let sensor = args.sensor_id.clone().unwrap_or_else(|| name.clone());
             plan.sensor_id = if args.streams > 1 {
-                format!("{name}#{copy}")
+                format!("{sensor}#{copy}")
             } else {
-                name.clone()
+                sensor
             };
+            plan.machine_id = args.machine_id.clone().unwrap_or_else(|| stem.clone());
             plan.hop = args.hop;
             plan.chunk_frames = args.chunk.max(1);
             plan.realtime = args.realtime;
@@ -464,9 +510,11 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut latencies = Vec::new();
     let mut failures = 0;
     let mut resumed = 0;
+    let mut sensors = Vec::new();
     for task in tasks {
         match task.await? {
             Ok(out) => {
+                sensors.push(sensor_summary(&out));
                 windows += out.window_count;
                 resumed += out.resumed;
                 for (k, v) in out.class_counts {
@@ -504,6 +552,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             "windows_per_s": rate,
             "failed_streams": failures,
             "resumed": resumed,
+            "conditions": sensors,
         }
     });
     if args.json {
@@ -520,8 +569,62 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             );
         }
         println!("  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");
+        println!("conditions:");
+        for s in &sensors {
+            println!("  {}", s["machine_id"].as_str().unwrap_or("?").to_owned() + " / " + s["sensor_id"].as_str().unwrap_or("?"));
+            if let Some(changes) = s["changes"].as_array() {
+                for c in changes {
+                    println!("    from sample {:>9}: {}", c["since_sample"], c["text"].as_str().unwrap_or(""));
+                }
+            }
+            println!("    now: {}", s["final"]["text"].as_str().unwrap_or("(no condition)"));
+        }
     }
     Ok(if failures > 0 { 1 } else { 0 })
+}
+
+fn condition_name(value: i32) -> String {
+    Condition::try_from(value)
+        .map(|c| c.as_str_name().trim_start_matches("CONDITION_").to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn zone_name(value: i32) -> &'static str {
+    match VibrationZone::try_from(value) {
+        Ok(VibrationZone::A) => "A",
+        Ok(VibrationZone::B) => "B",
+        Ok(VibrationZone::C) => "C",
+        Ok(VibrationZone::D) => "D",
+        _ => "",
+    }
+}
+
+fn condition_json(c: &SensorCondition) -> serde_json::Value {
+    let velocity = c.velocity_rms_mm_s.map_or(String::new(), |v| format!(", {v:.2} mm/s zone {}", zone_name(c.worst_zone)));
+    serde_json::json!({
+        "condition": condition_name(c.condition),
+        "fault_class": c.fault_class,
+        "since_sample": c.since_sample,
+        "since_unix_ms": c.since_unix_ms,
+        "velocity_rms_mm_s": c.velocity_rms_mm_s,
+        "worst_zone": zone_name(c.worst_zone),
+        "summary": c.summary,
+        "text": format!("{}: {}{velocity}", condition_name(c.condition), c.summary),
+    })
+}
+
+/// A stream's conditions for the summary: every change and the last.
+fn sensor_summary(out: &StreamOutcome) -> serde_json::Value {
+    let (machine, sensor) = out
+        .condition
+        .as_ref()
+        .map_or((String::new(), String::new()), |c| (c.machine_id.clone(), c.sensor_id.clone()));
+    serde_json::json!({
+        "machine_id": machine,
+        "sensor_id": sensor,
+        "changes": out.conditions.iter().map(condition_json).collect::<Vec<_>>(),
+        "final": out.condition.as_ref().map(condition_json),
+    })
 }
 
 #[cfg(test)]

@@ -236,6 +236,12 @@ impl LoadedModel {
         self.card.input.channels
     }
 
+    /// The unit of the samples (`input_range.unit`, e.g. `g`); "g" when the card does not say, as every CWRU-style
+    /// accelerometer model is trained in g.
+    pub fn unit(&self) -> &str {
+        self.card.input_range.as_ref().map_or("g", |r| r.unit.as_str())
+    }
+
     /// Model-rate samples per window, all channels interleaved.
     pub fn window_values(&self) -> usize {
         self.card.input.window * self.card.input.channels

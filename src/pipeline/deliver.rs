@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ServeError;
 use crate::pipeline::diagnosis::{Answer, WindowDiagnosis, WindowPlace};
 use crate::pipeline::schedule::Reply;
+use crate::pipeline::severity::Severity;
 
 /// A gap or overlap in a stream's sample indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub enum Outgoing {
         /// When the window's last sample arrived.
         arrived: Instant,
         answer: Pending,
+        severity: Option<Severity>,
     },
     /// The stream must end with this error, after everything before it.
     End(ServeError),
@@ -115,6 +117,7 @@ pub fn ordered(
                 place,
                 arrived,
                 answer,
+                severity,
             } => {
                 let answer = match answer {
                     Pending::Ready(a) => Ok(a),
@@ -132,6 +135,7 @@ pub fn ordered(
                             "stream",
                             place,
                             a,
+                            severity,
                             arrived.elapsed(),
                             &st.classes,
                         ))
@@ -178,6 +182,7 @@ mod tests {
                 }),
                 timing: Timing::default(),
             }),
+            severity: None,
         }
     }
 
@@ -238,6 +243,7 @@ mod tests {
             },
             arrived: Instant::now(),
             answer: Pending::Waiting(reply_rx),
+            severity: None,
         })
         .await
         .unwrap();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::engine::BatchOutput;
 use crate::pipeline::quality::{Flag, Flagged};
+use crate::pipeline::severity::Severity;
 use crate::telemetry::metrics as m;
 
 /// The model's class for a window.
@@ -146,6 +147,8 @@ pub struct WindowDiagnosis {
     pub verdict: Verdict,
     pub timing: Timing,
     pub total: Duration,
+    /// Vibration velocity and zone; `None` for a flagged window or samples in a unit that cannot be converted.
+    pub severity: Option<Severity>,
 }
 
 impl WindowDiagnosis {
@@ -154,9 +157,16 @@ impl WindowDiagnosis {
         api: &'static str,
         place: WindowPlace,
         answer: Answer,
+        severity: Option<Severity>,
         total: Duration,
         classes: &[String],
     ) -> Self {
+        // A window the model cannot judge (flat, clipped, out of range) has no trustworthy amplitude either; a shed
+        // one was measured before it waited.
+        let severity = match &answer.verdict {
+            Verdict::Flagged(f) if f.flag != Flag::Shed => None,
+            _ => severity,
+        };
         match &answer.verdict {
             Verdict::Classified(c) => {
                 let label = classes.get(c.class_index).map_or("", String::as_str);
@@ -169,6 +179,7 @@ impl WindowDiagnosis {
             verdict: answer.verdict,
             timing: answer.timing,
             total,
+            severity,
         }
     }
 }

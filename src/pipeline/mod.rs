@@ -14,6 +14,7 @@ pub mod diagnosis;
 pub mod quality;
 pub mod resample;
 pub mod schedule;
+pub mod severity;
 pub mod spec;
 pub mod stream;
 pub mod window;
@@ -309,6 +310,19 @@ impl Pipeline {
             .iter()
             .map(|w| quality::check(w, channels, range))
             .collect();
+        let mut meter = severity::VelocityMeter::new(
+            self.model.window(),
+            self.model.card.input.sample_rate_hz,
+            self.model.unit(),
+        );
+        let zones = self.limits.default_zones;
+        let severities: Vec<_> = windows
+            .iter()
+            .map(|w| {
+                let v = meter.as_mut()?.measure(w, channels)?;
+                Some(zones.severity(v))
+            })
+            .collect();
         let to_run: Vec<Vec<f32>> = windows
             .into_iter()
             .zip(&flagged)
@@ -336,14 +350,15 @@ impl Pipeline {
         let total = arrived.elapsed();
         Ok(answers
             .into_iter()
+            .zip(severities)
             .enumerate()
-            .map(|(i, a)| {
+            .map(|(i, (a, severity))| {
                 let place = WindowPlace {
                     index: i as u64,
                     first_sample: 0,
                     last_sample: last,
                 };
-                WindowDiagnosis::deliver(api, place, a, total, &self.classes)
+                WindowDiagnosis::deliver(api, place, a, severity, total, &self.classes)
             })
             .collect())
     }

@@ -4,6 +4,7 @@
 use crate::error::ServeError;
 use crate::model::card::LoadedModel;
 use crate::pipeline::resample::{self, StreamResampler};
+use crate::pipeline::severity::ZoneLimits;
 
 /// How much of each result the client wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct OpenRequest {
     /// Window step in model-rate samples; 0 means the card's default.
     pub hop: u32,
     pub detail: Detail,
+    /// The machine's ISO vibration zones; `None`: the server's default.
+    pub zones: Option<ZoneLimits>,
 }
 
 /// Limits on what one stream or request may carry, and hold.
@@ -38,6 +41,8 @@ pub struct Limits {
     pub transport_buffer: usize,
     /// The most memory one stream may be budgeted, in bytes.
     pub max_stream_memory: usize,
+    /// The ISO vibration zones of a stream that names none (`--iso-group`, `--iso-foundation`).
+    pub default_zones: ZoneLimits,
 }
 
 impl Limits {
@@ -98,6 +103,7 @@ pub struct StreamSpec {
     pub channels: usize,
     pub hop: usize,
     pub detail: Detail,
+    pub zones: ZoneLimits,
     /// Integer (client, model) rates when the stream must be resampled.
     pub resample: Option<(usize, usize)>,
 }
@@ -152,6 +158,7 @@ impl StreamSpec {
             channels: card.input.channels,
             hop,
             detail: open.detail,
+            zones: open.zones.unwrap_or(limits.default_zones),
             resample,
         })
     }
@@ -201,6 +208,7 @@ mod tests {
             stream_buffer: 16,
             transport_buffer: 256 << 10,
             max_stream_memory: 2 << 20,
+            default_zones: ZoneLimits::default(),
         };
         let message = limits.stream_message(&model);
         assert_eq!(message, (1 << 16) * 4 * model.channels() + MESSAGE_OVERHEAD);
@@ -251,6 +259,7 @@ mod tests {
             stream_buffer: 4,
             transport_buffer: 0,
             max_stream_memory: 1 << 30,
+            default_zones: ZoneLimits::default(),
         };
         let open = |rate| OpenRequest {
             machine_id: "m".into(),
@@ -259,6 +268,7 @@ mod tests {
             channels: 1,
             hop: 0,
             detail: Detail::Compact,
+            zones: None,
         };
         let rate = model.card.input.sample_rate_hz;
         for same in [rate, rate + 1e-7, rate * (1.0 - 5e-7)] {

@@ -15,6 +15,7 @@ use crate::pipeline::deliver::{Discontinuity, Outgoing, Pending};
 use crate::pipeline::diagnosis::{Answer, WindowPlace};
 use crate::pipeline::quality;
 use crate::pipeline::schedule::Flow;
+use crate::pipeline::severity::VelocityMeter;
 use crate::pipeline::spec::StreamSpec;
 use crate::pipeline::window::{self, Framer};
 use crate::telemetry::metrics as m;
@@ -27,6 +28,8 @@ pub struct StreamSession {
     pub spec: StreamSpec,
     framer: Framer,
     checker: quality::Checker,
+    /// `None` when the card's sample unit cannot be converted to velocity.
+    meter: Option<VelocityMeter>,
     flow: Arc<Flow>,
     tx: mpsc::Sender<Outgoing>,
     model: Arc<LoadedModel>,
@@ -46,6 +49,7 @@ impl StreamSession {
     ) -> Self {
         Self {
             checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
+            meter: VelocityMeter::new(model.window(), model.card.input.sample_rate_hz, model.unit()),
             spec,
             framer,
             flow,
@@ -139,9 +143,14 @@ impl StreamSession {
                         last_sample: cut.last_sample,
                     };
                     let range = self.model.card.input_range.as_ref();
+                    let mut severity = None;
                     let answer = match self.checker.check(cut.index, &cut.samples, range) {
                         Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
                         None => {
+                            severity = self.meter.as_mut().and_then(|m| {
+                                m.measure(&cut.samples, self.spec.channels)
+                                    .map(|v| self.spec.zones.severity(v))
+                            });
                             let submitted = tokio::select! {
                                 submitted = self.flow.submit(cut.samples) => submitted,
                                 _ = self.drain_expired.cancelled() => return Err(Ended),
@@ -159,6 +168,7 @@ impl StreamSession {
                         place,
                         arrived,
                         answer,
+                        severity,
                     });
                 }
                 window::Event::Discontinuity {

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub batching: BatchArgs,
     #[command(flatten)]
     pub streams: StreamArgs,
+    #[command(flatten)]
+    pub conditions: ConditionArgs,
     /// On SIGTERM/SIGINT: how long open streams get to receive their queued windows before they are ended.
     #[arg(long, env = "DRSN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub drain_timeout: Duration,
@@ -162,6 +164,82 @@ pub struct BatchArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Machine conditions")]
+pub struct ConditionArgs {
+    /// Export per-machine series (drsn_machine_condition, _info, _class_share, _velocity_rms_mm_per_second,
+    /// _condition_since_timestamp_seconds): about 16 series per machine with the shipped model's 10 classes.
+    #[arg(long, env = "DRSN_MACHINE_METRICS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub machine_metrics: bool,
+    /// Most machines exported per machine, the worst conditions first (drsn_machines_not_exported says how many
+    /// were left out).
+    #[arg(long, env = "DRSN_MAX_MACHINE_METRICS", default_value_t = 1000)]
+    pub max_machine_metrics: usize,
+    /// A sensor whose stream ended (not moved by the server) stays UNKNOWN this long, then leaves the machine list.
+    #[arg(long, env = "DRSN_CONDITION_RETENTION", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub condition_retention: Duration,
+    /// Evidence halves after this much signal (seconds of the sensor's samples, not of the wall clock).
+    #[arg(long, env = "DRSN_CONDITION_HALF_LIFE", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub condition_half_life: Duration,
+    /// FAULT begins when fault classes hold this share of the evidence for --condition-on-delay ...
+    #[arg(long, env = "DRSN_CONDITION_ON_SHARE", default_value_t = 0.6)]
+    pub condition_on_share: f32,
+    /// ... and clears when they hold at most this share for --condition-off-delay.
+    #[arg(long, env = "DRSN_CONDITION_OFF_SHARE", default_value_t = 0.3)]
+    pub condition_off_share: f32,
+    #[arg(long, env = "DRSN_CONDITION_ON_DELAY", value_parser = humantime::parse_duration, default_value = "2s")]
+    pub condition_on_delay: Duration,
+    #[arg(long, env = "DRSN_CONDITION_OFF_DELAY", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub condition_off_delay: Duration,
+    /// ISO 10816-3 group of a machine whose stream names none: large (300 kW-50 MW), medium (15-300 kW), or small
+    /// (ISO 10816-1 class I, up to 15 kW).
+    #[arg(long, env = "DRSN_ISO_GROUP", value_enum, default_value_t = IsoGroup::Medium)]
+    pub iso_group: IsoGroup,
+    /// Foundation of a machine whose stream names none.
+    #[arg(long, env = "DRSN_ISO_FOUNDATION", value_enum, default_value_t = IsoFoundation::Rigid)]
+    pub iso_foundation: IsoFoundation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsoGroup {
+    Large,
+    Medium,
+    Small,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsoFoundation {
+    Rigid,
+    Flexible,
+}
+
+impl ConditionArgs {
+    pub fn settings(&self) -> crate::condition::debounce::Settings {
+        crate::condition::debounce::Settings {
+            half_life_s: self.condition_half_life.as_secs_f64(),
+            on_share: self.condition_on_share,
+            off_share: self.condition_off_share,
+            on_delay_s: self.condition_on_delay.as_secs_f64(),
+            off_delay_s: self.condition_off_delay.as_secs_f64(),
+            ..Default::default()
+        }
+    }
+
+    pub fn zones(&self) -> crate::pipeline::severity::ZoneLimits {
+        use crate::pipeline::severity::{Foundation, MachineGroup, ZoneLimits};
+        let group = match self.iso_group {
+            IsoGroup::Large => MachineGroup::Large,
+            IsoGroup::Medium => MachineGroup::Medium,
+            IsoGroup::Small => MachineGroup::Small,
+        };
+        let foundation = match self.iso_foundation {
+            IsoFoundation::Rigid => Foundation::Rigid,
+            IsoFoundation::Flexible => Foundation::Flexible,
+        };
+        ZoneLimits::new(group, foundation)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Streams and requests")]
 pub struct StreamArgs {
     /// Windows one stream may have in flight before its reader pauses.
@@ -237,6 +315,12 @@ impl ServeConfig {
             if value == 0 {
                 return bad(format!("{flag} must be at least 1"));
             }
+        }
+        if let Err(e) = self.conditions.settings().validate() {
+            return bad(format!("--condition-*: {e}"));
+        }
+        if self.conditions.condition_half_life.is_zero() {
+            return bad("--condition-half-life must be above 0".into());
         }
         if self.streams.max_unary_windows > self.batching.queue_capacity {
             return bad(format!(

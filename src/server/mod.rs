@@ -23,6 +23,8 @@ use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
 use crate::api::grpc::transport_errors::TransportErrors;
 use crate::api::grpc::{frames, status};
 use crate::api::kserve;
+use crate::api::machines;
+use crate::condition::{Conditions, export};
 use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::engine::device::{Device, Placement};
 use crate::engine::onnx::{self, Model};
@@ -157,6 +159,7 @@ pub fn limits(config: &ServeConfig) -> Limits {
         stream_buffer: config.streams.stream_buffer,
         transport_buffer: STREAM_WINDOW,
         max_stream_memory: config.streams.max_stream_memory,
+        default_zones: config.conditions.zones(),
     }
 }
 
@@ -267,8 +270,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         ),
         kserve::grpc::OPEN_METHODS,
     ));
+    let conditions = Arc::new(Conditions::new(
+        Arc::new(model.card.classes.clone()),
+        config.conditions.settings(),
+        config.conditions.condition_retention,
+    ));
     let diagnosis = DiagnosisServer::new(DiagnosisService::new(
         pipeline.clone(),
+        conditions.clone(),
         placement,
         StreamTimeouts {
             open: config.streams.open_timeout,
@@ -309,7 +318,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     tokio::spawn(m::upkeep(handle.clone(), lifecycle.stop_metrics.clone()));
     tokio::spawn(http::serve(
         metrics_listener,
-        m::router(handle).merge(probes(pipeline.clone())),
+        m::router(handle, machine_series(&config, &conditions)).merge(probes(pipeline.clone())),
         metrics_tls,
         ConnLimits {
             listener: "metrics",
@@ -329,7 +338,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         tokens.clone(),
         model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
         model.window_values() * config.streams.max_unary_windows,
-    );
+    )
+    .merge(machines::router(conditions.registry().clone(), tokens.clone()));
     let rest_tls = tls
         .as_ref()
         .map(|f| f.rustls())
@@ -438,6 +448,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     })
 }
 
+/// The per-machine series, when `--machine-metrics` asks for them.
+fn machine_series(config: &ServeConfig, conditions: &Arc<Conditions>) -> Option<m::Extra> {
+    let registry = conditions.registry().clone();
+    let cap = config.conditions.max_machine_metrics;
+    config.conditions.machine_metrics.then(|| {
+        let render: m::Extra = Arc::new(move |out: &mut String| export::render(&registry, cap, out));
+        render
+    })
+}
+
 /// `/healthz` (the process answers) and `/readyz` (SERVING: not draining, inference workers alive) on the metrics
 /// listener, for probes that cannot speak gRPC over TLS.
 fn probes(pipeline: Arc<Pipeline>) -> axum::Router {
@@ -519,6 +539,7 @@ mod tests {
                 stream_buffer: 2,
                 transport_buffer: 0,
                 max_stream_memory: 1 << 20,
+                default_zones: crate::pipeline::severity::ZoneLimits::default(),
             },
             Admission {
                 max_streams: 1,

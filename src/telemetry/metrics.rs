@@ -43,7 +43,7 @@ pub const SERVING: &str = "drsn_serving";
 pub const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
 pub const MACHINES: &str = "drsn_machines";
 pub const CONDITION_CHANGES: &str = "drsn_condition_changes_total";
-pub const MACHINES_NOT_EXPORTED: &str = "drsn_machines_not_exported_total";
+pub const MACHINES_NOT_EXPORTED: &str = "drsn_machines_not_exported";
 // Per machine, only with --machine-metrics (rendered from the condition registry at each scrape, so a machine
 // that leaves the replica leaves /metrics with it).
 pub const MACHINE_CONDITION: &str = "drsn_machine_condition";
@@ -153,7 +153,7 @@ pub fn zero_series(
         gauge!(MACHINES, "condition" => *condition).set(0.0);
         counter!(CONDITION_CHANGES, "to" => *condition).absolute(0);
     }
-    counter!(MACHINES_NOT_EXPORTED).absolute(0);
+    gauge!(MACHINES_NOT_EXPORTED).set(0.0);
 }
 
 fn describe() {
@@ -165,9 +165,10 @@ fn describe() {
         CONDITION_CHANGES,
         "Sensor condition changes (onset, clear, sensor fault, class change), by the condition changed to."
     );
-    describe_counter!(
+    describe_gauge!(
         MACHINES_NOT_EXPORTED,
-        "Machines that appeared while --max-machine-metrics machines were already exported per machine."
+        "Machines left out of the per-machine series at the last scrape: over --max-machine-metrics (the worst \
+         conditions are exported first)."
     );
     describe_gauge!(
         MACHINE_CONDITION,
@@ -328,16 +329,24 @@ pub fn record_flagged(api: &'static str, reason: &'static str, latency: Duration
     histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
 }
 
-/// `GET /metrics`: the exposition of the process-wide recorder.
-pub fn router(handle: PrometheusHandle) -> axum::Router {
+/// Series rendered at each scrape from state the recorder does not hold (the per-machine series).
+pub type Extra = std::sync::Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// `GET /metrics`: the exposition of the process-wide recorder, then `extra`'s series.
+pub fn router(handle: PrometheusHandle, extra: Option<Extra>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
+            let extra = extra.clone();
             async move {
+                let mut text = handle.render();
+                if let Some(extra) = extra {
+                    extra(&mut text);
+                }
                 (
                     [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    handle.render(),
+                    text,
                 )
             }
         }),

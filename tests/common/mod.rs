@@ -204,6 +204,7 @@ pub fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
             channels,
             hop: 0,
             detail,
+            ..Default::default()
         })),
     }
 }

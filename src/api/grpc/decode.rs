@@ -1,19 +1,59 @@
 //! drsn.v1 requests into the pipeline's terms: `open` into an [`OpenRequest`], chunks and windows into f32
 //! frames, with sizes, framing and finiteness checked.
 
-use crate::api::grpc::proto::{self, ResultDetail, sample_chunk, window};
+use crate::api::grpc::condition;
+use crate::api::grpc::proto::{self, Foundation, MachineGroup, ResultDetail, sample_chunk, window};
+use crate::condition::debounce::State;
 use crate::error::ServeError;
+use crate::pipeline::severity::{self, ZoneLimits};
 use crate::pipeline::spec::{Detail, Limits, OpenRequest};
 
-/// The pipeline's `open` from the wire's.
-pub fn open_request(open: proto::StreamOpen) -> Result<OpenRequest, ServeError> {
-    Ok(OpenRequest {
+/// The pipeline's `open` from the wire's, and the condition state a resumed stream sent back.
+pub fn open_request(open: proto::StreamOpen) -> Result<(OpenRequest, Option<State>), ServeError> {
+    let carry = open.resume_condition.map(condition::carry_from).transpose()?;
+    let request = OpenRequest {
         detail: detail(open.detail)?,
+        zones: zones(open.machine_group, open.foundation)?,
         machine_id: open.machine_id,
         sensor_id: open.sensor_id,
         sample_rate_hz: open.sample_rate_hz,
         channels: open.channels,
         hop: open.hop,
+    };
+    Ok((request, carry))
+}
+
+/// The machine's ISO zone limits; `None` (the server's default) when the open names neither group nor foundation.
+fn zones(group: i32, foundation: i32) -> Result<Option<ZoneLimits>, ServeError> {
+    let group = match MachineGroup::try_from(group) {
+        Ok(MachineGroup::Unspecified) => None,
+        Ok(MachineGroup::Large) => Some(severity::MachineGroup::Large),
+        Ok(MachineGroup::Medium) => Some(severity::MachineGroup::Medium),
+        Ok(MachineGroup::Small) => Some(severity::MachineGroup::Small),
+        Err(_) => {
+            return Err(ServeError::UnknownEnum {
+                field: "machine_group",
+                value: group,
+            });
+        }
+    };
+    let foundation = match Foundation::try_from(foundation) {
+        Ok(Foundation::Unspecified) => None,
+        Ok(Foundation::Rigid) => Some(severity::Foundation::Rigid),
+        Ok(Foundation::Flexible) => Some(severity::Foundation::Flexible),
+        Err(_) => {
+            return Err(ServeError::UnknownEnum {
+                field: "foundation",
+                value: foundation,
+            });
+        }
+    };
+    Ok(match (group, foundation) {
+        (None, None) => None,
+        (g, f) => {
+            let default = ZoneLimits::default();
+            Some(ZoneLimits::new(g.unwrap_or(default.group), f.unwrap_or(default.foundation)))
+        }
     })
 }
 
@@ -146,6 +186,7 @@ mod tests {
         stream_buffer: 4,
         transport_buffer: 0,
         max_stream_memory: 1 << 20,
+        default_zones: ZoneLimits::new(severity::MachineGroup::Medium, severity::Foundation::Rigid),
     };
 
     fn bytes(values: &[f32]) -> Vec<u8> {

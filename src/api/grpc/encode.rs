@@ -98,6 +98,7 @@ impl Encoder {
                 model_sample_rate_hz: card.input.sample_rate_hz,
                 resampled: spec.resample.is_some(),
                 classes: card.classes.clone(),
+                condition: None,
             })),
         }
     }

@@ -1,5 +1,6 @@
-//! The drsn.v1 handlers: StreamDiagnose reads a client's stream into the pipeline and encodes its events,
-//! Diagnose classifies whole windows, GetModel returns the card.
+//! The drsn.v1 handlers: StreamDiagnose reads a client's stream into the pipeline and encodes its events and
+//! condition, Diagnose classifies whole windows, GetModel returns the card, ListMachines and WatchMachines show
+//! the machines of this replica.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,11 @@ use crate::api::grpc::encode::Encoder;
 use crate::api::grpc::proto::diagnosis_server::Diagnosis;
 use crate::api::grpc::proto::stream_diagnose_request::Message;
 use crate::api::grpc::proto::{self, StreamDiagnoseRequest, StreamDiagnoseResponse};
-use crate::api::grpc::{decode, status};
+use crate::api::grpc::{condition, decode, status};
+use crate::condition::Conditions;
+use crate::condition::debounce::State;
+use crate::condition::machines::WatchStart;
+use crate::condition::track::{Ending, Event};
 use crate::engine::device::Placement;
 use crate::error::{Resume, ServeError};
 use crate::pipeline::Pipeline;
@@ -34,18 +39,43 @@ pub struct DiagnosisService {
     encoder: Arc<Encoder>,
     placement: Placement,
     timeouts: StreamTimeouts,
+    conditions: Arc<Conditions>,
 }
 
 impl DiagnosisService {
-    pub fn new(pipeline: Arc<Pipeline>, placement: Placement, timeouts: StreamTimeouts) -> Self {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        conditions: Arc<Conditions>,
+        placement: Placement,
+        timeouts: StreamTimeouts,
+    ) -> Self {
         Self {
             encoder: Arc::new(Encoder::new(pipeline.model())),
             pipeline,
+            conditions,
             placement,
             timeouts,
         }
     }
 }
+
+/// The trailer a stream's ending status carries its condition state in: send it back as `resume_condition`.
+pub const CONDITION_TRAILER: &str = "drsn-condition-bin";
+
+/// The status a stream ends with, carrying the condition state to resume with.
+fn ending(end: Ending) -> Status {
+    let mut status = status::status(end.error);
+    let bytes = prost::Message::encode_to_vec(&condition::carry(&end.carry));
+    status.metadata_mut().insert_bin(
+        CONDITION_TRAILER,
+        tonic::metadata::MetadataValue::from_bytes(&bytes),
+    );
+    status
+}
+
+pub type WatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<proto::MachineEvent, Status>> + Send + 'static>,
+>;
 
 pub type ResponseStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<StreamDiagnoseResponse, Status>> + Send + 'static>,
@@ -56,7 +86,7 @@ impl DiagnosisService {
     async fn read_open(
         &self,
         inbound: &mut Streaming<StreamDiagnoseRequest>,
-    ) -> Result<crate::pipeline::spec::OpenRequest, ServeError> {
+    ) -> Result<(crate::pipeline::spec::OpenRequest, Option<State>), ServeError> {
         let shutdown = self.pipeline.drain().shutdown.clone();
         let first = tokio::select! {
             biased;
@@ -101,7 +131,12 @@ impl Diagnosis for DiagnosisService {
             .admit_stream(conn.id)
             .map_err(status::status)?;
         let mut inbound = request.into_inner();
-        let open = match self.read_open(&mut inbound).await {
+        let (open, carry) = match self.read_open(&mut inbound).await.and_then(|(open, carry)| {
+            if let Some(state) = &carry {
+                self.conditions.check(state)?;
+            }
+            Ok((open, carry))
+        }) {
             Ok(open) => open,
             Err(err) => return Err(status::status(slot.refuse(err))),
         };
@@ -116,7 +151,16 @@ impl Diagnosis for DiagnosisService {
             tracing::info!(machine = ?spec.machine_id, sensor = ?spec.sensor_id, rate = spec.sample_rate_hz,
                 hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
         }
-        let opened = self.encoder.opened(self.pipeline.model(), spec);
+        let (events, start) = self
+            .conditions
+            .track(spec, carry, events)
+            .map_err(status::status)?;
+        let classes = self.conditions.registry().classes().clone();
+        let ids = (spec.machine_id.clone(), spec.sensor_id.clone());
+        let mut opened = self.encoder.opened(self.pipeline.model(), spec);
+        if let Some(proto::stream_diagnose_response::Event::Opened(o)) = &mut opened.event {
+            o.condition = Some(condition::sensor_condition((&ids.0, &ids.1), &start, None, &classes));
+        }
         let detail = spec.detail;
         let reader = Reader {
             pipeline: self.pipeline.clone(),
@@ -133,8 +177,19 @@ impl Diagnosis for DiagnosisService {
         let events = events.map(move |item| {
             let _busy = &busy;
             match item {
-                Ok(event) => Ok(encoder.event(event, detail)),
-                Err(err) => Err(status::status(err)),
+                Ok(Event::Stream(event)) => Ok(encoder.event(event, detail)),
+                Ok(Event::Condition { change, carry }) => {
+                    let c = condition::sensor_condition(
+                        (&ids.0, &ids.1),
+                        &change.now,
+                        Some((&change, &carry)),
+                        &classes,
+                    );
+                    Ok(StreamDiagnoseResponse {
+                        event: Some(proto::stream_diagnose_response::Event::Condition(c)),
+                    })
+                }
+                Err(end) => Err(ending(end)),
             }
         });
         Ok(Response::new(Box::pin(
@@ -165,6 +220,60 @@ impl Diagnosis for DiagnosisService {
             .map(|w| self.encoder.window(w, detail))
             .collect();
         Ok(Response::new(proto::DiagnoseResponse { results }))
+    }
+
+    async fn list_machines(
+        &self,
+        _: Request<proto::ListMachinesRequest>,
+    ) -> Result<Response<proto::ListMachinesResponse>, Status> {
+        let registry = self.conditions.registry();
+        let (revision, machines) = registry.list();
+        Ok(Response::new(condition::list(revision, &machines, registry.classes())))
+    }
+
+    type WatchMachinesStream = WatchStream;
+
+    async fn watch_machines(
+        &self,
+        request: Request<proto::WatchMachinesRequest>,
+    ) -> Result<Response<Self::WatchMachinesStream>, Status> {
+        let from = Some(request.into_inner().from_revision).filter(|r| *r > 0);
+        let registry = self.conditions.registry().clone();
+        let (start, rx) = registry.watch(from);
+        let classes = registry.classes().clone();
+        let first: Vec<_> = match start {
+            WatchStart::Snapshot { revision, machines } => {
+                vec![condition::snapshot_event(revision, &machines, &classes)]
+            }
+            WatchStart::Changes(changes) => {
+                changes.iter().map(|r| condition::watch_event(r, &classes)).collect()
+            }
+        };
+        let shutdown = self.pipeline.drain().shutdown.clone();
+        let changes = futures_util::stream::unfold(
+            (rx, registry, shutdown),
+            |(mut rx, registry, shutdown)| async move {
+                use tokio::sync::broadcast::error::RecvError;
+                let event = tokio::select! {
+                    biased;
+                    // Watchers end with the server's drain, like streams: reconnect to another replica.
+                    _ = shutdown.cancelled() => return None,
+                    got = rx.recv() => match got {
+                        Ok(r) => condition::watch_event(&r, registry.classes()),
+                        // Fallen behind: start again from a snapshot rather than miss a change.
+                        Err(RecvError::Lagged(_)) => {
+                            let (revision, machines) = registry.list();
+                            condition::snapshot_event(revision, &machines, registry.classes())
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                Some((Ok(event), (rx, registry, shutdown)))
+            },
+        );
+        Ok(Response::new(Box::pin(
+            futures_util::stream::iter(first.into_iter().map(Ok)).chain(changes),
+        )))
     }
 
     async fn get_model(

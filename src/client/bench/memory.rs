@@ -101,6 +101,7 @@ async fn idle_streams(addr: &str, n: usize, rate: f64) -> anyhow::Result<Vec<Hel
                 channels: 1,
                 hop: 0,
                 detail: 0,
+                ..Default::default()
             })),
         })
         .await?;

@@ -1,0 +1,391 @@
+//! The machines of this replica: each sensor's latest condition, a machine's condition as its worst sensor's (named),
+//! a revision that counts every change, and watchers that get a snapshot and then every change, resumable from a
+//! revision. Sensors whose data stopped stay UNKNOWN for the retention time, then leave.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use tokio::sync::broadcast;
+
+use crate::condition::debounce::{Condition, Snapshot};
+use crate::pipeline::severity::Zone;
+use crate::telemetry::metrics as m;
+
+/// A sensor as the registry shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorView {
+    pub sensor_id: String,
+    pub snapshot: Snapshot,
+    /// Its stream is open on this replica; `false`: its data stopped (it is UNKNOWN) at `snapshot.since_unix_ms`.
+    pub streaming: bool,
+}
+
+/// A machine: its worst sensor's condition, and every sensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineView {
+    pub machine_id: String,
+    pub condition: Condition,
+    /// The sensor that sets the condition.
+    pub sensor_id: String,
+    pub fault_class: Option<String>,
+    /// The worst sustained zone of any sensor, and the highest sustained velocity.
+    pub zone: Option<Zone>,
+    pub velocity_mm_s: Option<f32>,
+    pub since_unix_ms: i64,
+    pub sensors: Vec<SensorView>,
+}
+
+impl MachineView {
+    /// The worst sensor (condition, then zone): the one a machine's condition names.
+    fn of(machine_id: &str, sensors: &BTreeMap<String, Entry>, classes: &[String]) -> Option<Self> {
+        let worst = sensors
+            .iter()
+            .max_by(|a, b| rank(&a.1.view).cmp(&rank(&b.1.view)).then_with(|| b.0.cmp(a.0)))?;
+        let s = &worst.1.view.snapshot;
+        Some(Self {
+            machine_id: machine_id.to_owned(),
+            condition: s.condition,
+            sensor_id: worst.0.clone(),
+            fault_class: s.fault_class.and_then(|c| classes.get(c).cloned()),
+            zone: sensors.values().filter_map(|e| e.view.snapshot.worst_zone).max(),
+            velocity_mm_s: sensors
+                .values()
+                .filter_map(|e| e.view.snapshot.velocity_mm_s)
+                .reduce(f32::max),
+            since_unix_ms: s.since_unix_ms,
+            sensors: sensors.values().map(|e| e.view.clone()).collect(),
+        })
+    }
+
+    /// What a watcher is told about: condition, the sensor naming it, class and zone (not every share's drift).
+    fn headline(&self) -> (Condition, &str, Option<&str>, Option<Zone>) {
+        (self.condition, &self.sensor_id, self.fault_class.as_deref(), self.zone)
+    }
+}
+
+fn rank(v: &SensorView) -> (Condition, Option<Zone>) {
+    (v.snapshot.condition, v.snapshot.worst_zone)
+}
+
+/// One change, numbered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    pub revision: u64,
+    pub change: MachineChange,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MachineChange {
+    Changed(MachineView),
+    /// The machine has no sensor on this replica any more.
+    Removed(String),
+}
+
+/// How a watch starts.
+pub enum WatchStart {
+    /// Every machine now, as of `revision`.
+    Snapshot {
+        revision: u64,
+        machines: Vec<MachineView>,
+    },
+    /// The changes after the revision the watcher asked for.
+    Changes(Vec<Arc<Revision>>),
+}
+
+/// A stream's place in the registry.
+#[derive(Debug)]
+pub struct SensorHandle {
+    machine_id: String,
+    sensor_id: String,
+    stream: u64,
+}
+
+/// How a sensor's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// The server sent it to resume elsewhere (drain, connection age): its condition travels with it.
+    Moved,
+    /// The client stopped, went away or failed: the data stopped, the sensor is UNKNOWN until retention ends.
+    Stopped,
+}
+
+struct Entry {
+    view: SensorView,
+    /// Which stream owns the sensor: a resumed stream may open before the old one has ended.
+    stream: u64,
+    stopped_at: Option<tokio::time::Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    machines: BTreeMap<String, BTreeMap<String, Entry>>,
+    revision: u64,
+    recent: VecDeque<Arc<Revision>>,
+    next_stream: u64,
+    counts: [i64; 4],
+}
+
+/// Changes kept for watchers resuming from a revision; older ones get a snapshot instead.
+const RECENT: usize = 4096;
+
+pub struct Registry {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<Revision>>,
+    classes: Arc<Vec<String>>,
+    retention: Duration,
+}
+
+impl Registry {
+    pub fn new(classes: Arc<Vec<String>>, retention: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            tx: broadcast::channel(1024).0,
+            classes,
+            retention,
+        }
+    }
+
+    pub fn classes(&self) -> &Arc<Vec<String>> {
+        &self.classes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream takes over (machine, sensor) with its first condition.
+    pub fn attach(&self, machine_id: &str, sensor_id: &str, snapshot: Snapshot) -> SensorHandle {
+        let mut inner = self.lock();
+        inner.next_stream += 1;
+        let stream = inner.next_stream;
+        let entry = Entry {
+            view: SensorView {
+                sensor_id: sensor_id.to_owned(),
+                snapshot,
+                streaming: true,
+            },
+            stream,
+            stopped_at: None,
+        };
+        self.apply(&mut inner, machine_id, |sensors| {
+            sensors.insert(sensor_id.to_owned(), entry);
+        });
+        SensorHandle {
+            machine_id: machine_id.to_owned(),
+            sensor_id: sensor_id.to_owned(),
+            stream,
+        }
+    }
+
+    /// The sensor's latest condition (every window: the shares and velocity the metrics show move).
+    pub fn update(&self, handle: &SensorHandle, snapshot: Snapshot) {
+        let mut inner = self.lock();
+        self.apply(&mut inner, &handle.machine_id, |sensors| {
+            if let Some(e) = sensors.get_mut(&handle.sensor_id).filter(|e| e.stream == handle.stream) {
+                e.view.snapshot = snapshot;
+            }
+        });
+    }
+
+    /// The sensor's stream ended.
+    pub fn detach(&self, handle: &SensorHandle, how: Departure, now_unix_ms: i64) {
+        let mut inner = self.lock();
+        self.apply(&mut inner, &handle.machine_id, |sensors| {
+            let Some(e) = sensors.get_mut(&handle.sensor_id).filter(|e| e.stream == handle.stream) else {
+                return;
+            };
+            match how {
+                Departure::Moved => {
+                    sensors.remove(&handle.sensor_id);
+                }
+                Departure::Stopped => {
+                    let s = &mut e.view.snapshot;
+                    s.condition = Condition::Unknown;
+                    s.fault_class = None;
+                    s.since_unix_ms = now_unix_ms;
+                    s.worst_zone = None;
+                    e.view.streaming = false;
+                    e.stopped_at = Some(tokio::time::Instant::now());
+                }
+            }
+        });
+    }
+
+    /// Every machine now, and the revision they are as of.
+    pub fn list(&self) -> (u64, Vec<MachineView>) {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        let machines = inner
+            .machines
+            .iter()
+            .filter_map(|(id, sensors)| MachineView::of(id, sensors, &self.classes))
+            .collect();
+        (inner.revision, machines)
+    }
+
+    /// Starts a watch: the changes after `from` when they are all still kept, else a snapshot; then every change
+    /// from the receiver (a watcher that falls more than its buffer behind is told to start again).
+    pub fn watch(&self, from: Option<u64>) -> (WatchStart, broadcast::Receiver<Arc<Revision>>) {
+        let mut inner = self.lock();
+        self.expire(&mut inner);
+        let rx = self.tx.subscribe();
+        let oldest = inner.recent.front().map_or(inner.revision + 1, |r| r.revision);
+        if let Some(from) = from.filter(|f| *f <= inner.revision && *f + 1 >= oldest) {
+            let changes = inner.recent.iter().filter(|r| r.revision > from).cloned().collect();
+            return (WatchStart::Changes(changes), rx);
+        }
+        drop(inner);
+        let (revision, machines) = self.list();
+        (WatchStart::Snapshot { revision, machines }, rx)
+    }
+
+    /// Sensors stopped longer ago than the retention leave.
+    fn expire(&self, inner: &mut Inner) {
+        let now = tokio::time::Instant::now();
+        let stale: Vec<(String, String)> = inner
+            .machines
+            .iter()
+            .flat_map(|(m, sensors)| {
+                sensors
+                    .iter()
+                    .filter(|(_, e)| e.stopped_at.is_some_and(|t| now.duration_since(t) >= self.retention))
+                    .map(move |(s, _)| (m.clone(), s.clone()))
+            })
+            .collect();
+        for (machine, sensor) in stale {
+            self.apply(inner, &machine, |sensors| {
+                sensors.remove(&sensor);
+            });
+        }
+    }
+
+    /// Applies `edit` to a machine's sensors; publishes the machine's change when its headline moved.
+    fn apply(&self, inner: &mut Inner, machine_id: &str, edit: impl FnOnce(&mut BTreeMap<String, Entry>)) {
+        let sensors = inner.machines.entry(machine_id.to_owned()).or_default();
+        let before = MachineView::of(machine_id, sensors, &self.classes);
+        edit(sensors);
+        let after = MachineView::of(machine_id, sensors, &self.classes);
+        if after.is_none() {
+            inner.machines.remove(machine_id);
+        }
+        let change = match (&before, after) {
+            (Some(b), Some(a)) if b.headline() == a.headline() => return,
+            (None, None) => return,
+            (_, Some(a)) => MachineChange::Changed(a),
+            (Some(_), None) => MachineChange::Removed(machine_id.to_owned()),
+        };
+        if let Some(b) = &before {
+            inner.counts[index(b.condition)] -= 1;
+        }
+        if let MachineChange::Changed(a) = &change {
+            inner.counts[index(a.condition)] += 1;
+            if before.as_ref().is_none_or(|b| b.condition != a.condition) {
+                counter!(m::CONDITION_CHANGES, "to" => a.condition.label()).increment(1);
+            }
+        }
+        for c in Condition::ALL {
+            gauge!(m::MACHINES, "condition" => c.label()).set(inner.counts[index(c)] as f64);
+        }
+        inner.revision += 1;
+        let revision = Arc::new(Revision {
+            revision: inner.revision,
+            change,
+        });
+        if inner.recent.len() == RECENT {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(revision.clone());
+        // No receiver is not an error: nobody watches.
+        let _ = self.tx.send(revision);
+    }
+}
+
+fn index(c: Condition) -> usize {
+    match c {
+        Condition::Normal => 0,
+        Condition::Fault => 1,
+        Condition::SensorFault => 2,
+        Condition::Unknown => 3,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(condition: Condition, fault_class: Option<usize>, zone: Option<Zone>) -> Snapshot {
+        Snapshot {
+            condition,
+            fault_class,
+            shares: vec![0.0; 3],
+            evidence_s: 3.0,
+            windows: 9,
+            since_sample: 0,
+            since_unix_ms: 1,
+            velocity_mm_s: Some(1.0),
+            zone,
+            worst_zone: zone,
+        }
+    }
+
+    fn registry() -> Registry {
+        let classes = Arc::new(vec!["normal".into(), "inner".into(), "outer".into()]);
+        Registry::new(classes, Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn a_machine_is_its_worst_sensor_named() {
+        let r = registry();
+        let de = r.attach("pump-1", "DE", snapshot(Condition::Normal, None, Some(Zone::A)));
+        let _fe = r.attach("pump-1", "FE", snapshot(Condition::Unknown, None, None));
+        let (_, machines) = r.list();
+        assert_eq!((machines[0].condition, machines[0].sensor_id.as_str()), (Condition::Unknown, "FE"));
+        r.update(&de, snapshot(Condition::Fault, Some(2), Some(Zone::C)));
+        let (_, machines) = r.list();
+        let m = &machines[0];
+        assert_eq!((m.condition, m.sensor_id.as_str()), (Condition::Fault, "DE"));
+        assert_eq!((m.fault_class.as_deref(), m.zone), (Some("outer"), Some(Zone::C)));
+        assert_eq!(m.sensors.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn watchers_get_a_snapshot_then_changes_and_resume_from_a_revision() {
+        let r = registry();
+        let a = r.attach("m1", "s", snapshot(Condition::Normal, None, None));
+        let (start, mut rx) = r.watch(None);
+        let WatchStart::Snapshot { revision, machines } = start else {
+            panic!("a new watcher starts from a snapshot")
+        };
+        assert_eq!(machines.len(), 1);
+        r.update(&a, snapshot(Condition::Normal, None, None));
+        assert!(rx.try_recv().is_err(), "nothing a watcher acts on changed");
+        r.update(&a, snapshot(Condition::Fault, Some(1), Some(Zone::B)));
+        let got = rx.try_recv().unwrap();
+        assert_eq!(got.revision, revision + 1);
+        r.detach(&a, Departure::Moved, 5);
+        assert_eq!(rx.try_recv().unwrap().change, MachineChange::Removed("m1".into()));
+        let (WatchStart::Changes(missed), _) = r.watch(Some(revision)) else {
+            panic!("the changes after a kept revision are replayed")
+        };
+        assert_eq!(missed.iter().map(|r| r.revision).collect::<Vec<_>>(), [revision + 1, revision + 2]);
+        assert!(matches!(r.watch(Some(revision + 99)).0, WatchStart::Snapshot { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_sensor_is_unknown_until_retention_ends_and_an_old_stream_cannot_clobber_a_new_one() {
+        let r = registry();
+        let old = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
+        let new = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
+        r.detach(&old, Departure::Stopped, 7);
+        assert_eq!(r.list().1[0].condition, Condition::Fault, "the resumed stream owns the sensor");
+        r.detach(&new, Departure::Stopped, 8);
+        let (_, machines) = r.list();
+        assert_eq!(machines[0].condition, Condition::Unknown);
+        assert!(!machines[0].sensors[0].streaming);
+        assert_eq!(machines[0].since_unix_ms, 8);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(r.list().1.is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+//! Vibration severity per window, the one amplitude a user gets (the model sees standardised windows): RMS
+//! velocity in mm/s over 10-1000 Hz (ISO 10816-3 / ISO 20816-3), integrated from the acceleration samples in the
+//! frequency domain, and its evaluation zone A-D for the machine's group and foundation.
+
+use std::sync::Arc;
+
+use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
+
+/// ISO 10816-3's measurement band for machines above 600 rpm.
+pub const BAND_HZ: (f64, f64) = (10.0, 1000.0);
+/// Standard gravity: samples in `g` are converted with it.
+const G: f64 = 9.806_65;
+
+/// The evaluation zones of ISO 10816 / ISO 20816: A newly commissioned, B unrestricted long-term operation, C
+/// restricted operation (plan a repair), D damage likely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Zone {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl Zone {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::B => "B",
+            Self::C => "C",
+            Self::D => "D",
+        }
+    }
+}
+
+/// Which ISO table the machine is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineGroup {
+    /// ISO 10816-3 group 1: large machines, 300 kW to 50 MW.
+    Large,
+    /// ISO 10816-3 group 2: medium machines, 15 kW to 300 kW.
+    Medium,
+    /// ISO 10816-1 class I: small machines up to 15 kW (the foundation does not change the limits).
+    Small,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foundation {
+    Rigid,
+    Flexible,
+}
+
+/// A machine's zone boundaries, mm/s RMS: A/B, B/C, C/D.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZoneLimits {
+    pub group: MachineGroup,
+    pub foundation: Foundation,
+    pub bounds: [f32; 3],
+}
+
+impl ZoneLimits {
+    pub const fn new(group: MachineGroup, foundation: Foundation) -> Self {
+        use Foundation::*;
+        use MachineGroup::*;
+        let bounds = match (group, foundation) {
+            (Large, Rigid) => [2.3, 4.5, 7.1],
+            (Large, Flexible) => [3.5, 7.1, 11.0],
+            (Medium, Rigid) => [1.4, 2.8, 4.5],
+            (Medium, Flexible) => [2.3, 4.5, 7.1],
+            (Small, _) => [0.71, 1.8, 4.5],
+        };
+        Self {
+            group,
+            foundation,
+            bounds,
+        }
+    }
+
+    pub fn severity(&self, velocity_mm_s: f32) -> Severity {
+        Severity {
+            velocity_mm_s,
+            zone: self.zone(velocity_mm_s),
+        }
+    }
+
+    pub fn zone(&self, velocity_mm_s: f32) -> Zone {
+        match self.bounds.iter().filter(|b| velocity_mm_s > **b).count() {
+            0 => Zone::A,
+            1 => Zone::B,
+            2 => Zone::C,
+            _ => Zone::D,
+        }
+    }
+}
+
+/// The stated default: ISO 10816-3 group 2 (15-300 kW) on a rigid foundation, the strictest limits of part 3.
+impl Default for ZoneLimits {
+    fn default() -> Self {
+        Self::new(MachineGroup::Medium, Foundation::Rigid)
+    }
+}
+
+/// A window's severity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Severity {
+    pub velocity_mm_s: f32,
+    pub zone: Zone,
+}
+
+/// Measures windows of one stream: a Hann-windowed real FFT, each bin in the band divided by 2πf (acceleration to
+/// velocity), the band's power summed (Parseval, corrected for the window's power).
+pub struct VelocityMeter {
+    fft: Arc<dyn RealToComplex<f32>>,
+    taper: Vec<f32>,
+    /// Per spectrum bin: (bin, weight) with weight = 2 / (N Σw²) / (2πf)², in (mm/s)² per |X|² of the sample unit.
+    band: Vec<(usize, f64)>,
+    input: Vec<f32>,
+    spectrum: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+}
+
+impl VelocityMeter {
+    /// For windows of `len` frames at `rate_hz`, samples in `unit` (`g` or `m/s2`); `None` for a unit it cannot
+    /// convert, or a window too short to resolve the band.
+    pub fn new(len: usize, rate_hz: f64, unit: &str) -> Option<Self> {
+        let to_m_s2 = match unit.trim().to_ascii_lowercase().as_str() {
+            "g" => G,
+            "m/s2" | "m/s^2" | "m/s²" | "m s-2" => 1.0,
+            _ => return None,
+        };
+        if len < 64 || !(rate_hz.is_finite() && rate_hz > 0.0) {
+            return None;
+        }
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(len);
+        let taper: Vec<f32> = (0..len)
+            .map(|n| {
+                let x = std::f64::consts::PI * n as f64 / len as f64;
+                (x.sin() * x.sin()) as f32
+            })
+            .collect();
+        let power: f64 = taper.iter().map(|w| f64::from(*w) * f64::from(*w)).sum();
+        let resolution = rate_hz / len as f64;
+        let band: Vec<(usize, f64)> = (1..len / 2)
+            .map(|k| (k, k as f64 * resolution))
+            .filter(|(_, f)| (BAND_HZ.0..=BAND_HZ.1).contains(f))
+            .map(|(k, f)| {
+                let per_hz = to_m_s2 * 1000.0 / (2.0 * std::f64::consts::PI * f);
+                (k, 2.0 / (len as f64 * power) * per_hz * per_hz)
+            })
+            .collect();
+        if band.len() < 4 {
+            return None;
+        }
+        Some(Self {
+            input: fft.make_input_vec(),
+            spectrum: fft.make_output_vec(),
+            scratch: fft.make_scratch_vec(),
+            fft,
+            taper,
+            band,
+        })
+    }
+
+    /// RMS velocity in mm/s of interleaved `window` (the highest of its channels).
+    pub fn measure(&mut self, window: &[f32], channels: usize) -> Option<f32> {
+        let channels = channels.max(1);
+        let len = self.taper.len();
+        if window.len() != len * channels {
+            return None;
+        }
+        let mut worst = 0f64;
+        for c in 0..channels {
+            let mean = (0..len).map(|i| f64::from(window[i * channels + c])).sum::<f64>() / len as f64;
+            for (i, (slot, w)) in self.input.iter_mut().zip(&self.taper).enumerate() {
+                *slot = ((f64::from(window[i * channels + c]) - mean) as f32) * w;
+            }
+            self.fft
+                .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
+                .ok()?;
+            let power: f64 = self
+                .band
+                .iter()
+                .map(|(k, weight)| f64::from(self.spectrum[*k].norm_sqr()) * weight)
+                .sum();
+            worst = worst.max(power);
+        }
+        let v = worst.sqrt() as f32;
+        v.is_finite().then_some(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An acceleration sine (in g) whose velocity has RMS `v_mm_s` at `f` Hz, plus an offset the meter must ignore.
+    fn sine_g(v_mm_s: f64, f: f64, rate: f64, len: usize) -> Vec<f32> {
+        let v_peak = v_mm_s * 2f64.sqrt() / 1000.0; // m/s
+        let a_peak = v_peak * 2.0 * std::f64::consts::PI * f / G; // g
+        (0..len)
+            .map(|n| (0.3 + a_peak * (2.0 * std::f64::consts::PI * f * n as f64 / rate + 0.4).sin()) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn a_sine_of_known_velocity_is_measured_within_two_percent() {
+        let mut meter = VelocityMeter::new(8192, 12_000.0, "g").unwrap();
+        for (v, f) in [(1.0, 29.95), (4.5, 100.0), (7.1, 161.7), (11.0, 987.0)] {
+            let got = meter.measure(&sine_g(v, f, 12_000.0, 8192), 1).unwrap();
+            assert!(
+                (f64::from(got) / v - 1.0).abs() < 0.02,
+                "{v} mm/s at {f} Hz measured {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_band_vibration_does_not_count() {
+        let mut meter = VelocityMeter::new(8192, 12_000.0, "g").unwrap();
+        for f in [3.0, 2500.0] {
+            let got = meter.measure(&sine_g(10.0, f, 12_000.0, 8192), 1).unwrap();
+            assert!(got < 0.5, "{f} Hz is outside 10-1000 Hz but measured {got} mm/s");
+        }
+    }
+
+    #[test]
+    fn units_convert_and_unknown_units_give_no_velocity() {
+        let g = sine_g(4.5, 100.0, 12_000.0, 8192);
+        let si: Vec<f32> = g.iter().map(|x| x * G as f32).collect();
+        let a = VelocityMeter::new(8192, 12_000.0, "g").unwrap().measure(&g, 1).unwrap();
+        let b = VelocityMeter::new(8192, 12_000.0, "m/s2").unwrap().measure(&si, 1).unwrap();
+        assert!((a - b).abs() < 0.01 * a);
+        assert!(VelocityMeter::new(8192, 12_000.0, "volts").is_none());
+    }
+
+    #[test]
+    fn the_loudest_channel_sets_the_velocity() {
+        let loud = sine_g(7.0, 120.0, 12_000.0, 4096);
+        let quiet = sine_g(1.0, 120.0, 12_000.0, 4096);
+        let both: Vec<f32> = quiet.iter().zip(&loud).flat_map(|(q, l)| [*q, *l]).collect();
+        let got = VelocityMeter::new(4096, 12_000.0, "g").unwrap().measure(&both, 2).unwrap();
+        assert!((got / 7.0 - 1.0).abs() < 0.03, "{got}");
+    }
+
+    #[test]
+    fn zones_follow_the_iso_tables() {
+        let medium_rigid = ZoneLimits::default();
+        assert_eq!(medium_rigid.zone(1.0), Zone::A);
+        assert_eq!(medium_rigid.zone(1.4), Zone::A, "a boundary belongs to the better zone");
+        assert_eq!(medium_rigid.zone(2.0), Zone::B);
+        assert_eq!(medium_rigid.zone(3.0), Zone::C);
+        assert_eq!(medium_rigid.zone(4.6), Zone::D);
+        let large_flexible = ZoneLimits::new(MachineGroup::Large, Foundation::Flexible);
+        assert_eq!(large_flexible.zone(4.6), Zone::B);
+        let small = ZoneLimits::new(MachineGroup::Small, Foundation::Flexible);
+        assert_eq!(small.zone(1.0), Zone::B);
+    }
+}
