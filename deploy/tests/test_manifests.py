@@ -177,6 +177,7 @@ CRD_SCHEMAS = {
                                         "alert": {"type": "string"},
                                         "expr": {"type": "string"},
                                         "for": DURATION,
+                                        "keep_firing_for": DURATION,
                                         "labels": STR_MAP,
                                         "annotations": STR_MAP,
                                     },
