@@ -26,7 +26,7 @@ from test_live import RATE_INTERVAL, prometheus_config
 from test_rules_dashboard import MACHINE_GROUP, fleet, fleet_targets, rule_groups, variable_selector
 
 WARM_UP_S = 90  # longest any query may take to show data, from the start of the replays
-RECORDING_S = 600  # each replay's length: longer than the module runs, so a machine's stream never restarts
+RECORDING_S = 300  # each replay's length: longer than the module runs, so a machine's stream never restarts
 MACHINES = {
     "fleet-inner-race": "12k_Drive_End_IR007_0_105.mat",
     "fleet-healthy": "normal_0_97.mat",
