@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo stack without containers: the release binary, Debian's Prometheus loading deploy/prometheus/rules.yml,
 # and a real-time replay load in a loop. Ctrl-C stops everything. Grafana is not packaged by Debian: import
-# deploy/grafana/dashboard.json into any Grafana pointed at the Prometheus URL printed below.
+# deploy/grafana/dashboard.json (and fleet.json) into any Grafana pointed at the Prometheus URL printed below.
 #   make ort build && deploy/local-stack.sh                 (or `make local-stack`)
 # Settings (environment): GRPC_PORT=50051 HTTP_PORT=8000 (KServe V2 REST) METRICS_PORT=9090 PROM_PORT=9091
 # STREAMS=8 DURATION=0 (seconds; 0 = until Ctrl-C; otherwise stop after that long and check that Prometheus saw
@@ -41,8 +41,9 @@ trap 'exit 130' INT TERM
 cp deploy/prometheus/rules.yml "$tmp/"
 sed "s/drsn-serve:9090/127.0.0.1:${METRICS_PORT}/" deploy/prometheus/prometheus.yml > "$tmp/prometheus.yml"
 
+# Per-machine series (fleet dashboard, machine alerts): DRSN_MACHINE_METRICS.
 DRSN_LISTEN=127.0.0.1:$GRPC_PORT DRSN_HTTP_LISTEN=127.0.0.1:$HTTP_PORT DRSN_METRICS_LISTEN=127.0.0.1:$METRICS_PORT \
-  DRSN_LOG_FORMAT=json "$BIN" serve > "$tmp/server.log" 2>&1 &
+  DRSN_LOG_FORMAT=json DRSN_MACHINE_METRICS=true "$BIN" serve > "$tmp/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null && break
@@ -67,7 +68,7 @@ pids+=($!)
 pids+=($!)
 
 echo "drsn-serve  gRPC 127.0.0.1:$GRPC_PORT, REST http://127.0.0.1:$HTTP_PORT/v2, metrics http://127.0.0.1:$METRICS_PORT/metrics"
-echo "Prometheus  http://127.0.0.1:$PROM_PORT (rules and alerts loaded; dashboard: deploy/grafana/dashboard.json)"
+echo "Prometheus  http://127.0.0.1:$PROM_PORT (rules and alerts loaded; dashboards: deploy/grafana/dashboard.json, fleet.json)"
 echo "load        ${#files[@]} recording(s) x $STREAMS stream(s), real time, in a loop"
 
 if [ "$DURATION" = 0 ]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.server
 import json
 import os
 import re
@@ -113,6 +114,197 @@ def help_env_names(command: str) -> frozenset[str]:
     names = frozenset(re.findall(r"\[env: ([A-Z0-9_]+)[=\]]", out.stdout))
     assert len(names) > 20 if command == "serve" else names, f"no env names parsed from `{command} --help`"
     return names
+
+
+@functools.cache
+def help_text(command: str) -> str:
+    out = subprocess.run([str(binary()), command, "--help"], capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout
+
+
+def require_machine_metrics() -> Path:
+    """The binary, if it has the per-machine condition: `serve --machine-metrics` and `replay --machine-id`. A
+    binary without them fails the tests that need them, saying so: they do not skip."""
+    exe = binary()
+    missing = [
+        f"`{command} {flag}`"
+        for command, flag in (("serve", "--machine-metrics"), ("replay", "--machine-id"))
+        if not re.search(rf"(?<![\w-]){flag}\b", help_text(command))
+    ]
+    assert not missing, (
+        f"{exe} has no {' or '.join(missing)}: it was built before the per-machine condition (src/) landed. "
+        "Rebuild it (`make build`) from a tree that has it; these tests need it and do not skip."
+    )
+    return exe
+
+
+def local_pod_env() -> dict[str, str]:
+    """The CPU overlay's ConfigMap settings, with the model path of this checkout instead of the image's."""
+    env = pod_configmap_env(render("cpu"))
+    env["DRSN_MODEL"] = str(REPO / "models" / env["DRSN_MODEL"].removeprefix("/app/models/"))
+    return env
+
+
+def long_recording(source: Path, dest: Path, seconds: float, rate_hz: float = 12_000) -> Path:
+    """The drive-end signal of a CWRU .mat excerpt (16384 samples) repeated end to end for `seconds` at `rate_hz`,
+    written as a 1-D float32 .npy that `replay` reads: long enough for a machine's condition to settle while a
+    real-time replay runs. Two recordings written under the same file name (in different folders) replay as the
+    same sensor."""
+    import numpy as np
+    import scipy.io
+
+    (signal,) = [v for k, v in scipy.io.loadmat(source).items() if k.endswith("_DE_time")]
+    signal = np.asarray(signal, dtype=np.float32).ravel()
+    n = int(seconds * rate_hz)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    np.save(dest, np.tile(signal, -(-n // len(signal)))[:n])
+    return dest
+
+
+class MachineReplay:
+    """Real-time replays of one recording as one machine (`replay --machine-id`), started again whenever one ends,
+    until stopped."""
+
+    def __init__(self, grpc_addr: str, recording: Path, machine_id: str):
+        self.args = [
+            str(binary()),
+            "replay",
+            "--addr",
+            f"http://{grpc_addr}",
+            "--realtime",
+            "--quiet",
+            "--machine-id",
+            machine_id,
+            str(recording),
+        ]
+        self.machine_id, self.runs, self.failures = machine_id, 0, []
+        self.proc: subprocess.Popen | None = None
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                if self.stop_event.is_set():
+                    return
+                self.proc = subprocess.Popen(
+                    self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO
+                )
+            _, err = self.proc.communicate()
+            self.runs += 1
+            if self.proc.returncode != 0 and not self.stop_event.is_set():
+                self.failures.append(err[-2000:])
+                time.sleep(1)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stop_event.set()
+            if self.proc and self.proc.poll() is None:
+                self.proc.kill()
+        self.thread.join(30)
+
+
+class Webhook:
+    """A tiny HTTP server on loopback collecting what Alertmanager posts to a webhook receiver."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        received = self.received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append({"path": self.path, **json.loads(body or b"{}")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def alerts(self) -> list[dict]:
+        """Every alert of every notification, in order, each with the notification's receiver."""
+        return [{**a, "receiver": n.get("receiver")} for n in list(self.received) for a in n.get("alerts", [])]
+
+    def summary(self) -> str:
+        lines = [f"{a['receiver']}: {a['status']} {json.dumps(a['labels'], sort_keys=True)}" for a in self.alerts()]
+        return "\n".join(lines) or "(nothing received)"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def alertmanager_exe() -> str | None:
+    """Alertmanager: Debian's package `prometheus-alertmanager` names it so; upstream's is `alertmanager`."""
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+class Alertmanager:
+    """A real Alertmanager in a temporary directory with the given configuration, alone (no cluster peers)."""
+
+    def __init__(self, config: dict, workdir: Path):
+        exe = alertmanager_exe()
+        assert exe, "Alertmanager (Debian package `prometheus-alertmanager`) is needed; .ci/run installs it"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "alertmanager.yml"
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.logfile = workdir / "alertmanager.log"
+        self.log = open(self.logfile, "w")  # closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                f"--config.file={self.config}",
+                f"--storage.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "alertmanager exited:\n" + self.logfile.read_text()[-3000:]
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError("alertmanager did not become ready:\n" + self.logfile.read_text()[-3000:])
+
+    def alerts(self) -> list[dict]:
+        """GET /api/v2/alerts: every alert it holds, active, silenced and inhibited, with its status."""
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as r:
+            return json.load(r)
+
+    def post_alerts(self, alerts: list[dict]) -> None:
+        request = urllib.request.Request(
+            f"{self.url}/api/v2/alerts",
+            data=json.dumps(alerts).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 @functools.cache

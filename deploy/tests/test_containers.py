@@ -252,7 +252,8 @@ def test_compose_wiring():
         for volume in svc.get("volumes", []):
             host = volume.split(":")[0]
             assert (COMPOSE.parent / host).exists(), f"{host} does not exist"
-    assert set(services["drsn-serve"]["environment"]) <= help_env_names("serve")
+    unknown = set(services["drsn-serve"]["environment"]) - help_env_names("serve")
+    assert not unknown, f"not in `drsn-serve serve --help` (an older binary? rebuild it): {sorted(unknown)}"
     # Every port the image exposes is published, on this machine only, at the same number.
     published = [re.fullmatch(r"127\.0\.0\.1:(\d+):(\d+)", p) for p in services["drsn-serve"]["ports"]]
     assert all(published), services["drsn-serve"]["ports"]
@@ -269,5 +270,8 @@ def test_compose_wiring():
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "drsn-serve.yml").read_text())
-    mounted = [v.split(":")[1] for v in services["grafana"]["volumes"] if v.startswith("../grafana/dashboard.json")]
-    assert Path(mounted[0]).parent == Path(provider["providers"][0]["options"]["path"])
+    # Every dashboard is mounted into the folder the file provider loads.
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    for dashboard in ("dashboard.json", "fleet.json"):
+        mounted = mounts[f"../grafana/{dashboard}"]
+        assert Path(mounted).parent == Path(provider["providers"][0]["options"]["path"]), dashboard

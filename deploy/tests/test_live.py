@@ -273,7 +273,11 @@ def test_dashboard_variable_has_values(stack, variable):
     assert stack["labels"][label] in values
 
 
-@pytest.mark.parametrize("record", [r["record"] for g in rule_groups() for r in g["rules"] if "record" in r])
+# The machines group needs --machine-metrics and a machine in each state: test_fleet_live.py checks its rules.
+@pytest.mark.parametrize(
+    "record",
+    [r["record"] for g in rule_groups() if g["name"] != "drsn-serve.machines" for r in g["rules"] if "record" in r],
+)
 def test_recording_rule_returns_data(stack, record):
     wait_for_data(stack, lambda: stack["prom"].query(record))
 

@@ -177,6 +177,7 @@ CRD_SCHEMAS = {
                                         "alert": {"type": "string"},
                                         "expr": {"type": "string"},
                                         "for": DURATION,
+                                        "keep_firing_for": DURATION,
                                         "labels": STR_MAP,
                                         "annotations": STR_MAP,
                                     },
@@ -392,9 +393,13 @@ def test_monitoring_matches_the_pods():
     assert dep["spec"]["replicas"] >= 2
     rule = one(mon, "PrometheusRule")
     assert rule["metadata"]["namespace"] == namespace
-    dash = one(mon, "ConfigMap", "drsn-serve-dashboard")
-    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert dash["data"]["drsn-serve.json"] == (DEPLOY / "grafana" / "dashboard.json").read_text()
+    for name, key, source in (
+        ("drsn-serve-dashboard", "drsn-serve.json", "dashboard.json"),
+        ("drsn-serve-fleet-dashboard", "drsn-serve-fleet.json", "fleet.json"),
+    ):
+        dash = one(mon, "ConfigMap", name)
+        assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert dash["data"] == {key: (DEPLOY / "grafana" / source).read_text()}
 
 
 @pytest.mark.parametrize("target", WORKLOADS)
