@@ -477,6 +477,6 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 37);
+        assert_eq!(unique.len(), 38);
     }
 }

@@ -4,6 +4,7 @@ use crate::api::grpc::proto::{
     self, InvalidReason, StreamDiagnoseResponse, WindowResult, WindowStatus,
     stream_diagnose_response::Event,
 };
+use crate::api::grpc::condition;
 use crate::model::card::LoadedModel;
 use crate::pipeline::deliver::StreamEvent;
 use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};
@@ -49,6 +50,8 @@ impl Encoder {
             queue_us: w.timing.queue_wait.as_micros() as u64,
             inference_us: w.timing.inference.as_micros() as u64,
             total_us: w.total.as_micros() as u64,
+            velocity_rms_mm_s: w.severity.map(|s| s.velocity_mm_s),
+            zone: condition::zone(w.severity.map(|s| s.zone)) as i32,
             ..Default::default()
         };
         match w.verdict {
