@@ -1,7 +1,7 @@
 //! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bench` the service.
 
 use clap::{Parser, Subcommand};
-use drsn_serve::client::{bench, replay};
+use drsn_serve::client::{bench, condition_study, replay};
 use drsn_serve::server::{self, config::LogFormat, config::ServeConfig};
 use drsn_serve::telemetry::logging;
 
@@ -32,6 +32,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Measure raw ONNX Runtime and end-to-end service throughput side by side.
     Bench(bench::BenchArgs),
+    /// The machine-condition settings on the leave-one-load-out folds: the decision table behind the defaults.
+    ConditionStudy(condition_study::StudyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +67,10 @@ fn main() -> std::process::ExitCode {
             Command::Replay(args) => {
                 logging::init(false, "warn");
                 replay::run(args).await
+            }
+            Command::ConditionStudy(args) => {
+                println!("{}", condition_study::run_study(args)?);
+                Ok(0)
             }
             Command::Bench(args) => {
                 logging::init(false, "warn");

@@ -1,7 +1,8 @@
 //! The client side, which the server never imports: connecting (TLS, tokens), the replay client, recording
-//! readers and the benchmark.
+//! readers, the benchmark, and the study of the condition stage's settings.
 
 pub mod bench;
+pub mod condition_study;
 pub mod connect;
 pub mod recording;
 pub mod replay;
