@@ -193,10 +193,11 @@ def condition_windows(
 
 
 def write(doc: dict, path: Path) -> int:
-    """Gzip JSON (compact, fixed mtime so the same outputs give the same bytes); returns its size in bytes."""
+    """Gzip JSON (compact; no name or time in the header, so the same outputs give the same bytes wherever they
+    are written); returns its size in bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(doc, separators=(",", ":")).encode()
-    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
+    with open(path, "wb") as f, gzip.GzipFile(filename="", fileobj=f, mode="wb", compresslevel=9, mtime=0) as gz:
         gz.write(raw)
     return path.stat().st_size
 
