@@ -103,6 +103,11 @@ def validation_fit(model: torch.nn.Module, recordings: list[Recording], load: in
     }
 
 
+def _number(snr: float | None) -> int | float | None:
+    """-4.0 dB as -4 in the JSON (whole numbers read as integers), a fractional SNR as it is."""
+    return None if snr is None else int(snr) if float(snr).is_integer() else float(snr)
+
+
 def _outputs(model: torch.nn.Module, x: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
     logits, _ = predict(model, x)
     p = softmax(logits.astype(np.float64), temperature)
@@ -157,7 +162,7 @@ def condition_windows(
                         "true_class": rec.label,
                         "healthy": rec.label == "normal",
                         "noise": kind or "clean",
-                        "snr_db": None if snr is None else round(float(snr), 1),
+                        "snr_db": _number(snr),
                         "realisation": r,
                         "first_sample": cut[i][1].tolist(),
                         "label": lab.astype(int).tolist(),

@@ -78,6 +78,7 @@ def test_schema(made):
         assert s["healthy"] == (s["true_class"] == "normal") and s["true_class"] in CLASSES
         assert len(s["first_sample"]) == len(s["label"]) == len(s["confidence"]) > 0
         assert all(0 <= c < len(CLASSES) for c in s["label"])
+        assert s["snr_db"] is None or isinstance(s["snr_db"], int)  # -4, not -4.0
         assert all(0 <= c <= 1 and round(c, 4) == c for c in s["confidence"])
         key = (s["fold"], s["recording"])
         cells.setdefault(key, set()).add((s["noise"], s["snr_db"], s["realisation"]))
