@@ -1,4 +1,5 @@
-"""Command line: `python -m drsntrain reproduce` (the whole study) or `train` (one model)."""
+"""Command line: `python -m drsntrain reproduce` (the whole study), `train` (one model), `lolo`, `pareto` and
+`condition-windows` (per-window outputs of the fold models on their held-out loads)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import condition_windows as cw_windows
 from .bench import onnx_throughput
 from .calibrate import calibrate
-from .data import REPO_ROOT, DataNotFoundError, load_recordings, loads
+from .data import CLASSES, REPO_ROOT, DataNotFoundError, load_recordings, loads
 from .experiments import ARCHS, PILOTS, Run, execute, lolo_runs, run_all, study_runs
 from .export import export_onnx, load_checkpoint
 from .model import DRSN, ModelConfig, parameter_count
@@ -297,6 +299,67 @@ def cmd_lolo(args) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def cmd_condition_windows(args) -> None:
+    """Per-window outputs of the shipped recipe's fold models (DRSN-CW, seed 0) on the loads they never saw, as the
+    server windows a stream: models/reports/condition_windows.json.gz (see condition_windows.py). Trains the folds
+    that the runs folder lacks (`make reproduce` runs are reused)."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    recordings = load_recordings(args.data_dir)
+    runs_dir = Path(args.runs_dir)
+    card = json.loads(Path(args.card).read_text())
+    if card["classes"] != list(CLASSES):
+        raise ValueError(f"{args.card}: classes {card['classes']} are not the training order {list(CLASSES)}")
+    runs = lolo_runs(
+        loads(recordings), 1, ("cw",), model_config(args, "cw", args.width, args.stages), recipe_train(args)
+    )
+    run_all(runs, args.data_dir, runs_dir, args.jobs)
+    heldout = {}
+    for run in runs:
+        with np.load(runs_dir / run.name / "heldout.npz") as z:
+            heldout[run.test_load] = dict(z)
+    # A fold's calibration comes from the other folds' held-out loads; with a single fold there are none.
+    fitted = cw_windows.cross_fitted(heldout) if len(heldout) > 1 else {}
+    card_cal = card["calibration"]
+    folds = []
+    for run in runs:
+        model = load_checkpoint(runs_dir / run.name / "model.pt")
+        cal = fitted.get(run.test_load)
+        val = cw_windows.validation_fit(model, recordings, run.test_load, run.model.window, run.train.train_fraction)
+        folds.append(
+            cw_windows.Fold(
+                heldout_load=run.test_load,
+                run=run.name,
+                model=model,
+                temperature=cal["temperature"] if cal else card_cal["temperature"],
+                uncertain_below=cal["uncertain_below"] if cal else card_cal["uncertain_below"],
+                calibration="fold" if cal else "card",
+                extra={"validation_fit": val},
+            )
+        )
+    doc = cw_windows.condition_windows(recordings, folds, runs[0].model.window)
+    doc["notes"] = cw_windows.notes(card)
+    doc["card"] = {
+        "name": card["name"],
+        "version": card["version"],
+        "temperature": card_cal["temperature"],
+        "uncertain_below": card_cal["uncertain_below"],
+    }
+    size = cw_windows.write(doc, Path(args.out))
+    summary = {
+        "out": args.out,
+        "bytes": size,
+        "sequences": len(doc["sequences"]),
+        "seconds": round(time.perf_counter() - started, 1),
+        "folds": [
+            {k: f[k] for k in ("heldout_load", "run", "temperature", "uncertain_below", "calibration", "accuracy")}
+            | {"healthy_windows": f["healthy_windows"]}
+            for f in doc["folds"]
+        ],
+    }
+    print(json.dumps(summary, indent=1))
+
+
 def lolo_summary(results: list[dict]) -> dict:
     """Mean over folds and seeds of validation accuracy and of the headline test cells, per architecture."""
 
@@ -349,6 +412,17 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--out", default=str(MODELS_DIR), help="where reports/pilots.json goes")
     pa.add_argument("--train-fraction", type=float, default=0.6, help="share of each seen recording trained on")
     pa.set_defaults(func=cmd_pareto)
+    cwin = sub.add_parser(
+        "condition-windows",
+        help="per-window outputs of the fold models on their held-out loads: models/reports/condition_windows.json.gz",
+    )
+    add_common(cwin)
+    cwin.add_argument("--runs-dir", default=str(RUNS_DIR), help="checkpoints and results of every run (reused)")
+    cwin.add_argument("--card", default=str(MODELS_DIR / "drsn_cw_cwru.json"), help="the shipped model card")
+    cwin.add_argument(
+        "--out", default=str(MODELS_DIR / "reports" / "condition_windows.json.gz"), help="the gzip JSON written"
+    )
+    cwin.set_defaults(func=cmd_condition_windows)
     args = parser.parse_args(argv)
     try:
         args.func(args)

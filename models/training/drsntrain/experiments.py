@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import all_windows, leave_one_load_out, load_recordings, split_windows
+from .data import all_windows, data_settings, leave_one_load_out, load_recordings, split_windows
 from .evaluate import evaluate_grid
 from .export import save_checkpoint
 from .model import ModelConfig
@@ -118,7 +118,12 @@ class Run:
 
     def settings(self) -> dict:
         """What a stored result must have been trained with to be reused for this run."""
-        return {"model": self.model.to_dict(), "train": self.train.to_dict(), "noise": asdict(self.noise)}
+        return {
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+            "noise": asdict(self.noise),
+            "data": data_settings(),
+        }
 
 
 def lolo_runs(
@@ -190,6 +195,7 @@ def execute(run: Run, data_dir: str | None, runs_dir: Path, position: int = 0) -
         "arch": run.model.shrinkage,
         "seed": run.train.seed,
         "test_load": run.test_load,
+        "data": data_settings(),
         **log,
     }
     out = runs_dir / run.name

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 
 from drsntrain.data import (
     CLASSES,
@@ -84,7 +85,27 @@ def test_test_windows_do_not_overlap():
 def test_fixture_loads_through_the_real_loader():
     recs = load_recordings(FIXTURE_DIR)
     assert sorted(r.label for r in recs) == sorted(CLASSES)
-    assert all(r.signal.dtype == np.float32 and len(r.signal) == 16384 for r in recs)
+    assert all(r.signal.dtype == np.float32 for r in recs)
+    # 16,384 samples each; the healthy baseline's are 48 kHz samples, a quarter as many at 12 kHz.
+    assert {len(r.signal) for r in recs if r.label != "normal"} == {16384}
+    assert [len(r.signal) for r in recs if r.label == "normal"] == [4096]
+
+
+def test_healthy_baseline_is_brought_from_48_to_12_khz(tmp_path):
+    t48 = np.arange(48_000) / 48_000
+    t12 = np.arange(12_000) / 12_000
+    (tmp_path / "0HP").mkdir()
+    scipy.io.savemat(tmp_path / "0HP" / "normal_0_97.mat", {"X097_DE_time": np.sin(2 * np.pi * 1000 * t48)[:, None]})
+    fault = np.sin(2 * np.pi * 1000 * t12)[:, None]
+    scipy.io.savemat(tmp_path / "0HP" / "12k_Drive_End_B007_0_118.mat", {"X118_DE_time": fault})
+    recs = {r.label: r.signal for r in load_recordings(tmp_path)}
+    assert len(recs["normal"]) == 12_000 and len(recs["ball_007"]) == 12_000
+    assert np.array_equal(recs["ball_007"], fault.ravel().astype(np.float32))  # 12 kHz files are left alone
+    # One second of a 1 kHz tone: at 12 kHz its spectral line is at 1 kHz (bin 1000), not at a quarter of it.
+    for signal in recs.values():
+        assert np.abs(np.fft.rfft(signal)).argmax() == 1000
+    # Away from the edges the band-limited resampling keeps the tone's shape.
+    assert np.abs(recs["normal"][200:-200] - recs["ball_007"][200:-200]).max() < 1e-2
 
 
 def test_missing_data_says_where_to_get_it(tmp_path):
@@ -95,7 +116,9 @@ def test_missing_data_says_where_to_get_it(tmp_path):
 def test_real_cwru_recordings(cwru_dir):
     recs = load_recordings(cwru_dir)
     assert {r.label for r in recs} == set(CLASSES)
-    assert all(len(r.signal) > 100_000 for r in recs)
+    assert all(len(r.signal) > 100_000 for r in recs if r.label != "normal")
+    # The healthy baseline: 243,938 samples at 48 kHz, about 5 s, a quarter as many at 12 kHz.
+    assert [len(r.signal) for r in recs if r.label == "normal"] == [60_985]
     _, y = split_windows(recs, "test", 2048)
     assert np.bincount(y, minlength=len(CLASSES)).min() > 0
 
