@@ -53,6 +53,65 @@ fn replay_prints_every_window_and_a_summary() {
 }
 
 #[test]
+fn replay_names_each_recording_a_machine_and_prints_its_conditions() {
+    let bin = env!("CARGO_BIN_EXE_drsn-serve");
+    let server = common::ServerProcess::spawn(&[]);
+    let dir = std::env::temp_dir().join(format!("drsn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 10 s of the committed outer-race excerpt, end to end, as a gateway's .npy recording.
+    let (_, excerpt) = common::recordings()
+        .into_iter()
+        .find(|(l, _)| l == "outer_race_014")
+        .unwrap();
+    let tiled: Vec<f32> = (0..120_000).map(|i| excerpt[i % excerpt.len()]).collect();
+    let file = dir.join("press-4_de.npy");
+    ndarray_npy::write_npy(&file, &ndarray::Array1::from(tiled)).unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(bin)
+            .args(["replay", "--json", "--quiet", "--addr", &server.addr])
+            .args(extra)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        summary["summary"]["conditions"][0].clone()
+    };
+    let stream = run(&[]);
+    assert_eq!(
+        stream["machine_id"], "press-4_de",
+        "the file's stem by default: {stream}"
+    );
+    let changes = stream["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["condition"] == "FAULT" && c["fault_class"] == "outer_race_014"),
+        "{stream}"
+    );
+    assert_eq!(stream["final"]["condition"], "FAULT");
+    assert!(
+        stream["final"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("faulty, most likely outer_race_014")
+    );
+    let named = run(&["--machine-id", "press 4", "--sensor-id", "DE"]);
+    assert_eq!(
+        (named["machine_id"].as_str(), named["sensor_id"].as_str()),
+        (Some("press 4"), Some("DE"))
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn every_serve_flag_has_an_environment_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
         .args(["serve", "--help"])

@@ -15,8 +15,7 @@ use drsn_serve::api::grpc::proto::stream_diagnose_request::Message;
 use drsn_serve::api::grpc::proto::stream_diagnose_response::Event;
 use drsn_serve::api::grpc::proto::{
     Condition, ConditionCarry, ConditionReason, ListMachinesRequest, SensorCondition,
-    StreamDiagnoseRequest, StreamDiagnoseResponse, StreamOpen, VibrationZone,
-    WatchMachinesRequest,
+    StreamDiagnoseRequest, StreamDiagnoseResponse, StreamOpen, VibrationZone, WatchMachinesRequest,
 };
 use drsn_serve::api::grpc::service::CONDITION_TRAILER;
 use tokio::sync::mpsc;
@@ -59,7 +58,12 @@ struct Sensor {
 }
 
 impl Sensor {
-    async fn open(addr: String, machine: &str, carry: Option<ConditionCarry>, start: usize) -> (Self, SensorCondition) {
+    async fn open(
+        addr: String,
+        machine: &str,
+        carry: Option<ConditionCarry>,
+        start: usize,
+    ) -> (Self, SensorCondition) {
         let (tx, rx) = mpsc::channel(64);
         tx.send(open(machine, carry)).await.unwrap();
         let mut rx = common::call(addr, rx).await.unwrap();
@@ -67,7 +71,14 @@ impl Sensor {
             panic!("opened first")
         };
         let condition = o.condition.expect("the condition a stream opens in");
-        (Self { tx, rx, sent: start }, condition)
+        (
+            Self {
+                tx,
+                rx,
+                sent: start,
+            },
+            condition,
+        )
     }
 
     /// Sends `seconds` more of `samples` and reads what comes back until the windows of them are in; returns the
@@ -79,7 +90,10 @@ impl Sensor {
         while self.sent < end {
             let to = (self.sent + CHUNK).min(end);
             self.tx
-                .send(common::chunk_bytes(self.sent as u64, &looped(samples, self.sent, to)))
+                .send(common::chunk_bytes(
+                    self.sent as u64,
+                    &looped(samples, self.sent, to),
+                ))
                 .await
                 .unwrap();
             self.sent = to;
@@ -141,7 +155,13 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
         .unwrap_or_else(|| panic!("no FAULT in 8 s of an inner-race fault: {changes:?}"));
     assert_eq!(onset.fault_class, "inner_race_007", "{onset:?}");
     assert_eq!(onset.reason, ConditionReason::Condition as i32);
-    assert!(onset.summary.starts_with("faulty, most likely inner_race_007"), "{}", onset.summary);
+    assert!(
+        onset
+            .summary
+            .starts_with("faulty, most likely inner_race_007"),
+        "{}",
+        onset.summary
+    );
     assert!(onset.carry.is_some() && onset.velocity_rms_mm_s.is_some());
     // Debounced in signal time: not before a second of evidence and the on-delay.
     assert!(onset.since_sample as f64 / RATE >= 0.5, "{onset:?}");
@@ -149,17 +169,28 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     // The watch saw the machine become faulty.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let seen = loop {
-        let event = tokio::time::timeout_at(deadline, watch.message()).await.unwrap().unwrap().unwrap();
+        let event = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(Machine::Changed(m)) = event.event
             && m.condition == Condition::Fault as i32
         {
             break m;
         }
     };
-    assert_eq!((seen.machine_id.as_str(), seen.sensor_id.as_str()), ("pump-7", "DE"));
+    assert_eq!(
+        (seen.machine_id.as_str(), seen.sensor_id.as_str()),
+        ("pump-7", "DE")
+    );
     assert_eq!(seen.fault_class, "inner_race_007");
 
-    let list = client.list_machines(ListMachinesRequest {}).await.unwrap().into_inner();
+    let list = client
+        .list_machines(ListMachinesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.machines.len(), 1);
     assert_eq!(list.machines[0].condition, Condition::Fault as i32);
     assert!(list.machines[0].sensors[0].streaming);
@@ -168,18 +199,35 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     assert_eq!(code, 200, "{json}");
     assert_eq!(json["machine"]["condition"], "fault");
     assert_eq!(json["machine"]["fault_class"], "inner_race_007");
-    let share = json["machine"]["sensors"][0]["shares"]["inner_race_007"].as_f64().unwrap();
+    let share = json["machine"]["sensors"][0]["shares"]["inner_race_007"]
+        .as_f64()
+        .unwrap();
     assert!(share > 0.5, "{json}");
     let (code, _) = http_get(running.http_addr, "/v1/machines/no-such-machine").await;
     assert_eq!(code, 404);
 
     let metrics = common::scrape(&running).await;
     let value = |series: &str| common::metric(&metrics, series);
-    assert_eq!(value(r#"drsn_machines{condition="fault"}"#), Some(1.0), "{metrics}");
-    assert_eq!(value(r#"drsn_machine_condition{machine_id="pump-7",condition="fault"}"#), Some(1.0));
-    assert_eq!(value(r#"drsn_machine_condition{machine_id="pump-7",condition="normal"}"#), Some(0.0));
-    assert!(value(r#"drsn_machine_class_share{machine_id="pump-7",class="inner_race_007"}"#).unwrap() > 0.5);
-    assert!(value(r#"drsn_machine_velocity_rms_mm_per_second{machine_id="pump-7"}"#).unwrap() > 0.0);
+    assert_eq!(
+        value(r#"drsn_machines{condition="fault"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"drsn_machine_condition{machine_id="pump-7",condition="fault"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"drsn_machine_condition{machine_id="pump-7",condition="normal"}"#),
+        Some(0.0)
+    );
+    assert!(
+        value(r#"drsn_machine_class_share{machine_id="pump-7",class="inner_race_007"}"#).unwrap()
+            > 0.5
+    );
+    assert!(
+        value(r#"drsn_machine_velocity_rms_mm_per_second{machine_id="pump-7"}"#).unwrap() > 0.0
+    );
     assert!(
         metrics.lines().any(|l| l.starts_with(r#"drsn_machine_info{machine_id="pump-7",condition="fault",sensor_id="DE",class="inner_race_007",zone=""#)),
         "{metrics}"
@@ -189,7 +237,11 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     drop(sensor);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let event = tokio::time::timeout_at(deadline, watch.message()).await.unwrap().unwrap().unwrap();
+        let event = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(Machine::Changed(m)) = event.event
             && m.condition == Condition::Unknown as i32
         {
@@ -211,15 +263,24 @@ async fn a_sine_of_known_velocity_comes_back_with_its_velocity_and_zone() {
     let sine: Vec<f32> = (0..60_000)
         .map(|n| (a_peak * (2.0 * std::f64::consts::PI * f * n as f64 / RATE).sin()) as f32)
         .collect();
-    let client = drsn_serve::client::replay::connect(&common::addr(&running)).await.unwrap();
+    let client = drsn_serve::client::replay::connect(&common::addr(&running))
+        .await
+        .unwrap();
     let plan = drsn_serve::client::replay::StreamPlan::new(RATE, sine.len() as u64);
     let out = drsn_serve::client::replay::stream_samples(client, Arc::new(sine), plan, |_| {})
         .await
         .unwrap();
     assert!(out.window_count >= 10);
     for w in &out.windows {
-        let got = f64::from(w.velocity_rms_mm_s.unwrap_or_else(|| panic!("no velocity: {w:?}")));
-        assert!((got / v - 1.0).abs() < 0.02, "window {}: {got} mm/s, sent {v}", w.window_index);
+        let got = f64::from(
+            w.velocity_rms_mm_s
+                .unwrap_or_else(|| panic!("no velocity: {w:?}")),
+        );
+        assert!(
+            (got / v - 1.0).abs() < 0.02,
+            "window {}: {got} mm/s, sent {v}",
+            w.window_index
+        );
         assert_eq!(w.zone, VibrationZone::C as i32);
     }
     running.shutdown();
@@ -233,7 +294,12 @@ async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset()
     let faulty = recording("outer_race_014");
     let (mut sensor, _) = Sensor::open(common::addr(&a), "fan-3", None, 0).await;
     let changes = sensor.send(&faulty, 8.0).await;
-    assert!(changes.iter().any(|c| c.condition == Condition::Fault as i32), "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.condition == Condition::Fault as i32),
+        "{changes:?}"
+    );
 
     // Server A drains: the stream ends UNAVAILABLE, its condition in the trailer.
     a.shutdown();
@@ -251,24 +317,58 @@ async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset()
         .map(|v| <ConditionCarry as prost::Message>::decode(v.to_bytes().unwrap()).unwrap())
         .expect("the ending status carries the condition");
     assert_eq!(carry.condition, Condition::Fault as i32);
-    let resume_from = drsn_serve::client::replay::resume_point(&status).flatten().unwrap() as usize;
+    let resume_from = drsn_serve::client::replay::resume_point(&status)
+        .flatten()
+        .unwrap() as usize;
 
     // On server B the sensor opens in FAULT and stays there: no onset, no clear.
-    let (mut moved, start) = Sensor::open(common::addr(&b), "fan-3", Some(carry), resume_from).await;
+    let (mut moved, start) =
+        Sensor::open(common::addr(&b), "fan-3", Some(carry), resume_from).await;
     assert_eq!(start.condition, Condition::Fault as i32);
     assert_eq!(start.fault_class, "outer_race_014");
     let mut client = DiagnosisClient::connect(common::addr(&b)).await.unwrap();
-    let list = client.list_machines(ListMachinesRequest {}).await.unwrap().into_inner();
-    assert_eq!(list.machines[0].condition, Condition::Fault as i32, "B knows the fault from the first moment");
+    let list = client
+        .list_machines(ListMachinesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.machines[0].condition,
+        Condition::Fault as i32,
+        "B knows the fault from the first moment"
+    );
     let later = moved.send(&faulty, 6.0).await;
     assert!(
-        later.iter().all(|c| c.reason != ConditionReason::Condition as i32),
+        later
+            .iter()
+            .all(|c| c.reason != ConditionReason::Condition as i32),
         "a moved stream raised or cleared a condition: {later:?}"
     );
     drop(moved);
     a.stopped().await;
     b.shutdown();
     b.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_sensor_is_a_sensor_fault_never_normal() {
+    let running = common::start(&[]).await;
+    let healthy = recording("normal");
+    let (mut sensor, _) = Sensor::open(common::addr(&running), "mill-2", None, 0).await;
+    sensor.send(&healthy, 6.0).await;
+    // The sensor's cable comes loose: a constant value, every window flagged FLAT.
+    let changes = sensor.send(&[0.013; 4096], 8.0).await;
+    let last = changes
+        .last()
+        .unwrap_or_else(|| panic!("no condition change for a dead sensor"));
+    assert_eq!(last.condition, Condition::SensorFault as i32, "{changes:?}");
+    assert!(
+        last.summary.contains("check the sensor"),
+        "{}",
+        last.summary
+    );
+    running.shutdown();
+    running.stopped().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +384,10 @@ async fn a_carry_that_does_not_fit_the_model_is_refused_by_name() {
     tx.send(open("m", Some(forged))).await.unwrap();
     let status = common::call(common::addr(&running), rx).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("resume_condition") && status.message().contains("3 classes"), "{status:?}");
+    assert!(
+        status.message().contains("resume_condition") && status.message().contains("3 classes"),
+        "{status:?}"
+    );
     running.shutdown();
     running.stopped().await;
 }

@@ -28,11 +28,18 @@ pub fn router(registry: Arc<Registry>, tokens: Tokens) -> Router {
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn refused(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     ctx.tokens.check(presented).err().map(|_| {
         reply(
             StatusCode::UNAUTHORIZED,
@@ -48,7 +55,10 @@ async fn list(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     let (revision, machines) = ctx.registry.list();
     let classes = ctx.registry.classes();
     let machines: Vec<Value> = machines.iter().map(|m| machine(m, classes)).collect();
-    reply(StatusCode::OK, json!({"revision": revision, "machines": machines}))
+    reply(
+        StatusCode::OK,
+        json!({"revision": revision, "machines": machines}),
+    )
 }
 
 async fn one(State(ctx): State<Ctx>, headers: HeaderMap, Path(id): Path<String>) -> Response {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::condition::debounce::{Condition, Debouncer, Observation, Settings, State, Vote, healthy_class};
+use crate::condition::debounce::{
+    Condition, Debouncer, Observation, Settings, State, Vote, healthy_class,
+};
 use crate::pipeline::severity::ZoneLimits;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -96,7 +98,8 @@ fn run(
     start: u64,
 ) -> Vec<(u64, Condition, Option<usize>)> {
     let mut changes = Vec::new();
-    for ((first, label), confidence) in seq.first_sample.iter().zip(&seq.label).zip(&seq.confidence) {
+    for ((first, label), confidence) in seq.first_sample.iter().zip(&seq.label).zip(&seq.confidence)
+    {
         let obs = Observation {
             first_sample: start + first,
             end_sample: start + first + window - 1,
@@ -125,7 +128,13 @@ pub fn table(data: &Recorded, grid: &[Settings]) -> Vec<Row> {
     let normal = healthy_class(&data.classes);
     let rate = data.sample_rate_hz;
     let fresh = |settings: Settings| {
-        Debouncer::new(settings, normal, rate, ZoneLimits::default(), State::new(data.classes.len(), 0))
+        Debouncer::new(
+            settings,
+            normal,
+            rate,
+            ZoneLimits::default(),
+            State::new(data.classes.len(), 0),
+        )
     };
     let uncertain = |fold: u32| {
         data.folds
@@ -171,10 +180,14 @@ pub fn table(data: &Recorded, grid: &[Settings]) -> Vec<Row> {
                 let mut d = fresh(settings);
                 let mut start = 0u64;
                 for seq in data.sequences.iter().filter(|s| {
-                    s.healthy && s.fold == fold && s.noise == noise && s.snr_db.map(|x| x.round() as i64) == snr
+                    s.healthy
+                        && s.fold == fold
+                        && s.noise == noise
+                        && s.snr_db.map(|x| x.round() as i64) == snr
                 }) {
                     let changes = run(&mut d, data.window, seq, uncertain(fold), start);
-                    false_onsets += changes.iter().filter(|c| c.1 == Condition::Fault).count() as u64;
+                    false_onsets +=
+                        changes.iter().filter(|c| c.1 == Condition::Fault).count() as u64;
                     let span = seq.first_sample.last().map_or(0, |l| l + data.hop);
                     start += span;
                     healthy_samples += span;
@@ -202,8 +215,12 @@ pub fn table(data: &Recorded, grid: &[Settings]) -> Vec<Row> {
 }
 
 pub fn read(path: &PathBuf) -> anyhow::Result<Recorded> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}; make it with `make condition-study`", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}; make it with `make condition-study`",
+            path.display()
+        )
+    })?;
     let mut text = String::new();
     flate2::read::GzDecoder::new(file).read_to_string(&mut text)?;
     Ok(serde_json::from_str(&text)?)
@@ -216,7 +233,12 @@ pub fn run_study(args: StudyArgs) -> anyhow::Result<String> {
         return Ok(serde_json::to_string_pretty(&rows)?);
     }
     let faulty = data.sequences.iter().filter(|s| !s.healthy).count();
-    let healthy_windows: usize = data.sequences.iter().filter(|s| s.healthy).map(|s| s.label.len()).sum();
+    let healthy_windows: usize = data
+        .sequences
+        .iter()
+        .filter(|s| s.healthy)
+        .map(|s| s.label.len())
+        .sum();
     let defaults = Settings::default();
     let mut out = format!(
         "{faulty} faulty sequences (held-out loads, {} folds), {healthy_windows} healthy windows ({:.3} h of \
@@ -282,13 +304,24 @@ mod tests {
                 seq(0, false, vec![2; 30], Some(-8.0)),
                 seq(0, true, vec![0; 30], None),
                 // A healthy stretch the model gets wrong for 4 s: a false onset at a short delay.
-                seq(0, true, [vec![0; 10], vec![1; 12], vec![0; 30]].concat(), Some(-8.0)),
+                seq(
+                    0,
+                    true,
+                    [vec![0; 10], vec![1; 12], vec![0; 30]].concat(),
+                    Some(-8.0),
+                ),
             ],
         };
         let rows = table(&data, &[Settings::default()]);
         let r = &rows[0];
-        assert_eq!(r.right_clean, 1.0, "the inner-race sequence ends FAULT/inner");
-        assert_eq!(r.right_minus8, 0.0, "the outer-race one ends FAULT/outer, not inner: wrong class");
+        assert_eq!(
+            r.right_clean, 1.0,
+            "the inner-race sequence ends FAULT/inner"
+        );
+        assert_eq!(
+            r.right_minus8, 0.0,
+            "the outer-race one ends FAULT/outer, not inner: wrong class"
+        );
         assert!(r.onset_median_s >= 2.0 && r.onset_median_s < 4.0, "{r:?}");
         assert_eq!(r.false_onsets, 1, "{r:?}");
         assert!(r.healthy_hours > 0.0);

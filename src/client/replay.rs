@@ -395,6 +395,7 @@ fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
             "stream": sensor, "window": w.window_index, "first_sample": w.first_sample_index,
             "last_sample": w.last_sample_index, "status": status, "label": w.label, "confidence": w.confidence,
             "noise_score": w.noise_score, "detail": w.status_detail,
+            "velocity_rms_mm_s": w.velocity_rms_mm_s, "zone": zone_name(w.zone),
             "queue_us": w.queue_us, "inference_us": w.inference_us, "total_us": w.total_us,
         })
         .to_string()
@@ -571,13 +572,25 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         println!("  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");
         println!("conditions:");
         for s in &sensors {
-            println!("  {}", s["machine_id"].as_str().unwrap_or("?").to_owned() + " / " + s["sensor_id"].as_str().unwrap_or("?"));
+            println!(
+                "  {}",
+                s["machine_id"].as_str().unwrap_or("?").to_owned()
+                    + " / "
+                    + s["sensor_id"].as_str().unwrap_or("?")
+            );
             if let Some(changes) = s["changes"].as_array() {
                 for c in changes {
-                    println!("    from sample {:>9}: {}", c["since_sample"], c["text"].as_str().unwrap_or(""));
+                    println!(
+                        "    from sample {:>9}: {}",
+                        c["since_sample"],
+                        c["text"].as_str().unwrap_or("")
+                    );
                 }
             }
-            println!("    now: {}", s["final"]["text"].as_str().unwrap_or("(no condition)"));
+            println!(
+                "    now: {}",
+                s["final"]["text"].as_str().unwrap_or("(no condition)")
+            );
         }
     }
     Ok(if failures > 0 { 1 } else { 0 })
@@ -600,7 +613,9 @@ fn zone_name(value: i32) -> &'static str {
 }
 
 fn condition_json(c: &SensorCondition) -> serde_json::Value {
-    let velocity = c.velocity_rms_mm_s.map_or(String::new(), |v| format!(", {v:.2} mm/s zone {}", zone_name(c.worst_zone)));
+    let velocity = c.velocity_rms_mm_s.map_or(String::new(), |v| {
+        format!(", {v:.2} mm/s zone {}", zone_name(c.worst_zone))
+    });
     serde_json::json!({
         "condition": condition_name(c.condition),
         "fault_class": c.fault_class,
@@ -618,7 +633,9 @@ fn sensor_summary(out: &StreamOutcome) -> serde_json::Value {
     let (machine, sensor) = out
         .condition
         .as_ref()
-        .map_or((String::new(), String::new()), |c| (c.machine_id.clone(), c.sensor_id.clone()));
+        .map_or((String::new(), String::new()), |c| {
+            (c.machine_id.clone(), c.sensor_id.clone())
+        });
     serde_json::json!({
         "machine_id": machine,
         "sensor_id": sensor,

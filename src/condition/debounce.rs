@@ -81,7 +81,12 @@ impl Settings {
         if times.iter().any(|t| !(t.is_finite() && *t >= 0.0)) || self.half_life_s <= 0.0 {
             return Err("condition times must be finite, and the half-life above 0".into());
         }
-        let shares = [self.on_share, self.off_share, self.uncertain_weight, self.sensor_fault_share];
+        let shares = [
+            self.on_share,
+            self.off_share,
+            self.uncertain_weight,
+            self.sensor_fault_share,
+        ];
         if shares.iter().any(|s| !(0.0..=1.0).contains(s)) {
             return Err("condition shares and weights must lie in [0, 1]".into());
         }
@@ -101,7 +106,10 @@ impl Settings {
 /// What one delivered window says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Vote {
-    Class { index: usize, uncertain: bool },
+    Class {
+        index: usize,
+        uncertain: bool,
+    },
     /// The model could not judge the window's signal.
     Invalid,
     /// The server was overloaded: no vote.
@@ -170,11 +178,15 @@ impl State {
                 self.evidence.len()
             ));
         }
-        let numbers = self
-            .evidence
-            .iter()
-            .chain([&self.invalid, &self.velocity_energy, &self.velocity_weight]);
-        if numbers.clone().any(|x| !(x.is_finite() && *x >= 0.0 && *x <= 1e9)) {
+        let numbers = self.evidence.iter().chain([
+            &self.invalid,
+            &self.velocity_energy,
+            &self.velocity_weight,
+        ]);
+        if numbers
+            .clone()
+            .any(|x| !(x.is_finite() && *x >= 0.0 && *x <= 1e9))
+        {
             return Err("its evidence is not finite, negative or absurdly large".into());
         }
         let class_ok = |c: Option<usize>| c.is_none_or(|c| c < classes);
@@ -301,7 +313,11 @@ impl Debouncer {
         match obs.vote {
             Vote::Class { index, uncertain } => {
                 if let Some(e) = s.evidence.get_mut(index) {
-                    let weight = if uncertain { self.settings.uncertain_weight } else { 1.0 };
+                    let weight = if uncertain {
+                        self.settings.uncertain_weight
+                    } else {
+                        1.0
+                    };
                     *e += weight * new_signal;
                 }
             }
@@ -416,7 +432,9 @@ impl Debouncer {
             })
             .map(|(i, _)| i);
         let current = s.condition;
-        if fault_share >= set.on_share || (current == Condition::Fault && fault_share > set.off_share) {
+        if fault_share >= set.on_share
+            || (current == Condition::Fault && fault_share > set.off_share)
+        {
             (Condition::Fault, dominant)
         } else if fault_share <= set.off_share || current == Condition::Normal {
             (Condition::Normal, None)
@@ -482,7 +500,13 @@ mod tests {
     const CLASSES: usize = 4; // 0 normal, 1..3 faults
 
     fn debouncer(settings: Settings) -> Debouncer {
-        Debouncer::new(settings, Some(0), RATE, ZoneLimits::default(), State::new(CLASSES, 0))
+        Debouncer::new(
+            settings,
+            Some(0),
+            RATE,
+            ZoneLimits::default(),
+            State::new(CLASSES, 0),
+        )
     }
 
     /// Feeds `votes`, one window per hop after `start`; returns the changes with the window index they came at.
@@ -514,7 +538,11 @@ mod tests {
         let mut d = debouncer(Settings::default());
         let changes = feed(&mut d, 0, &[class(2); 30]);
         let conditions: Vec<_> = changes.iter().map(|(_, c)| c.now.condition).collect();
-        assert_eq!(conditions, [Condition::Fault], "one onset, no flapping: {changes:?}");
+        assert_eq!(
+            conditions,
+            [Condition::Fault],
+            "one onset, no flapping: {changes:?}"
+        );
         let (at, onset) = &changes[0];
         assert_eq!(onset.from, Condition::Unknown);
         assert_eq!(onset.now.fault_class, Some(2));
@@ -553,12 +581,21 @@ mod tests {
         for i in (0..20).step_by(3) {
             mixed[i] = class(0);
         }
-        assert!(feed(&mut d, 30 * HOP, &mixed).is_empty(), "one normal window in three is still a fault");
+        assert!(
+            feed(&mut d, 30 * HOP, &mixed).is_empty(),
+            "one normal window in three is still a fault"
+        );
         let clear = feed(&mut d, 50 * HOP, &[class(0); 60]);
         assert_eq!(clear.len(), 1, "{clear:?}");
-        assert_eq!((clear[0].1.from, clear[0].1.now.condition), (Condition::Fault, Condition::Normal));
+        assert_eq!(
+            (clear[0].1.from, clear[0].1.now.condition),
+            (Condition::Fault, Condition::Normal)
+        );
         let seconds = (clear[0].0 as u64 * HOP) as f64 / RATE;
-        assert!(seconds >= Settings::default().off_delay_s, "cleared after {seconds} s");
+        assert!(
+            seconds >= Settings::default().off_delay_s,
+            "cleared after {seconds} s"
+        );
     }
 
     #[test]
@@ -572,13 +609,18 @@ mod tests {
             uncertain: true,
         };
         // As many uncertain fault votes as sure normal ones: 1/3 of the weight, below the onset share.
-        let alternating: Vec<_> = (0..40).map(|i| if i % 2 == 0 { unsure } else { class(0) }).collect();
+        let alternating: Vec<_> = (0..40)
+            .map(|i| if i % 2 == 0 { unsure } else { class(0) })
+            .collect();
         assert!(feed(&mut d, 30 * HOP, &alternating).is_empty());
         let before = d.snapshot();
         feed(&mut d, 70 * HOP, &[Vote::Shed; 3]);
         let after = d.snapshot();
         assert_eq!(before.shares, after.shares, "shed windows move no share");
-        assert!(after.evidence_s < before.evidence_s, "but the evidence still fades with the signal");
+        assert!(
+            after.evidence_s < before.evidence_s,
+            "but the evidence still fades with the signal"
+        );
     }
 
     #[test]
@@ -616,7 +658,13 @@ mod tests {
         feed(&mut a, 0, &[class(2); 30]);
         let carried = a.state().clone();
         carried.check(CLASSES).unwrap();
-        let mut b = Debouncer::new(Settings::default(), Some(0), RATE, ZoneLimits::default(), carried);
+        let mut b = Debouncer::new(
+            Settings::default(),
+            Some(0),
+            RATE,
+            ZoneLimits::default(),
+            carried,
+        );
         assert!(feed(&mut b, 30 * HOP, &[class(2); 30]).is_empty());
         assert_eq!(b.state().condition, Condition::Fault);
         let mut bad = a.state().clone();

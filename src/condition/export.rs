@@ -12,19 +12,37 @@ use crate::telemetry::metrics as m;
 /// Appends the per-machine series of at most `cap` machines (worst condition first) to `out`.
 pub fn render(registry: &Registry, cap: usize, out: &mut String) {
     let (_, mut machines) = registry.list();
-    machines.sort_by(|a, b| b.condition.cmp(&a.condition).then_with(|| a.machine_id.cmp(&b.machine_id)));
+    machines.sort_by(|a, b| {
+        b.condition
+            .cmp(&a.condition)
+            .then_with(|| a.machine_id.cmp(&b.machine_id))
+    });
     let left_out = machines.len().saturating_sub(cap);
     gauge!(m::MACHINES_NOT_EXPORTED).set(left_out as f64);
     machines.truncate(cap);
     let classes = registry.classes();
-    header(out, m::MACHINE_CONDITION, "1 for the machine's current condition, 0 for the others.");
+    header(
+        out,
+        m::MACHINE_CONDITION,
+        "1 for the machine's current condition, 0 for the others.",
+    );
     for v in &machines {
         for c in Condition::ALL {
             let value = u8::from(v.condition == c);
-            let _ = writeln!(out, "{}{{machine_id=\"{}\",condition=\"{}\"}} {value}", m::MACHINE_CONDITION, esc(&v.machine_id), c.label());
+            let _ = writeln!(
+                out,
+                "{}{{machine_id=\"{}\",condition=\"{}\"}} {value}",
+                m::MACHINE_CONDITION,
+                esc(&v.machine_id),
+                c.label()
+            );
         }
     }
-    header(out, m::MACHINE_INFO, "1, labelled with the machine's condition, the sensor setting it, its fault class and worst sustained ISO zone.");
+    header(
+        out,
+        m::MACHINE_INFO,
+        "1, labelled with the machine's condition, the sensor setting it, its fault class and worst sustained ISO zone.",
+    );
     for v in &machines {
         let _ = writeln!(
             out,
@@ -37,24 +55,53 @@ pub fn render(registry: &Registry, cap: usize, out: &mut String) {
             v.zone.map_or("", |z| z.name()),
         );
     }
-    header(out, m::MACHINE_CLASS_SHARE, "Each class's share of the current evidence of the sensor setting the machine's condition.");
+    header(
+        out,
+        m::MACHINE_CLASS_SHARE,
+        "Each class's share of the current evidence of the sensor setting the machine's condition.",
+    );
     for v in &machines {
         let Some(shares) = setting_sensor(v).map(|s| &s.snapshot.shares) else {
             continue;
         };
         for (class, share) in classes.iter().zip(shares) {
-            let _ = writeln!(out, "{}{{machine_id=\"{}\",class=\"{}\"}} {share}", m::MACHINE_CLASS_SHARE, esc(&v.machine_id), esc(class));
+            let _ = writeln!(
+                out,
+                "{}{{machine_id=\"{}\",class=\"{}\"}} {share}",
+                m::MACHINE_CLASS_SHARE,
+                esc(&v.machine_id),
+                esc(class)
+            );
         }
     }
-    header(out, m::MACHINE_VELOCITY, "Sustained RMS vibration velocity, mm/s over 10-1000 Hz, of the machine's loudest sensor.");
+    header(
+        out,
+        m::MACHINE_VELOCITY,
+        "Sustained RMS vibration velocity, mm/s over 10-1000 Hz, of the machine's loudest sensor.",
+    );
     for v in &machines {
         if let Some(velocity) = v.velocity_mm_s {
-            let _ = writeln!(out, "{}{{machine_id=\"{}\"}} {velocity}", m::MACHINE_VELOCITY, esc(&v.machine_id));
+            let _ = writeln!(
+                out,
+                "{}{{machine_id=\"{}\"}} {velocity}",
+                m::MACHINE_VELOCITY,
+                esc(&v.machine_id)
+            );
         }
     }
-    header(out, m::MACHINE_SINCE, "Unix time at which the machine's current condition began.");
+    header(
+        out,
+        m::MACHINE_SINCE,
+        "Unix time at which the machine's current condition began.",
+    );
     for v in &machines {
-        let _ = writeln!(out, "{}{{machine_id=\"{}\"}} {}", m::MACHINE_SINCE, esc(&v.machine_id), v.since_unix_ms as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "{}{{machine_id=\"{}\"}} {}",
+            m::MACHINE_SINCE,
+            esc(&v.machine_id),
+            v.since_unix_ms as f64 / 1000.0
+        );
     }
 }
 
@@ -97,15 +144,29 @@ mod tests {
 
     #[tokio::test]
     async fn the_worst_machines_are_exported_first_up_to_the_cap() {
-        let r = Registry::new(Arc::new(vec!["normal".into(), "outer".into()]), Duration::from_secs(1));
+        let r = Registry::new(
+            Arc::new(vec!["normal".into(), "outer".into()]),
+            Duration::from_secs(1),
+        );
         let _a = r.attach("a-healthy", "s", snapshot(Condition::Normal, None));
         let _b = r.attach("b \"quoted\"", "DE", snapshot(Condition::Fault, Some(1)));
         let mut out = String::new();
         render(&r, 1, &mut out);
         assert!(out.contains(r#"drsn_machine_info{machine_id="b \"quoted\"",condition="fault",sensor_id="DE",class="outer",zone="C"} 1"#), "{out}");
-        assert!(out.contains(r#"drsn_machine_condition{machine_id="b \"quoted\"",condition="fault"} 1"#));
-        assert!(out.contains(r#"drsn_machine_class_share{machine_id="b \"quoted\"",class="outer"} 0.75"#));
+        assert!(
+            out.contains(
+                r#"drsn_machine_condition{machine_id="b \"quoted\"",condition="fault"} 1"#
+            )
+        );
+        assert!(
+            out.contains(
+                r#"drsn_machine_class_share{machine_id="b \"quoted\"",class="outer"} 0.75"#
+            )
+        );
         assert!(out.contains(r#"drsn_machine_condition_since_timestamp_seconds{machine_id="b \"quoted\""} 1700000000.5"#));
-        assert!(!out.contains("a-healthy"), "over the cap, the healthy machine is left out");
+        assert!(
+            !out.contains("a-healthy"),
+            "over the cap, the healthy machine is left out"
+        );
     }
 }

@@ -40,16 +40,21 @@ pub struct MachineView {
 impl MachineView {
     /// The worst sensor (condition, then zone): the one a machine's condition names.
     fn of(machine_id: &str, sensors: &BTreeMap<String, Entry>, classes: &[String]) -> Option<Self> {
-        let worst = sensors
-            .iter()
-            .max_by(|a, b| rank(&a.1.view).cmp(&rank(&b.1.view)).then_with(|| b.0.cmp(a.0)))?;
+        let worst = sensors.iter().max_by(|a, b| {
+            rank(&a.1.view)
+                .cmp(&rank(&b.1.view))
+                .then_with(|| b.0.cmp(a.0))
+        })?;
         let s = &worst.1.view.snapshot;
         Some(Self {
             machine_id: machine_id.to_owned(),
             condition: s.condition,
             sensor_id: worst.0.clone(),
             fault_class: s.fault_class.and_then(|c| classes.get(c).cloned()),
-            zone: sensors.values().filter_map(|e| e.view.snapshot.worst_zone).max(),
+            zone: sensors
+                .values()
+                .filter_map(|e| e.view.snapshot.worst_zone)
+                .max(),
             velocity_mm_s: sensors
                 .values()
                 .filter_map(|e| e.view.snapshot.velocity_mm_s)
@@ -61,7 +66,12 @@ impl MachineView {
 
     /// What a watcher is told about: condition, the sensor naming it, class and zone (not every share's drift).
     fn headline(&self) -> (Condition, &str, Option<&str>, Option<Zone>) {
-        (self.condition, &self.sensor_id, self.fault_class.as_deref(), self.zone)
+        (
+            self.condition,
+            &self.sensor_id,
+            self.fault_class.as_deref(),
+            self.zone,
+        )
     }
 }
 
@@ -183,7 +193,10 @@ impl Registry {
     pub fn update(&self, handle: &SensorHandle, snapshot: Snapshot) {
         let mut inner = self.lock();
         self.apply(&mut inner, &handle.machine_id, |sensors| {
-            if let Some(e) = sensors.get_mut(&handle.sensor_id).filter(|e| e.stream == handle.stream) {
+            if let Some(e) = sensors
+                .get_mut(&handle.sensor_id)
+                .filter(|e| e.stream == handle.stream)
+            {
                 e.view.snapshot = snapshot;
             }
         });
@@ -193,7 +206,10 @@ impl Registry {
     pub fn detach(&self, handle: &SensorHandle, how: Departure, now_unix_ms: i64) {
         let mut inner = self.lock();
         self.apply(&mut inner, &handle.machine_id, |sensors| {
-            let Some(e) = sensors.get_mut(&handle.sensor_id).filter(|e| e.stream == handle.stream) else {
+            let Some(e) = sensors
+                .get_mut(&handle.sensor_id)
+                .filter(|e| e.stream == handle.stream)
+            else {
                 return;
             };
             match how {
@@ -231,9 +247,17 @@ impl Registry {
         let mut inner = self.lock();
         self.expire(&mut inner);
         let rx = self.tx.subscribe();
-        let oldest = inner.recent.front().map_or(inner.revision + 1, |r| r.revision);
+        let oldest = inner
+            .recent
+            .front()
+            .map_or(inner.revision + 1, |r| r.revision);
         if let Some(from) = from.filter(|f| *f <= inner.revision && *f + 1 >= oldest) {
-            let changes = inner.recent.iter().filter(|r| r.revision > from).cloned().collect();
+            let changes = inner
+                .recent
+                .iter()
+                .filter(|r| r.revision > from)
+                .cloned()
+                .collect();
             return (WatchStart::Changes(changes), rx);
         }
         drop(inner);
@@ -250,7 +274,10 @@ impl Registry {
             .flat_map(|(m, sensors)| {
                 sensors
                     .iter()
-                    .filter(|(_, e)| e.stopped_at.is_some_and(|t| now.duration_since(t) >= self.retention))
+                    .filter(|(_, e)| {
+                        e.stopped_at
+                            .is_some_and(|t| now.duration_since(t) >= self.retention)
+                    })
                     .map(move |(s, _)| (m.clone(), s.clone()))
             })
             .collect();
@@ -262,7 +289,12 @@ impl Registry {
     }
 
     /// Applies `edit` to a machine's sensors; publishes the machine's change when its headline moved.
-    fn apply(&self, inner: &mut Inner, machine_id: &str, edit: impl FnOnce(&mut BTreeMap<String, Entry>)) {
+    fn apply(
+        &self,
+        inner: &mut Inner,
+        machine_id: &str,
+        edit: impl FnOnce(&mut BTreeMap<String, Entry>),
+    ) {
         let sensors = inner.machines.entry(machine_id.to_owned()).or_default();
         let before = MachineView::of(machine_id, sensors, &self.classes);
         edit(sensors);
@@ -338,15 +370,28 @@ mod tests {
     #[tokio::test]
     async fn a_machine_is_its_worst_sensor_named() {
         let r = registry();
-        let de = r.attach("pump-1", "DE", snapshot(Condition::Normal, None, Some(Zone::A)));
+        let de = r.attach(
+            "pump-1",
+            "DE",
+            snapshot(Condition::Normal, None, Some(Zone::A)),
+        );
         let _fe = r.attach("pump-1", "FE", snapshot(Condition::Unknown, None, None));
         let (_, machines) = r.list();
-        assert_eq!((machines[0].condition, machines[0].sensor_id.as_str()), (Condition::Unknown, "FE"));
+        assert_eq!(
+            (machines[0].condition, machines[0].sensor_id.as_str()),
+            (Condition::Unknown, "FE")
+        );
         r.update(&de, snapshot(Condition::Fault, Some(2), Some(Zone::C)));
         let (_, machines) = r.list();
         let m = &machines[0];
-        assert_eq!((m.condition, m.sensor_id.as_str()), (Condition::Fault, "DE"));
-        assert_eq!((m.fault_class.as_deref(), m.zone), (Some("outer"), Some(Zone::C)));
+        assert_eq!(
+            (m.condition, m.sensor_id.as_str()),
+            (Condition::Fault, "DE")
+        );
+        assert_eq!(
+            (m.fault_class.as_deref(), m.zone),
+            (Some("outer"), Some(Zone::C))
+        );
         assert_eq!(m.sensors.len(), 2);
     }
 
@@ -365,21 +410,35 @@ mod tests {
         let got = rx.try_recv().unwrap();
         assert_eq!(got.revision, revision + 1);
         r.detach(&a, Departure::Moved, 5);
-        assert_eq!(rx.try_recv().unwrap().change, MachineChange::Removed("m1".into()));
+        assert_eq!(
+            rx.try_recv().unwrap().change,
+            MachineChange::Removed("m1".into())
+        );
         let (WatchStart::Changes(missed), _) = r.watch(Some(revision)) else {
             panic!("the changes after a kept revision are replayed")
         };
-        assert_eq!(missed.iter().map(|r| r.revision).collect::<Vec<_>>(), [revision + 1, revision + 2]);
-        assert!(matches!(r.watch(Some(revision + 99)).0, WatchStart::Snapshot { .. }));
+        assert_eq!(
+            missed.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            [revision + 1, revision + 2]
+        );
+        assert!(matches!(
+            r.watch(Some(revision + 99)).0,
+            WatchStart::Snapshot { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stopped_sensor_is_unknown_until_retention_ends_and_an_old_stream_cannot_clobber_a_new_one() {
+    async fn a_stopped_sensor_is_unknown_until_retention_ends_and_an_old_stream_cannot_clobber_a_new_one()
+     {
         let r = registry();
         let old = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
         let new = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
         r.detach(&old, Departure::Stopped, 7);
-        assert_eq!(r.list().1[0].condition, Condition::Fault, "the resumed stream owns the sensor");
+        assert_eq!(
+            r.list().1[0].condition,
+            Condition::Fault,
+            "the resumed stream owns the sensor"
+        );
         r.detach(&new, Departure::Stopped, 8);
         let (_, machines) = r.list();
         assert_eq!(machines[0].condition, Condition::Unknown);

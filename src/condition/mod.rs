@@ -43,7 +43,9 @@ impl Conditions {
 
     /// Checks a condition state a resumed stream sent back, before its stream is opened.
     pub fn check(&self, state: &State) -> Result<(), ServeError> {
-        state.check(self.classes).map_err(ServeError::ConditionCarry)
+        state
+            .check(self.classes)
+            .map_err(ServeError::ConditionCarry)
     }
 
     /// Tracks the condition of a newly opened stream, going on from `carry` when a resumed stream sent one back;
@@ -61,11 +63,19 @@ impl Conditions {
             }
             None => State::new(self.classes, track::now_unix_ms()),
         };
-        let debouncer = Debouncer::new(self.settings, self.normal, spec.sample_rate_hz, spec.zones, state);
+        let debouncer = Debouncer::new(
+            self.settings,
+            self.normal,
+            spec.sample_rate_hz,
+            spec.zones,
+            state,
+        );
         let start = debouncer.snapshot();
         // A stream without a machine id has a condition of its own but is no machine of the fleet.
-        let handle = (!spec.machine_id.is_empty())
-            .then(|| self.registry.attach(&spec.machine_id, &spec.sensor_id, start.clone()));
+        let handle = (!spec.machine_id.is_empty()).then(|| {
+            self.registry
+                .attach(&spec.machine_id, &spec.sensor_id, start.clone())
+        });
         let tracker = Tracker {
             debouncer,
             registry: self.registry.clone(),

@@ -19,7 +19,10 @@ use crate::pipeline::quality::Flag;
 pub enum Event {
     Stream(StreamEvent),
     /// The sensor's condition changed; `carry` is the state a resumed stream may send back.
-    Condition { change: Change, carry: State },
+    Condition {
+        change: Change,
+        carry: State,
+    },
 }
 
 /// How a stream ended: the error, and the condition state to resume with.
@@ -107,7 +110,10 @@ pub fn track(events: EventStream, tracker: Tracker) -> TrackedStream {
                     };
                     tracker.depart(how);
                     let carry = tracker.debouncer.state().clone();
-                    Some((Err(Ending { error, carry }), (events, tracker, queued, true)))
+                    Some((
+                        Err(Ending { error, carry }),
+                        (events, tracker, queued, true),
+                    ))
                 }
                 None => {
                     tracker.depart(Departure::Stopped);

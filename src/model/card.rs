@@ -239,7 +239,10 @@ impl LoadedModel {
     /// The unit of the samples (`input_range.unit`, e.g. `g`); "g" when the card does not say, as every CWRU-style
     /// accelerometer model is trained in g.
     pub fn unit(&self) -> &str {
-        self.card.input_range.as_ref().map_or("g", |r| r.unit.as_str())
+        self.card
+            .input_range
+            .as_ref()
+            .map_or("g", |r| r.unit.as_str())
     }
 
     /// Model-rate samples per window, all channels interleaved.

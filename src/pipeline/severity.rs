@@ -170,7 +170,10 @@ impl VelocityMeter {
         }
         let mut worst = 0f64;
         for c in 0..channels {
-            let mean = (0..len).map(|i| f64::from(window[i * channels + c])).sum::<f64>() / len as f64;
+            let mean = (0..len)
+                .map(|i| f64::from(window[i * channels + c]))
+                .sum::<f64>()
+                / len as f64;
             for (i, (slot, w)) in self.input.iter_mut().zip(&self.taper).enumerate() {
                 *slot = ((f64::from(window[i * channels + c]) - mean) as f32) * w;
             }
@@ -198,7 +201,10 @@ mod tests {
         let v_peak = v_mm_s * 2f64.sqrt() / 1000.0; // m/s
         let a_peak = v_peak * 2.0 * std::f64::consts::PI * f / G; // g
         (0..len)
-            .map(|n| (0.3 + a_peak * (2.0 * std::f64::consts::PI * f * n as f64 / rate + 0.4).sin()) as f32)
+            .map(|n| {
+                (0.3 + a_peak * (2.0 * std::f64::consts::PI * f * n as f64 / rate + 0.4).sin())
+                    as f32
+            })
             .collect()
     }
 
@@ -219,7 +225,10 @@ mod tests {
         let mut meter = VelocityMeter::new(8192, 12_000.0, "g").unwrap();
         for f in [3.0, 2500.0] {
             let got = meter.measure(&sine_g(10.0, f, 12_000.0, 8192), 1).unwrap();
-            assert!(got < 0.5, "{f} Hz is outside 10-1000 Hz but measured {got} mm/s");
+            assert!(
+                got < 0.5,
+                "{f} Hz is outside 10-1000 Hz but measured {got} mm/s"
+            );
         }
     }
 
@@ -227,8 +236,14 @@ mod tests {
     fn units_convert_and_unknown_units_give_no_velocity() {
         let g = sine_g(4.5, 100.0, 12_000.0, 8192);
         let si: Vec<f32> = g.iter().map(|x| x * G as f32).collect();
-        let a = VelocityMeter::new(8192, 12_000.0, "g").unwrap().measure(&g, 1).unwrap();
-        let b = VelocityMeter::new(8192, 12_000.0, "m/s2").unwrap().measure(&si, 1).unwrap();
+        let a = VelocityMeter::new(8192, 12_000.0, "g")
+            .unwrap()
+            .measure(&g, 1)
+            .unwrap();
+        let b = VelocityMeter::new(8192, 12_000.0, "m/s2")
+            .unwrap()
+            .measure(&si, 1)
+            .unwrap();
         assert!((a - b).abs() < 0.01 * a);
         assert!(VelocityMeter::new(8192, 12_000.0, "volts").is_none());
     }
@@ -237,8 +252,15 @@ mod tests {
     fn the_loudest_channel_sets_the_velocity() {
         let loud = sine_g(7.0, 120.0, 12_000.0, 4096);
         let quiet = sine_g(1.0, 120.0, 12_000.0, 4096);
-        let both: Vec<f32> = quiet.iter().zip(&loud).flat_map(|(q, l)| [*q, *l]).collect();
-        let got = VelocityMeter::new(4096, 12_000.0, "g").unwrap().measure(&both, 2).unwrap();
+        let both: Vec<f32> = quiet
+            .iter()
+            .zip(&loud)
+            .flat_map(|(q, l)| [*q, *l])
+            .collect();
+        let got = VelocityMeter::new(4096, 12_000.0, "g")
+            .unwrap()
+            .measure(&both, 2)
+            .unwrap();
         assert!((got / 7.0 - 1.0).abs() < 0.03, "{got}");
     }
 
@@ -246,7 +268,11 @@ mod tests {
     fn zones_follow_the_iso_tables() {
         let medium_rigid = ZoneLimits::default();
         assert_eq!(medium_rigid.zone(1.0), Zone::A);
-        assert_eq!(medium_rigid.zone(1.4), Zone::A, "a boundary belongs to the better zone");
+        assert_eq!(
+            medium_rigid.zone(1.4),
+            Zone::A,
+            "a boundary belongs to the better zone"
+        );
         assert_eq!(medium_rigid.zone(2.0), Zone::B);
         assert_eq!(medium_rigid.zone(3.0), Zone::C);
         assert_eq!(medium_rigid.zone(4.6), Zone::D);

@@ -49,7 +49,11 @@ impl StreamSession {
     ) -> Self {
         Self {
             checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
-            meter: VelocityMeter::new(model.window(), model.card.input.sample_rate_hz, model.unit()),
+            meter: VelocityMeter::new(
+                model.window(),
+                model.card.input.sample_rate_hz,
+                model.unit(),
+            ),
             spec,
             framer,
             flow,

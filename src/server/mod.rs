@@ -23,9 +23,9 @@ use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
 use crate::api::grpc::transport_errors::TransportErrors;
 use crate::api::grpc::{frames, status};
 use crate::api::kserve;
+use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::api::machines;
 use crate::condition::{Conditions, export};
-use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::engine::device::{Device, Placement};
 use crate::engine::onnx::{self, Model};
 use crate::error::StartupError;
@@ -339,7 +339,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
         model.window_values() * config.streams.max_unary_windows,
     )
-    .merge(machines::router(conditions.registry().clone(), tokens.clone()));
+    .merge(machines::router(
+        conditions.registry().clone(),
+        tokens.clone(),
+    ));
     let rest_tls = tls
         .as_ref()
         .map(|f| f.rustls())
@@ -453,7 +456,8 @@ fn machine_series(config: &ServeConfig, conditions: &Arc<Conditions>) -> Option<
     let registry = conditions.registry().clone();
     let cap = config.conditions.max_machine_metrics;
     config.conditions.machine_metrics.then(|| {
-        let render: m::Extra = Arc::new(move |out: &mut String| export::render(&registry, cap, out));
+        let render: m::Extra =
+            Arc::new(move |out: &mut String| export::render(&registry, cap, out));
         render
     })
 }

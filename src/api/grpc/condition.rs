@@ -22,7 +22,9 @@ fn condition_from(value: i32) -> Result<Condition, ServeError> {
         Ok(proto::Condition::Fault) => Ok(Condition::Fault),
         Ok(proto::Condition::SensorFault) => Ok(Condition::SensorFault),
         Ok(proto::Condition::Unknown) => Ok(Condition::Unknown),
-        _ => Err(ServeError::ConditionCarry(format!("condition {value} is not a condition"))),
+        _ => Err(ServeError::ConditionCarry(format!(
+            "condition {value} is not a condition"
+        ))),
     }
 }
 
@@ -43,7 +45,9 @@ fn zone_from(value: i32) -> Result<Option<Zone>, ServeError> {
         Ok(VibrationZone::B) => Ok(Some(Zone::B)),
         Ok(VibrationZone::C) => Ok(Some(Zone::C)),
         Ok(VibrationZone::D) => Ok(Some(Zone::D)),
-        Err(_) => Err(ServeError::ConditionCarry(format!("zone {value} is not a zone"))),
+        Err(_) => Err(ServeError::ConditionCarry(format!(
+            "zone {value} is not a zone"
+        ))),
     }
 }
 
@@ -128,7 +132,11 @@ pub fn carry(s: &State) -> ConditionCarry {
 pub fn carry_from(c: ConditionCarry) -> Result<State, ServeError> {
     let pending = match c.pending {
         0 => None,
-        p => Some((condition_from(p)?, c.pending_class.map(|k| k as usize), c.pending_since)),
+        p => Some((
+            condition_from(p)?,
+            c.pending_class.map(|k| k as usize),
+            c.pending_since,
+        )),
     };
     Ok(State {
         condition: condition_from(c.condition)?,
@@ -176,7 +184,11 @@ pub fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCondition {
     }
 }
 
-pub fn list(revision: u64, machines: &[MachineView], classes: &[String]) -> proto::ListMachinesResponse {
+pub fn list(
+    revision: u64,
+    machines: &[MachineView],
+    classes: &[String],
+) -> proto::ListMachinesResponse {
     proto::ListMachinesResponse {
         revision,
         machines: machines.iter().map(|m| machine(m, classes)).collect(),
@@ -195,10 +207,16 @@ pub fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEvent {
     }
 }
 
-pub fn snapshot_event(revision: u64, machines: &[MachineView], classes: &[String]) -> proto::MachineEvent {
+pub fn snapshot_event(
+    revision: u64,
+    machines: &[MachineView],
+    classes: &[String],
+) -> proto::MachineEvent {
     proto::MachineEvent {
         revision,
-        event: Some(proto::machine_event::Event::Snapshot(list(revision, machines, classes))),
+        event: Some(proto::machine_event::Event::Snapshot(list(
+            revision, machines, classes,
+        ))),
     }
 }
 

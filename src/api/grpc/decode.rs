@@ -10,7 +10,10 @@ use crate::pipeline::spec::{Detail, Limits, OpenRequest};
 
 /// The pipeline's `open` from the wire's, and the condition state a resumed stream sent back.
 pub fn open_request(open: proto::StreamOpen) -> Result<(OpenRequest, Option<State>), ServeError> {
-    let carry = open.resume_condition.map(condition::carry_from).transpose()?;
+    let carry = open
+        .resume_condition
+        .map(condition::carry_from)
+        .transpose()?;
     let request = OpenRequest {
         detail: detail(open.detail)?,
         zones: zones(open.machine_group, open.foundation)?,
@@ -52,7 +55,10 @@ fn zones(group: i32, foundation: i32) -> Result<Option<ZoneLimits>, ServeError> 
         (None, None) => None,
         (g, f) => {
             let default = ZoneLimits::default();
-            Some(ZoneLimits::new(g.unwrap_or(default.group), f.unwrap_or(default.foundation)))
+            Some(ZoneLimits::new(
+                g.unwrap_or(default.group),
+                f.unwrap_or(default.foundation),
+            ))
         }
     })
 }

@@ -1,10 +1,10 @@
 //! The pipeline's answers into drsn.v1 messages: window results with their status, discontinuities, `opened`.
 
+use crate::api::grpc::condition;
 use crate::api::grpc::proto::{
     self, InvalidReason, StreamDiagnoseResponse, WindowResult, WindowStatus,
     stream_diagnose_response::Event,
 };
-use crate::api::grpc::condition;
 use crate::model::card::LoadedModel;
 use crate::pipeline::deliver::StreamEvent;
 use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};

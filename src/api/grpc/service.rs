@@ -131,12 +131,15 @@ impl Diagnosis for DiagnosisService {
             .admit_stream(conn.id)
             .map_err(status::status)?;
         let mut inbound = request.into_inner();
-        let (open, carry) = match self.read_open(&mut inbound).await.and_then(|(open, carry)| {
-            if let Some(state) = &carry {
-                self.conditions.check(state)?;
-            }
-            Ok((open, carry))
-        }) {
+        let (open, carry) = match self
+            .read_open(&mut inbound)
+            .await
+            .and_then(|(open, carry)| {
+                if let Some(state) = &carry {
+                    self.conditions.check(state)?;
+                }
+                Ok((open, carry))
+            }) {
             Ok(open) => open,
             Err(err) => return Err(status::status(slot.refuse(err))),
         };
@@ -159,7 +162,12 @@ impl Diagnosis for DiagnosisService {
         let ids = (spec.machine_id.clone(), spec.sensor_id.clone());
         let mut opened = self.encoder.opened(self.pipeline.model(), spec);
         if let Some(proto::stream_diagnose_response::Event::Opened(o)) = &mut opened.event {
-            o.condition = Some(condition::sensor_condition((&ids.0, &ids.1), &start, None, &classes));
+            o.condition = Some(condition::sensor_condition(
+                (&ids.0, &ids.1),
+                &start,
+                None,
+                &classes,
+            ));
         }
         let detail = spec.detail;
         let reader = Reader {
@@ -228,7 +236,11 @@ impl Diagnosis for DiagnosisService {
     ) -> Result<Response<proto::ListMachinesResponse>, Status> {
         let registry = self.conditions.registry();
         let (revision, machines) = registry.list();
-        Ok(Response::new(condition::list(revision, &machines, registry.classes())))
+        Ok(Response::new(condition::list(
+            revision,
+            &machines,
+            registry.classes(),
+        )))
     }
 
     type WatchMachinesStream = WatchStream;
@@ -245,9 +257,10 @@ impl Diagnosis for DiagnosisService {
             WatchStart::Snapshot { revision, machines } => {
                 vec![condition::snapshot_event(revision, &machines, &classes)]
             }
-            WatchStart::Changes(changes) => {
-                changes.iter().map(|r| condition::watch_event(r, &classes)).collect()
-            }
+            WatchStart::Changes(changes) => changes
+                .iter()
+                .map(|r| condition::watch_event(r, &classes))
+                .collect(),
         };
         let shutdown = self.pipeline.drain().shutdown.clone();
         let changes = futures_util::stream::unfold(
