@@ -40,11 +40,7 @@ pub struct MachineView {
 impl MachineView {
     /// The worst sensor (condition, then zone): the one a machine's condition names.
     fn of(machine_id: &str, sensors: &BTreeMap<String, Entry>, classes: &[String]) -> Option<Self> {
-        let worst = sensors.iter().max_by(|a, b| {
-            rank(&a.1.view)
-                .cmp(&rank(&b.1.view))
-                .then_with(|| b.0.cmp(a.0))
-        })?;
+        let worst = worst(sensors)?;
         let s = &worst.1.view.snapshot;
         Some(Self {
             machine_id: machine_id.to_owned(),
@@ -63,20 +59,28 @@ impl MachineView {
             sensors: sensors.values().map(|e| e.view.clone()).collect(),
         })
     }
-
-    /// What a watcher is told about: condition, the sensor naming it, class and zone (not every share's drift).
-    fn headline(&self) -> (Condition, &str, Option<&str>, Option<Zone>) {
-        (
-            self.condition,
-            &self.sensor_id,
-            self.fault_class.as_deref(),
-            self.zone,
-        )
-    }
 }
 
-fn rank(v: &SensorView) -> (Condition, Option<Zone>) {
-    (v.snapshot.condition, v.snapshot.worst_zone)
+/// What a watcher is told about: condition, the sensor naming it, class and zone (not every share's drift). Cheap:
+/// taken on every window, while the whole view is built only when it changes.
+type Headline = (Condition, String, Option<usize>, Option<Zone>);
+
+fn headline(sensors: &BTreeMap<String, Entry>) -> Option<Headline> {
+    let worst = worst(sensors)?;
+    let s = &worst.1.view.snapshot;
+    let zone = sensors
+        .values()
+        .filter_map(|e| e.view.snapshot.worst_zone)
+        .max();
+    Some((s.condition, worst.0.clone(), s.fault_class, zone))
+}
+
+/// The sensor that sets a machine's condition: the worst condition, then the worst zone (ties: the first id).
+fn worst(sensors: &BTreeMap<String, Entry>) -> Option<(&String, &Entry)> {
+    let rank = |e: &Entry| (e.view.snapshot.condition, e.view.snapshot.worst_zone);
+    sensors
+        .iter()
+        .max_by(|a, b| rank(a.1).cmp(&rank(b.1)).then_with(|| b.0.cmp(a.0)))
 }
 
 /// One change, numbered.
@@ -296,24 +300,28 @@ impl Registry {
         edit: impl FnOnce(&mut BTreeMap<String, Entry>),
     ) {
         let sensors = inner.machines.entry(machine_id.to_owned()).or_default();
-        let before = MachineView::of(machine_id, sensors, &self.classes);
+        let before = headline(sensors);
         edit(sensors);
-        let after = MachineView::of(machine_id, sensors, &self.classes);
-        if after.is_none() {
-            inner.machines.remove(machine_id);
+        let after = headline(sensors);
+        if before == after {
+            if after.is_none() {
+                inner.machines.remove(machine_id);
+            }
+            return;
         }
-        let change = match (&before, after) {
-            (Some(b), Some(a)) if b.headline() == a.headline() => return,
-            (None, None) => return,
-            (_, Some(a)) => MachineChange::Changed(a),
-            (Some(_), None) => MachineChange::Removed(machine_id.to_owned()),
+        let change = match MachineView::of(machine_id, sensors, &self.classes) {
+            Some(view) => MachineChange::Changed(view),
+            None => {
+                inner.machines.remove(machine_id);
+                MachineChange::Removed(machine_id.to_owned())
+            }
         };
         if let Some(b) = &before {
-            inner.counts[index(b.condition)] -= 1;
+            inner.counts[index(b.0)] -= 1;
         }
         if let MachineChange::Changed(a) = &change {
             inner.counts[index(a.condition)] += 1;
-            if before.as_ref().is_none_or(|b| b.condition != a.condition) {
+            if before.as_ref().is_none_or(|b| b.0 != a.condition) {
                 counter!(m::CONDITION_CHANGES, "to" => a.condition.label()).increment(1);
             }
         }
