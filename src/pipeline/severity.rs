@@ -170,12 +170,10 @@ impl VelocityMeter {
         }
         let mut worst = 0f64;
         for c in 0..channels {
-            let mean = (0..len)
-                .map(|i| f64::from(window[i * channels + c]))
-                .sum::<f64>()
-                / len as f64;
-            for (i, (slot, w)) in self.input.iter_mut().zip(&self.taper).enumerate() {
-                *slot = ((f64::from(window[i * channels + c]) - mean) as f32) * w;
+            let samples = window.iter().skip(c).step_by(channels);
+            let mean = (samples.clone().map(|x| f64::from(*x)).sum::<f64>() / len as f64) as f32;
+            for ((slot, w), x) in self.input.iter_mut().zip(&self.taper).zip(samples) {
+                *slot = (x - mean) * w;
             }
             self.fft
                 .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
