@@ -116,6 +116,26 @@ impl Sensor {
     }
 }
 
+/// The watch's next change of a machine to `condition`, within 10 s.
+async fn next_change(
+    watch: &mut tonic::Streaming<drsn_serve::api::grpc::proto::MachineEvent>,
+    condition: Condition,
+) -> drsn_serve::api::grpc::proto::MachineCondition {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("no change to {condition:?} within 10 s"))
+            .unwrap()
+            .unwrap();
+        if let Some(Machine::Changed(m)) = event.event
+            && m.condition == condition as i32
+        {
+            return m;
+        }
+    }
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -167,19 +187,7 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     assert!(onset.since_sample as f64 / RATE >= 0.5, "{onset:?}");
 
     // The watch saw the machine become faulty.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let event = tokio::time::timeout_at(deadline, watch.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(Machine::Changed(m)) = event.event
-            && m.condition == Condition::Fault as i32
-        {
-            break m;
-        }
-    };
+    let seen = next_change(&mut watch, Condition::Fault).await;
     assert_eq!(
         (seen.machine_id.as_str(), seen.sensor_id.as_str()),
         ("pump-7", "DE")
@@ -235,20 +243,8 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
 
     // The sensor's data stops: the machine is UNKNOWN (not dropped, not NORMAL) while retention lasts.
     drop(sensor);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let event = tokio::time::timeout_at(deadline, watch.message())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(Machine::Changed(m)) = event.event
-            && m.condition == Condition::Unknown as i32
-        {
-            assert!(!m.sensors[0].streaming);
-            break;
-        }
-    }
+    let stopped = next_change(&mut watch, Condition::Unknown).await;
+    assert!(!stopped.sensors[0].streaming);
     running.shutdown();
     running.stopped().await;
 }

@@ -270,16 +270,7 @@ class Alertmanager:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "alertmanager exited:\n" + self.logfile.read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("alertmanager did not become ready:\n" + self.logfile.read_text()[-3000:])
+        wait_ready(self, "alertmanager")
 
     def alerts(self) -> list[dict]:
         """GET /api/v2/alerts: every alert it holds, active, silenced and inhibited, with its status."""
@@ -434,6 +425,20 @@ def scrape(metrics_addr: str) -> dict[str, float]:
     return out
 
 
+def wait_ready(component, name: str, seconds: float = 30) -> None:
+    """Waits for `component` (with .proc, .url, .logfile, .stop()) to answer /-/ready; its log on failure."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert component.proc.poll() is None, f"{name} exited:\n" + component.logfile.read_text()[-3000:]
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{component.url}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.2)
+    component.stop()
+    raise AssertionError(f"{name} did not become ready:\n" + component.logfile.read_text()[-3000:])
+
+
 class Prometheus:
     """Debian's prometheus binary in a temporary directory, with the given config."""
 
@@ -456,16 +461,7 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
         self.logfile = workdir / "prometheus.log"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "prometheus exited:\n" + self.logfile.read_text()[-3000:]
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError("prometheus did not become ready:\n" + self.logfile.read_text()[-3000:])
+        wait_ready(self, "prometheus")
 
     def query(self, expr: str) -> list:
         body = http_get_json(f"{self.url}/api/v1/query", {"query": expr})
