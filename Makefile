@@ -13,7 +13,7 @@ BIN := target/release/drsn-serve
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
 .PHONY: help serve test lint pytest rust-test v2-test bench-v2 deploy-test deploy-gen image-test local-stack build dist bench soak ort ort-gpu \
-	reproduce study venv
+	reproduce study venv condition-study
 
 help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
@@ -26,6 +26,7 @@ help:
 	@echo "make ort-gpu    the CUDA build (onnxruntime-gpu) into .ort/gpu, for --device cuda"
 	@echo "make reproduce  the shipped recipe's study (leave-one-load-out + time split), ship the DRSN, write models/reports/"
 	@echo "make study      every recipe tried (models/reports/pilots.json), then make reproduce"
+	@echo "make condition-study  the machine-condition settings on the held-out folds: the README's decision table"
 	@echo "make deploy-test   deploy/ checks: manifests, rules, dashboard queries against the real server (in make test)"
 	@echo "make deploy-gen    regenerate the PrometheusRule from deploy/prometheus/rules.yml"
 	@echo "make image-test    build the CPU image with podman (root, Debian packages) and run it: health, uid, drain"
@@ -123,3 +124,9 @@ reproduce: venv
 
 study: venv
 	cd models/training && ../../$(PY) -m drsntrain pareto && ../../$(PY) -m drsntrain reproduce
+
+# Per-window outputs of the fold models (trained here when models/training/runs lacks them: ~8 min on 2 cores) and
+# of the shipped model, then the server's own debouncer over them for a grid of settings.
+condition-study: venv build
+	cd models/training && ../../$(PY) -m drsntrain condition-windows
+	$(BIN) condition-study

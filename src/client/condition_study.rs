@@ -29,18 +29,35 @@ pub struct Recorded {
     pub hop: u64,
     pub sample_rate_hz: f64,
     pub folds: Vec<Fold>,
+    #[serde(default)]
+    pub shipped: Option<Shipped>,
     pub sequences: Vec<Sequence>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Fold {
-    pub heldout_load: u32,
+    pub heldout_load: i32,
     pub uncertain_below: Option<f32>,
+}
+
+/// The shipped model's calibration, for its sequences.
+#[derive(Debug, Deserialize)]
+pub struct Shipped {
+    pub uncertain_below: Option<f32>,
+    pub version: Option<String>,
+}
+
+fn fold_model() -> String {
+    "fold".into()
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Sequence {
-    pub fold: u32,
+    /// The held-out load of the fold model, or -1 for the shipped model.
+    pub fold: i32,
+    /// "fold" or "shipped".
+    #[serde(default = "fold_model")]
+    pub model: String,
     pub recording: String,
     pub true_class: String,
     pub healthy: bool,
@@ -51,24 +68,30 @@ pub struct Sequence {
     pub confidence: Vec<f32>,
 }
 
-/// What one setting did over every sequence of one kind.
+/// What one setting did: on the fold models' held-out loads, and with the shipped model.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
     pub half_life_s: f64,
     pub on_share: f32,
     pub on_delay_s: f64,
     pub off_delay_s: f64,
-    /// Faulty sequences (clean) ending FAULT with the right dominant class, and with noise at -4 / -8 dB.
-    pub right_clean: f64,
-    pub right_minus4: f64,
-    pub right_minus8: f64,
+    pub folds: Judged,
+    pub shipped: Judged,
+}
+
+/// One model's sequences under one setting.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Judged {
+    /// Faulty sequences ending FAULT with the right dominant class: clean, noise at -4 dB, at -8 dB.
+    pub right: [f64; 3],
+    pub faulty: [u64; 3],
     /// Seconds of signal to the first FAULT onset (median and 90th percentile over the faulty sequences with one).
     pub onset_median_s: f64,
     pub onset_p90_s: f64,
-    /// FAULT onsets on healthy signal per sensor-hour, and the hours of healthy signal behind it.
-    pub false_onsets_per_hour: f64,
+    /// FAULT onsets on healthy signal, per sensor-hour, and the hours of healthy signal behind it.
     pub false_onsets: u64,
     pub healthy_hours: f64,
+    pub false_onsets_per_hour: f64,
 }
 
 /// The grid the defaults are picked from.
@@ -125,9 +148,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The decision table over `grid` for `data`.
 pub fn table(data: &Recorded, grid: &[Settings]) -> Vec<Row> {
+    grid.iter()
+        .map(|&settings| Row {
+            half_life_s: settings.half_life_s,
+            on_share: settings.on_share,
+            on_delay_s: settings.on_delay_s,
+            off_delay_s: settings.off_delay_s,
+            folds: judge(data, settings, "fold"),
+            shipped: judge(data, settings, "shipped"),
+        })
+        .collect()
+}
+
+/// The sequences of `model` under `settings`.
+fn judge(data: &Recorded, settings: Settings, model: &str) -> Judged {
     let normal = healthy_class(&data.classes);
     let rate = data.sample_rate_hz;
-    let fresh = |settings: Settings| {
+    let fresh = || {
         Debouncer::new(
             settings,
             normal,
@@ -136,82 +173,75 @@ pub fn table(data: &Recorded, grid: &[Settings]) -> Vec<Row> {
             State::new(data.classes.len(), 0),
         )
     };
-    let uncertain = |fold: u32| {
-        data.folds
+    let uncertain = |fold: i32| match model {
+        "shipped" => data.shipped.as_ref().and_then(|s| s.uncertain_below),
+        _ => data
+            .folds
             .iter()
             .find(|f| f.heldout_load == fold)
-            .and_then(|f| f.uncertain_below)
+            .and_then(|f| f.uncertain_below),
     };
-    grid.iter()
-        .map(|&settings| {
-            let (mut right, mut total) = ([0u64; 3], [0u64; 3]);
-            let mut onsets = Vec::new();
-            for seq in data.sequences.iter().filter(|s| !s.healthy) {
-                let cell = match seq.snr_db.map(|s| s.round() as i64) {
-                    None => 0,
-                    Some(-4) => 1,
-                    Some(-8) => 2,
-                    _ => continue,
-                };
-                let mut d = fresh(settings);
-                let changes = run(&mut d, data.window, seq, uncertain(seq.fold), 0);
-                let truth = data.classes.iter().position(|c| *c == seq.true_class);
-                let state = d.state();
-                total[cell] += 1;
-                if state.condition == Condition::Fault && state.fault_class == truth {
-                    right[cell] += 1;
-                }
-                if let Some((end, _, _)) = changes.iter().find(|c| c.1 == Condition::Fault) {
-                    onsets.push((*end + 1) as f64 / rate);
-                }
-            }
-            // Healthy sequences of a fold, one after another, make one long healthy stream per fold and noise.
-            let mut false_onsets = 0u64;
-            let mut healthy_samples = 0u64;
-            let mut streams: Vec<(u32, &str, Option<i64>)> = data
-                .sequences
-                .iter()
-                .filter(|s| s.healthy)
-                .map(|s| (s.fold, s.noise.as_str(), s.snr_db.map(|x| x.round() as i64)))
-                .collect();
-            streams.sort();
-            streams.dedup();
-            for (fold, noise, snr) in streams {
-                let mut d = fresh(settings);
-                let mut start = 0u64;
-                for seq in data.sequences.iter().filter(|s| {
-                    s.healthy
-                        && s.fold == fold
-                        && s.noise == noise
-                        && s.snr_db.map(|x| x.round() as i64) == snr
-                }) {
-                    let changes = run(&mut d, data.window, seq, uncertain(fold), start);
-                    false_onsets +=
-                        changes.iter().filter(|c| c.1 == Condition::Fault).count() as u64;
-                    let span = seq.first_sample.last().map_or(0, |l| l + data.hop);
-                    start += span;
-                    healthy_samples += span;
-                }
-            }
-            onsets.sort_by(f64::total_cmp);
-            let share = |i: usize| right[i] as f64 / total[i].max(1) as f64;
-            let hours = healthy_samples as f64 / rate / 3600.0;
-            Row {
-                half_life_s: settings.half_life_s,
-                on_share: settings.on_share,
-                on_delay_s: settings.on_delay_s,
-                off_delay_s: settings.off_delay_s,
-                right_clean: share(0),
-                right_minus4: share(1),
-                right_minus8: share(2),
-                onset_median_s: percentile(&onsets, 50.0),
-                onset_p90_s: percentile(&onsets, 90.0),
-                false_onsets_per_hour: false_onsets as f64 / hours.max(1e-12),
-                false_onsets,
-                healthy_hours: hours,
-            }
-        })
-        .collect()
+    let snr = |s: &Sequence| s.snr_db.map(|x| x.round() as i64);
+    let ours = data.sequences.iter().filter(|s| s.model == model);
+    let (mut right, mut faulty) = ([0u64; 3], [0u64; 3]);
+    let mut onsets = Vec::new();
+    for seq in ours.clone().filter(|s| !s.healthy) {
+        let cell = match snr(seq) {
+            None => 0,
+            Some(-4) => 1,
+            Some(-8) => 2,
+            _ => continue,
+        };
+        let mut d = fresh();
+        let changes = run(&mut d, data.window, seq, uncertain(seq.fold), 0);
+        let truth = data.classes.iter().position(|c| *c == seq.true_class);
+        faulty[cell] += 1;
+        if d.state().condition == Condition::Fault && d.state().fault_class == truth {
+            right[cell] += 1;
+        }
+        if let Some((end, _, _)) = changes.iter().find(|c| c.1 == Condition::Fault) {
+            onsets.push((*end + 1) as f64 / rate);
+        }
+    }
+    // The healthy sequences of a fold and noise cell, one after another, make one long healthy stream.
+    let mut false_onsets = 0u64;
+    let mut healthy_samples = 0u64;
+    let mut streams: Vec<(i32, &str, Option<i64>)> = ours
+        .clone()
+        .filter(|s| s.healthy)
+        .map(|s| (s.fold, s.noise.as_str(), snr(s)))
+        .collect();
+    streams.sort();
+    streams.dedup();
+    for (fold, noise, cell) in streams {
+        let mut d = fresh();
+        let mut start = 0u64;
+        for seq in ours
+            .clone()
+            .filter(|s| s.healthy && s.fold == fold && s.noise == noise && snr(s) == cell)
+        {
+            let changes = run(&mut d, data.window, seq, uncertain(fold), start);
+            false_onsets += changes.iter().filter(|c| c.1 == Condition::Fault).count() as u64;
+            let span = seq.first_sample.last().map_or(0, |l| l + data.hop);
+            start += span;
+            healthy_samples += span;
+        }
+    }
+    onsets.sort_by(f64::total_cmp);
+    let hours = healthy_samples as f64 / rate / 3600.0;
+    Judged {
+        right: [0, 1, 2].map(|i| right[i] as f64 / faulty[i].max(1) as f64),
+        faulty,
+        onset_median_s: percentile(&onsets, 50.0),
+        onset_p90_s: percentile(&onsets, 90.0),
+        false_onsets,
+        healthy_hours: hours,
+        false_onsets_per_hour: if hours > 0.0 {
+            false_onsets as f64 / hours
+        } else {
+            f64::NAN
+        },
+    }
 }
 
 pub fn read(path: &PathBuf) -> anyhow::Result<Recorded> {
@@ -232,39 +262,55 @@ pub fn run_study(args: StudyArgs) -> anyhow::Result<String> {
     if args.json {
         return Ok(serde_json::to_string_pretty(&rows)?);
     }
-    let faulty = data.sequences.iter().filter(|s| !s.healthy).count();
-    let healthy_windows: usize = data
-        .sequences
-        .iter()
-        .filter(|s| s.healthy)
-        .map(|s| s.label.len())
-        .sum();
-    let defaults = Settings::default();
+    let count = |model: &str, healthy: bool| {
+        let seqs = data
+            .sequences
+            .iter()
+            .filter(|s| s.model == model && s.healthy == healthy);
+        (
+            seqs.clone().count(),
+            seqs.map(|s| s.label.len()).sum::<usize>(),
+        )
+    };
+    let (fold_faulty, _) = count("fold", false);
+    let (_, fold_healthy) = count("fold", true);
+    let (_, shipped_healthy) = count("shipped", true);
+    let first = rows.first();
     let mut out = format!(
-        "{faulty} faulty sequences (held-out loads, {} folds), {healthy_windows} healthy windows ({:.3} h of \
-         healthy signal, noise realisations of the same few seconds)\n\n\
-         | half-life s | on share | on delay s | ends FAULT, right class: clean | -4 dB | -8 dB | onset s median | p90 | \
-         false onsets / sensor-h (n) |\n|---|---|---|---|---|---|---|---|---|\n",
-        data.folds.len(),
-        rows.first().map_or(0.0, |r| r.healthy_hours),
+        "Fold models on held-out loads: {fold_faulty} faulty sequences, {fold_healthy} healthy windows ({:.3} h of \
+         healthy signal, noise draws over 3 distinct windows a fold). Shipped model{}: {shipped_healthy} healthy \
+         windows ({:.3} h, noise draws over the one ~5 s healthy recording at its true rate).\n\n\
+         | half-life s | on share | on delay s | folds: ends FAULT, right class (clean / -4 / -8 dB) | onset s median (p90) \
+         | false onsets / sensor-h, folds (n) | shipped model: false onsets / sensor-h (n) |\n\
+         |---|---|---|---|---|---|---|\n",
+        first.map_or(0.0, |r| r.folds.healthy_hours),
+        data.shipped
+            .as_ref()
+            .and_then(|s| s.version.as_deref())
+            .map_or(String::new(), |v| format!(" {v}")),
+        first.map_or(0.0, |r| r.shipped.healthy_hours),
     );
+    let defaults = Settings::default();
     for r in &rows {
         let chosen = r.half_life_s == defaults.half_life_s
             && r.on_share == defaults.on_share
             && r.on_delay_s == defaults.on_delay_s;
         let mark = if chosen { " **(default)**" } else { "" };
+        let f = &r.folds;
         out += &format!(
-            "| {}{mark} | {} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1} | {:.1} | {:.1} ({}) |\n",
+            "| {}{mark} | {} | {} | {:.1} / {:.1} / {:.1}% | {:.1} ({:.1}) | {:.0} ({}) | {:.0} ({}) |\n",
             r.half_life_s,
             r.on_share,
             r.on_delay_s,
-            100.0 * r.right_clean,
-            100.0 * r.right_minus4,
-            100.0 * r.right_minus8,
-            r.onset_median_s,
-            r.onset_p90_s,
-            r.false_onsets_per_hour,
-            r.false_onsets
+            100.0 * f.right[0],
+            100.0 * f.right[1],
+            100.0 * f.right[2],
+            f.onset_median_s,
+            f.onset_p90_s,
+            f.false_onsets_per_hour,
+            f.false_onsets,
+            r.shipped.false_onsets_per_hour,
+            r.shipped.false_onsets,
         );
     }
     Ok(out)
@@ -274,9 +320,10 @@ pub fn run_study(args: StudyArgs) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
-    fn seq(fold: u32, healthy: bool, labels: Vec<usize>, snr: Option<f64>) -> Sequence {
+    fn seq(fold: i32, healthy: bool, labels: Vec<usize>, snr: Option<f64>) -> Sequence {
         Sequence {
             fold,
+            model: "fold".into(),
             recording: "r".into(),
             true_class: if healthy { "normal" } else { "inner" }.into(),
             healthy,
@@ -299,6 +346,7 @@ mod tests {
                 heldout_load: 0,
                 uncertain_below: Some(0.5),
             }],
+            shipped: None,
             sequences: vec![
                 seq(0, false, vec![1; 30], None),
                 seq(0, false, vec![2; 30], Some(-8.0)),
