@@ -20,8 +20,8 @@ from .experiments import ARCHS, PILOTS, Run, execute, lolo_runs, run_all, study_
 from .export import export_onnx, load_checkpoint
 from .model import DRSN, ModelConfig, parameter_count
 from .report import write_report
-from .ship import ship
-from .train import NoiseProtocol, TrainConfig
+from .ship import PARITY_TOLERANCE, ship
+from .train import NoiseProtocol, TrainConfig, predict
 
 MODELS_DIR = REPO_ROOT / "models"
 RUNS_DIR = REPO_ROOT / "models" / "training" / "runs"
@@ -301,8 +301,9 @@ def cmd_lolo(args) -> None:
 
 def cmd_condition_windows(args) -> None:
     """Per-window outputs of the shipped recipe's fold models (DRSN-CW, seed 0) on the loads they never saw, as the
-    server windows a stream: models/reports/condition_windows.json.gz (see condition_windows.py). Trains the folds
-    that the runs folder lacks (`make reproduce` runs are reused)."""
+    server windows a stream, and of the shipped model itself on every whole recording of its training loads (the
+    healthy baseline with many noise draws): models/reports/condition_windows.json.gz (see condition_windows.py).
+    Trains the folds that the runs folder lacks (`make reproduce` runs are reused)."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     recordings = load_recordings(args.data_dir)
@@ -337,8 +338,17 @@ def cmd_condition_windows(args) -> None:
                 extra={"validation_fit": val},
             )
         )
-    doc = cw_windows.condition_windows(recordings, folds, runs[0].model.window)
+    if card["input"]["window"] != runs[0].model.window:
+        raise ValueError(f"{args.card}: window {card['input']['window']} is not the recipe's {runs[0].model.window}")
+    shipped = cw_windows.Shipped(
+        model=shipped_model(Path(args.checkpoint), Path(args.card).parent / card["golden"]),
+        temperature=card_cal["temperature"],
+        uncertain_below=card_cal["uncertain_below"],
+        version=card["version"],
+    )
+    doc = cw_windows.condition_windows(recordings, folds, runs[0].model.window, shipped=shipped)
     doc["notes"] = cw_windows.notes(card)
+    doc["shipped"]["note"] = cw_windows.shipped_note(card, display_path(Path(args.checkpoint)))
     doc["card"] = {
         "name": card["name"],
         "version": card["version"],
@@ -356,8 +366,29 @@ def cmd_condition_windows(args) -> None:
             | {"healthy_windows": f["healthy_windows"]}
             for f in doc["folds"]
         ],
+        "shipped": {k: doc["shipped"][k] for k in ("version", "accuracy", "healthy_labelled_fault")},
     }
     print(json.dumps(summary, indent=1))
+
+
+def display_path(path: Path) -> str:
+    """path relative to the repository when it lies inside it (the file written does not name this machine)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def shipped_model(checkpoint: Path, golden: Path) -> DRSN:
+    """The shipped checkpoint, after checking that it gives the logits ONNX Runtime gave for the card's golden
+    windows (so it is the model the server runs)."""
+    model = load_checkpoint(checkpoint)
+    with np.load(golden) as z:
+        logits, _ = predict(model, z["windows"])
+        diff = float(np.abs(logits - z["logits"]).max())
+    if diff > PARITY_TOLERANCE:
+        raise ValueError(f"{checkpoint}: logits differ from {golden} by {diff:.2e} (> {PARITY_TOLERANCE:g})")
+    return model
 
 
 def lolo_summary(results: list[dict]) -> dict:
@@ -421,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     cwin.add_argument("--card", default=str(MODELS_DIR / "drsn_cw_cwru.json"), help="the shipped model card")
     cwin.add_argument(
         "--out", default=str(MODELS_DIR / "reports" / "condition_windows.json.gz"), help="the gzip JSON written"
+    )
+    cwin.add_argument(
+        "--checkpoint",
+        default=str(MODELS_DIR / "drsn_cw_cwru.pt"),
+        help="the shipped model's PyTorch checkpoint (checked against the card's golden file)",
     )
     cwin.set_defaults(func=cmd_condition_windows)
     args = parser.parse_args(argv)
