@@ -251,6 +251,8 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sine_of_known_velocity_comes_back_with_its_velocity_and_zone() {
+    // Machines set the process-wide drsn_machines gauge: one server with machines at a time.
+    let _serial = common::serial().await;
     let running = common::start(&["--iso-group", "medium", "--iso-foundation", "rigid"]).await;
     // 3.5 mm/s RMS at 119.7 Hz, as acceleration in g (the card's unit): zone C for a medium machine on a rigid
     // foundation (2.8 < v <= 4.5). Not a divisor of the rate: a sine whose peaks repeat exactly reads as clipped.
@@ -285,6 +287,8 @@ async fn a_sine_of_known_velocity_comes_back_with_its_velocity_and_zone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset() {
+    // Machines set the process-wide drsn_machines gauge: one server with machines at a time.
+    let _serial = common::serial().await;
     let a = common::start(&[]).await;
     let b = common::start(&[]).await;
     let faulty = recording("outer_race_014");
@@ -348,6 +352,8 @@ async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_sensor_is_a_sensor_fault_never_normal() {
+    // Machines set the process-wide drsn_machines gauge: one server with machines at a time.
+    let _serial = common::serial().await;
     let running = common::start(&[]).await;
     let healthy = recording("normal");
     let (mut sensor, _) = Sensor::open(common::addr(&running), "mill-2", None, 0).await;

@@ -361,17 +361,18 @@ mod tests {
             ],
         };
         let rows = table(&data, &[Settings::default()]);
-        let r = &rows[0];
+        let r = &rows[0].folds;
+        assert_eq!(r.right[0], 1.0, "the inner-race sequence ends FAULT/inner");
         assert_eq!(
-            r.right_clean, 1.0,
-            "the inner-race sequence ends FAULT/inner"
-        );
-        assert_eq!(
-            r.right_minus8, 0.0,
+            r.right[2], 0.0,
             "the outer-race one ends FAULT/outer, not inner: wrong class"
         );
         assert!(r.onset_median_s >= 2.0 && r.onset_median_s < 4.0, "{r:?}");
         assert_eq!(r.false_onsets, 1, "{r:?}");
         assert!(r.healthy_hours > 0.0);
+        assert!(
+            rows[0].shipped.healthy_hours == 0.0,
+            "no shipped-model sequence here"
+        );
     }
 }

@@ -63,8 +63,8 @@ impl Default for Settings {
     /// Chosen on the leave-one-load-out study (README "Machine conditions"; `drsn-serve bench conditions`).
     fn default() -> Self {
         Self {
-            half_life_s: 2.0,
-            on_share: 0.6,
+            half_life_s: 1.0,
+            on_share: 0.7,
             off_share: 0.3,
             on_delay_s: 2.0,
             off_delay_s: 5.0,
@@ -616,7 +616,15 @@ mod tests {
         let before = d.snapshot();
         feed(&mut d, 70 * HOP, &[Vote::Shed; 3]);
         let after = d.snapshot();
-        assert_eq!(before.shares, after.shares, "shed windows move no share");
+        let moved = before
+            .shares
+            .iter()
+            .zip(&after.shares)
+            .map(|(a, b)| (a - b).abs());
+        assert!(
+            moved.fold(0f32, f32::max) < 1e-6,
+            "shed windows move no share: {before:?} {after:?}"
+        );
         assert!(
             after.evidence_s < before.evidence_s,
             "but the evidence still fades with the signal"

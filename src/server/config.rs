@@ -178,10 +178,10 @@ pub struct ConditionArgs {
     #[arg(long, env = "DRSN_CONDITION_RETENTION", value_parser = humantime::parse_duration, default_value = "15m")]
     pub condition_retention: Duration,
     /// Evidence halves after this much signal (seconds of the sensor's samples, not of the wall clock).
-    #[arg(long, env = "DRSN_CONDITION_HALF_LIFE", value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, env = "DRSN_CONDITION_HALF_LIFE", value_parser = humantime::parse_duration, default_value = "1s")]
     pub condition_half_life: Duration,
     /// FAULT begins when fault classes hold this share of the evidence for --condition-on-delay ...
-    #[arg(long, env = "DRSN_CONDITION_ON_SHARE", default_value_t = 0.6)]
+    #[arg(long, env = "DRSN_CONDITION_ON_SHARE", default_value_t = 0.7)]
     pub condition_on_share: f32,
     /// ... and clears when they hold at most this share for --condition-off-delay.
     #[arg(long, env = "DRSN_CONDITION_OFF_SHARE", default_value_t = 0.3)]
