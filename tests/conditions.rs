@@ -136,7 +136,8 @@ async fn next_change(
     }
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+async fn http_get(addr: std::net::SocketAddr, path: impl AsRef<str>) -> (u16, serde_json::Value) {
+    let path = path.as_ref();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
@@ -164,6 +165,11 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
         panic!("a watch starts with a snapshot")
     };
     assert!(first.machines.is_empty());
+    // An HTTP client watches by long polling: the list once something changed after the revision it has.
+    let poll = tokio::spawn(http_get(
+        running.http_addr,
+        format!("/v1/machines?after_revision={}&wait_s=30", first.revision),
+    ));
 
     let faulty = recording("inner_race_007");
     let (mut sensor, start) = Sensor::open(addr.clone(), "pump-7", None, 0).await;
@@ -202,6 +208,13 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     assert_eq!(list.machines.len(), 1);
     assert_eq!(list.machines[0].condition, Condition::Fault as i32);
     assert!(list.machines[0].sensors[0].streaming);
+
+    let (code, polled) = poll.await.unwrap();
+    assert_eq!(code, 200, "{polled}");
+    assert!(polled["revision"].as_u64().unwrap() > first.revision);
+    assert_eq!(polled["machines"][0]["machine_id"], "pump-7");
+    let (code, _) = http_get(running.http_addr, "/v1/machines?after_revision=soon").await;
+    assert_eq!(code, 400);
 
     let (code, json) = http_get(running.http_addr, "/v1/machines/pump-7").await;
     assert_eq!(code, 200, "{json}");

@@ -1,10 +1,12 @@
 //! The machines of this replica as JSON on the HTTP listener, behind the same tokens as the REST API:
-//! `GET /v1/machines` (every machine, with the watch revision it is as of) and `GET /v1/machines/{machine_id}`.
+//! `GET /v1/machines` (every machine, with the revision it is as of; `?after_revision=N` waits, up to `wait_s`
+//! seconds (default 30, at most 60), until something changed after N: the HTTP way to watch) and
+//! `GET /v1/machines/{machine_id}`.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -48,9 +50,44 @@ fn refused(ctx: &Ctx, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-async fn list(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+/// `after_revision` and `wait_s` from the query string; anything else is ignored, a malformed number refused.
+fn poll(query: Option<&str>) -> Result<Option<(u64, u64)>, String> {
+    let mut after = None;
+    let mut wait = 30;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value.parse::<u64>().map_err(|_| {
+                format!(
+                    "{key} must be a whole number, not {}",
+                    crate::error::quote(value)
+                )
+            })
+        };
+        match key {
+            "after_revision" => after = Some(number()?),
+            "wait_s" => wait = number()?,
+            _ => {}
+        }
+    }
+    Ok(after.map(|a| (a, wait.min(MAX_WAIT_S))))
+}
+
+/// The longest a long poll is held: below common proxies' idle timeouts.
+const MAX_WAIT_S: u64 = 60;
+
+async fn list(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     if let Some(r) = refused(&ctx, &headers) {
         return r;
+    }
+    match poll(query.as_deref()) {
+        Ok(Some((after, wait_s))) => {
+            ctx.registry
+                .changed_after(after, std::time::Duration::from_secs(wait_s))
+                .await;
+        }
+        Ok(None) => {}
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
     }
     let (revision, machines) = ctx.registry.list();
     let classes = ctx.registry.classes();

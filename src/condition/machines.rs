@@ -154,7 +154,13 @@ pub struct Registry {
 impl Registry {
     pub fn new(classes: Arc<Vec<String>>, retention: Duration) -> Self {
         Self {
-            inner: Mutex::default(),
+            // Revisions start at this process's start time (ms x 1000), so that a watcher resuming from a revision
+            // of an earlier process of this replica gets a snapshot, never the changes after a number that meant
+            // something else.
+            inner: Mutex::new(Inner {
+                revision: crate::condition::track::now_unix_ms().max(0) as u64 * 1000,
+                ..Inner::default()
+            }),
             tx: broadcast::channel(1024).0,
             classes,
             retention,
@@ -267,6 +273,25 @@ impl Registry {
         drop(inner);
         let (revision, machines) = self.list();
         (WatchStart::Snapshot { revision, machines }, rx)
+    }
+
+    /// Waits until the revision passes `after` or `wait` passes, whichever is first (HTTP long polling).
+    pub async fn changed_after(&self, after: u64, wait: Duration) {
+        let mut rx = self.tx.subscribe();
+        if self.lock().revision > after {
+            return;
+        }
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match rx.recv().await {
+                    Ok(r) if r.revision > after => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+        .await;
     }
 
     /// Sensors stopped longer ago than the retention leave.
@@ -433,6 +458,34 @@ mod tests {
             r.watch(Some(revision + 99)).0,
             WatchStart::Snapshot { .. }
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_returns_at_the_next_change_or_its_wait() {
+        let r = Arc::new(registry());
+        let (now, _) = r.list();
+        let waited = tokio::time::Instant::now();
+        r.changed_after(now, Duration::from_secs(30)).await;
+        assert_eq!(
+            waited.elapsed(),
+            Duration::from_secs(30),
+            "nothing changed: the whole wait"
+        );
+        let poll = tokio::spawn({
+            let r = r.clone();
+            async move { r.changed_after(now, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        let _h = r.attach("m1", "s", snapshot(Condition::Normal, None, None));
+        poll.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "answered at the change"
+        );
+        let later = tokio::time::Instant::now();
+        r.changed_after(now, Duration::from_secs(30)).await;
+        assert_eq!(later.elapsed(), Duration::ZERO, "already past: at once");
     }
 
     #[tokio::test(start_paused = true)]
