@@ -147,6 +147,7 @@ mod tests {
         let r = Registry::new(
             Arc::new(vec!["normal".into(), "outer".into()]),
             Duration::from_secs(1),
+            16,
         );
         let _a = r.attach("a-healthy", "s", snapshot(Condition::Normal, None));
         let _b = r.attach("b \"quoted\"", "DE", snapshot(Condition::Fault, Some(1)));

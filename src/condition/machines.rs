@@ -139,6 +139,8 @@ struct Inner {
     recent: VecDeque<Arc<Revision>>,
     next_stream: u64,
     counts: [i64; 4],
+    /// Sensors whose data stopped, oldest first: (when, machine, sensor, stream).
+    stopped: VecDeque<(tokio::time::Instant, String, String, u64)>,
 }
 
 /// Changes kept for watchers resuming from a revision; older ones get a snapshot instead.
@@ -149,10 +151,13 @@ pub struct Registry {
     tx: broadcast::Sender<Arc<Revision>>,
     classes: Arc<Vec<String>>,
     retention: Duration,
+    /// Most stopped sensors kept: a client opening and dropping streams under new ids cannot grow the registry
+    /// past this within the retention time (the oldest leave first).
+    max_stopped: usize,
 }
 
 impl Registry {
-    pub fn new(classes: Arc<Vec<String>>, retention: Duration) -> Self {
+    pub fn new(classes: Arc<Vec<String>>, retention: Duration, max_stopped: usize) -> Self {
         Self {
             // Revisions start at this process's start time (ms x 1000), so that a watcher resuming from a revision
             // of an earlier process of this replica gets a snapshot, never the changes after a number that meant
@@ -164,6 +169,7 @@ impl Registry {
             tx: broadcast::channel(1024).0,
             classes,
             retention,
+            max_stopped,
         }
     }
 
@@ -237,6 +243,12 @@ impl Registry {
                 }
             }
         });
+        if how == Departure::Stopped {
+            let at = tokio::time::Instant::now();
+            let (m, s) = (handle.machine_id.clone(), handle.sensor_id.clone());
+            inner.stopped.push_back((at, m, s, handle.stream));
+            self.expire(&mut inner);
+        }
     }
 
     /// Every machine now, and the revision they are as of.
@@ -294,25 +306,25 @@ impl Registry {
         .await;
     }
 
-    /// Sensors stopped longer ago than the retention leave.
+    /// Sensors stopped longer ago than the retention leave, and the oldest beyond the most kept.
     fn expire(&self, inner: &mut Inner) {
         let now = tokio::time::Instant::now();
-        let stale: Vec<(String, String)> = inner
-            .machines
-            .iter()
-            .flat_map(|(m, sensors)| {
-                sensors
-                    .iter()
-                    .filter(|(_, e)| {
-                        e.stopped_at
-                            .is_some_and(|t| now.duration_since(t) >= self.retention)
-                    })
-                    .map(move |(s, _)| (m.clone(), s.clone()))
-            })
-            .collect();
-        for (machine, sensor) in stale {
+        while let Some((at, ..)) = inner.stopped.front() {
+            let over = inner.stopped.len() > self.max_stopped;
+            if !over && now.duration_since(*at) < self.retention {
+                break;
+            }
+            let Some((_, machine, sensor, stream)) = inner.stopped.pop_front() else {
+                break;
+            };
+            // Still the stream that stopped (a new stream of the sensor since has taken it over).
             self.apply(inner, &machine, |sensors| {
-                sensors.remove(&sensor);
+                if sensors
+                    .get(&sensor)
+                    .is_some_and(|e| e.stream == stream && e.stopped_at.is_some())
+                {
+                    sensors.remove(&sensor);
+                }
             });
         }
     }
@@ -397,7 +409,7 @@ mod tests {
 
     fn registry() -> Registry {
         let classes = Arc::new(vec!["normal".into(), "inner".into(), "outer".into()]);
-        Registry::new(classes, Duration::from_secs(60))
+        Registry::new(classes, Duration::from_secs(60), 2)
     }
 
     #[tokio::test]
@@ -507,5 +519,16 @@ mod tests {
         assert_eq!(machines[0].since_unix_ms, 8);
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(r.list().1.is_empty());
+        // Streams opened and dropped under new ids: only the newest two stopped sensors are kept.
+        for i in 0..5 {
+            let h = r.attach(
+                &format!("churn-{i}"),
+                "s",
+                snapshot(Condition::Normal, None, None),
+            );
+            r.detach(&h, Departure::Stopped, 9);
+        }
+        let kept: Vec<_> = r.list().1.into_iter().map(|m| m.machine_id).collect();
+        assert_eq!(kept, ["churn-3", "churn-4"]);
     }
 }

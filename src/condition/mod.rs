@@ -27,12 +27,18 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    pub fn new(classes: Arc<Vec<String>>, settings: Settings, retention: Duration) -> Self {
+    /// `max_stopped`: the most sensors kept after their stream ended (UNKNOWN, until `retention` passes).
+    pub fn new(
+        classes: Arc<Vec<String>>,
+        settings: Settings,
+        retention: Duration,
+        max_stopped: usize,
+    ) -> Self {
         let normal = debounce::healthy_class(&classes);
         Self {
             normal,
             classes: classes.len(),
-            registry: Arc::new(Registry::new(classes, retention)),
+            registry: Arc::new(Registry::new(classes, retention, max_stopped)),
             settings,
         }
     }

@@ -274,6 +274,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         Arc::new(model.card.classes.clone()),
         config.conditions.settings(),
         config.conditions.condition_retention,
+        // As many sensors whose data stopped as there may be streams.
+        config.streams.max_streams,
     ));
     let diagnosis = DiagnosisServer::new(DiagnosisService::new(
         pipeline.clone(),
