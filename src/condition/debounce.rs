@@ -4,6 +4,9 @@
 
 use crate::pipeline::severity::{Zone, ZoneLimits};
 
+/// The highest velocity taken into the sustained mean, mm/s: 10 m/s, far beyond any machine's zone D.
+const MAX_VELOCITY: f32 = 10_000.0;
+
 /// A sensor's (or machine's) condition, ordered from best to worst: a machine is as bad as its worst sensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Condition {
@@ -183,9 +186,12 @@ impl State {
             &self.velocity_energy,
             &self.velocity_weight,
         ]);
+        // The bounds the debouncer itself keeps (the squared velocity is clamped; evidence is seconds of decayed
+        // signal), so a stream's own carry always passes.
+        let bound = MAX_VELOCITY * MAX_VELOCITY * 1e6;
         if numbers
             .clone()
-            .any(|x| !(x.is_finite() && *x >= 0.0 && *x <= 1e9))
+            .any(|x| !(x.is_finite() && *x >= 0.0 && *x <= bound))
         {
             return Err("its evidence is not finite, negative or absurdly large".into());
         }
@@ -307,9 +313,9 @@ impl Debouncer {
 
     /// Takes one delivered window; returns the change it causes, if any.
     pub fn observe(&mut self, obs: Observation, now_unix_ms: i64) -> Option<Change> {
-        let new_signal = self.decay_to(obs.first_sample, obs.end_sample);
+        let new_signal = self.decay_to(obs.first_sample, obs.end_sample, obs.vote == Vote::Shed);
         let s = &mut self.state;
-        s.windows += 1;
+        s.windows = s.windows.saturating_add(1);
         match obs.vote {
             Vote::Class { index, uncertain } => {
                 if let Some(e) = s.evidence.get_mut(index) {
@@ -324,7 +330,9 @@ impl Debouncer {
             Vote::Invalid => s.invalid += new_signal,
             Vote::Shed => {}
         }
+        // A velocity beyond any machine's (10 m/s) is a unit mistake: clamped, so the sustained mean stays finite.
         if let Some(v) = obs.velocity_mm_s.filter(|v| v.is_finite()) {
+            let v = v.clamp(0.0, MAX_VELOCITY);
             s.velocity_energy += v * v;
             s.velocity_weight += 1.0;
         }
@@ -337,7 +345,8 @@ impl Debouncer {
             } else {
                 self.settings.off_delay_s
             };
-            if self.held(candidate, class, t, delay) {
+            // The delay runs while the condition holds, whichever fault class leads meanwhile.
+            if self.held(candidate, None, t, delay) {
                 self.enter(candidate, class, t, now_unix_ms);
                 return Some(self.change(from, Reason::Condition));
             }
@@ -384,11 +393,22 @@ impl Debouncer {
     }
 
     /// Evidence fades with the signal between the last window's end and this one's (a gap fades it further);
-    /// returns the seconds of signal this window adds: what it does not share with the last one.
-    fn decay_to(&mut self, first: u64, end: u64) -> f32 {
+    /// returns the seconds of signal this window adds: what it does not share with the last one. A window that
+    /// ends at or before the last one (the sensor's counter restarted) starts a new segment: nothing fades, the
+    /// window counts whole, and a pending change starts over. A shed window moves the clock without fading: the
+    /// server's overload is no evidence against the machine.
+    fn decay_to(&mut self, first: u64, end: u64, shed: bool) -> f32 {
         let whole = (end.saturating_sub(first) + 1) as f64 / self.rate_hz;
         let s = &mut self.state;
+        if s.last_sample.is_some_and(|last| end <= last) {
+            s.last_sample = None;
+            s.pending = None;
+        }
         let mut new_signal = whole;
+        if shed {
+            s.last_sample = Some(end);
+            return 0.0;
+        }
         if let Some(last) = s.last_sample {
             let dt = end.saturating_sub(last) as f64 / self.rate_hz;
             new_signal = dt.min(whole);
@@ -398,7 +418,7 @@ impl Debouncer {
             s.velocity_energy *= k;
             s.velocity_weight *= k;
         }
-        s.last_sample = Some(s.last_sample.map_or(end, |l| l.max(end)));
+        s.last_sample = Some(end);
         new_signal as f32
     }
 
@@ -625,9 +645,9 @@ mod tests {
             moved.fold(0f32, f32::max) < 1e-6,
             "shed windows move no share: {before:?} {after:?}"
         );
-        assert!(
-            after.evidence_s < before.evidence_s,
-            "but the evidence still fades with the signal"
+        assert_eq!(
+            after.evidence_s, before.evidence_s,
+            "nor fade it: the server's overload is no evidence against the machine"
         );
     }
 
@@ -702,6 +722,65 @@ mod tests {
         assert!(rises.iter().all(|c| c.reason == Reason::Zone), "{rises:?}");
         assert_eq!(d.snapshot().worst_zone, Some(Zone::D));
         assert_eq!(d.state().condition, Condition::Fault);
+    }
+
+    #[test]
+    fn a_fault_whose_leading_class_flips_every_window_is_still_said() {
+        let mut d = debouncer(Settings::default());
+        let flipping: Vec<_> = (0..30).map(|i| class(1 + i % 2)).collect();
+        let changes = feed(&mut d, 0, &flipping);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].1.now.condition, Condition::Fault);
+        assert!(changes[0].1.now.fault_class.is_some());
+    }
+
+    #[test]
+    fn a_counter_that_restarts_is_a_new_segment_not_a_frozen_sensor() {
+        let mut d = debouncer(Settings::default());
+        feed(&mut d, 1_000_000, &[class(1); 30]);
+        assert_eq!(d.state().condition, Condition::Fault);
+        // The gateway's counter restarts at 0 and the machine is healthy now: the fault clears as it would have.
+        let clear = feed(&mut d, 0, &[class(0); 60]);
+        assert_eq!(
+            clear.last().map(|c| c.1.now.condition),
+            Some(Condition::Normal),
+            "{clear:?}"
+        );
+    }
+
+    #[test]
+    fn shed_windows_do_not_make_a_machine_unknown() {
+        let mut d = debouncer(Settings::default());
+        feed(&mut d, 0, &[class(0); 30]);
+        assert_eq!(d.state().condition, Condition::Normal);
+        // The server sheds every other window for a while: no vote, no fading, no flap.
+        let overloaded: Vec<_> = (0..60)
+            .map(|i| if i % 2 == 0 { Vote::Shed } else { class(0) })
+            .collect();
+        assert!(feed(&mut d, 30 * HOP, &overloaded).is_empty());
+        assert!(
+            feed(&mut d, 90 * HOP, &[Vote::Shed; 20]).is_empty(),
+            "a burst of shedding"
+        );
+        assert_eq!(d.state().condition, Condition::Normal);
+    }
+
+    #[test]
+    fn the_state_a_stream_carries_always_passes_its_own_check() {
+        let mut d = debouncer(Settings {
+            half_life_s: 60.0,
+            ..Settings::default()
+        });
+        for i in 0..5000u64 {
+            let obs = Observation {
+                first_sample: i * 64,
+                end_sample: i * 64 + 8191,
+                vote: class(1),
+                velocity_mm_s: Some(if i % 2 == 0 { 250.0 } else { 1e30 }),
+            };
+            d.observe(obs, 0);
+        }
+        d.state().check(CLASSES).unwrap();
     }
 
     #[test]

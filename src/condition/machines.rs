@@ -137,14 +137,25 @@ struct Inner {
     machines: BTreeMap<String, BTreeMap<String, Entry>>,
     revision: u64,
     recent: VecDeque<Arc<Revision>>,
+    /// Sensor views held by `recent`.
+    recent_sensors: usize,
     next_stream: u64,
     counts: [i64; 4],
     /// Sensors whose data stopped, oldest first: (when, machine, sensor, stream).
     stopped: VecDeque<(tokio::time::Instant, String, String, u64)>,
 }
 
-/// Changes kept for watchers resuming from a revision; older ones get a snapshot instead.
+/// Changes kept for watchers resuming from a revision, and the sensors their views may hold in all (a machine id
+/// shared by many sensors makes each change large); older changes get a snapshot instead.
 const RECENT: usize = 4096;
+const RECENT_SENSORS: usize = 16_384;
+
+fn weight(r: &Revision) -> usize {
+    match &r.change {
+        MachineChange::Changed(v) => v.sensors.len().max(1),
+        MachineChange::Removed(_) => 1,
+    }
+}
 
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -208,6 +219,7 @@ impl Registry {
     /// The sensor's latest condition (every window: the shares and velocity the metrics show move).
     pub fn update(&self, handle: &SensorHandle, snapshot: Snapshot) {
         let mut inner = self.lock();
+        self.expire(&mut inner);
         self.apply(&mut inner, &handle.machine_id, |sensors| {
             if let Some(e) = sensors
                 .get_mut(&handle.sensor_id)
@@ -221,6 +233,7 @@ impl Registry {
     /// The sensor's stream ended.
     pub fn detach(&self, handle: &SensorHandle, how: Departure, now_unix_ms: i64) {
         let mut inner = self.lock();
+        let mut marked = false;
         self.apply(&mut inner, &handle.machine_id, |sensors| {
             let Some(e) = sensors
                 .get_mut(&handle.sensor_id)
@@ -233,17 +246,22 @@ impl Registry {
                     sensors.remove(&handle.sensor_id);
                 }
                 Departure::Stopped => {
+                    // What the sensor said is no longer true: no class, share, velocity or zone of a dead stream.
                     let s = &mut e.view.snapshot;
                     s.condition = Condition::Unknown;
                     s.fault_class = None;
                     s.since_unix_ms = now_unix_ms;
                     s.worst_zone = None;
+                    s.zone = None;
+                    s.velocity_mm_s = None;
+                    s.shares.iter_mut().for_each(|x| *x = 0.0);
                     e.view.streaming = false;
                     e.stopped_at = Some(tokio::time::Instant::now());
+                    marked = true;
                 }
             }
         });
-        if how == Departure::Stopped {
+        if marked {
             let at = tokio::time::Instant::now();
             let (m, s) = (handle.machine_id.clone(), handle.sensor_id.clone());
             inner.stopped.push_back((at, m, s, handle.stream));
@@ -255,12 +273,7 @@ impl Registry {
     pub fn list(&self) -> (u64, Vec<MachineView>) {
         let mut inner = self.lock();
         self.expire(&mut inner);
-        let machines = inner
-            .machines
-            .iter()
-            .filter_map(|(id, sensors)| MachineView::of(id, sensors, &self.classes))
-            .collect();
-        (inner.revision, machines)
+        (inner.revision, self.views(&inner))
     }
 
     /// Starts a watch: the changes after `from` when they are all still kept, else a snapshot; then every change
@@ -282,9 +295,19 @@ impl Registry {
                 .collect();
             return (WatchStart::Changes(changes), rx);
         }
-        drop(inner);
-        let (revision, machines) = self.list();
+        // Taken under the same lock as the subscription: every change after the snapshot reaches the receiver,
+        // and none before it (the watcher skips revisions at or below the snapshot's).
+        let machines = self.views(&inner);
+        let revision = inner.revision;
         (WatchStart::Snapshot { revision, machines }, rx)
+    }
+
+    fn views(&self, inner: &Inner) -> Vec<MachineView> {
+        inner
+            .machines
+            .iter()
+            .filter_map(|(id, sensors)| MachineView::of(id, sensors, &self.classes))
+            .collect()
     }
 
     /// Waits until the revision passes `after` or `wait` passes, whichever is first (HTTP long polling).
@@ -370,10 +393,14 @@ impl Registry {
             revision: inner.revision,
             change,
         });
-        if inner.recent.len() == RECENT {
-            inner.recent.pop_front();
-        }
+        inner.recent_sensors += weight(&revision);
         inner.recent.push_back(revision.clone());
+        while inner.recent.len() > RECENT || inner.recent_sensors > RECENT_SENSORS {
+            let Some(old) = inner.recent.pop_front() else {
+                break;
+            };
+            inner.recent_sensors -= weight(&old);
+        }
         // No receiver is not an error: nobody watches.
         let _ = self.tx.send(revision);
     }
@@ -517,6 +544,10 @@ mod tests {
         assert_eq!(machines[0].condition, Condition::Unknown);
         assert!(!machines[0].sensors[0].streaming);
         assert_eq!(machines[0].since_unix_ms, 8);
+        assert_eq!(
+            machines[0].velocity_mm_s, None,
+            "a dead stream's velocity is not shown as today's"
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(r.list().1.is_empty());
         // Streams opened and dropped under new ids: only the newest two stopped sensors are kept.

@@ -105,7 +105,8 @@ pub fn track(events: EventStream, tracker: Tracker) -> TrackedStream {
                     let how = match error {
                         ServeError::ShuttingDown { .. }
                         | ServeError::ConnectionAged { .. }
-                        | ServeError::DrainTimeout { .. } => Departure::Moved,
+                        | ServeError::DrainTimeout { .. }
+                        | ServeError::WorkersGone => Departure::Moved,
                         _ => Departure::Stopped,
                     };
                     tracker.depart(how);

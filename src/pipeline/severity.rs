@@ -107,9 +107,9 @@ pub struct Severity {
     pub zone: Zone,
 }
 
-/// Measures windows of one stream: a Hann-windowed real FFT, each bin in the band divided by 2πf (acceleration to
+/// Band power of one FFT length: a Hann-windowed real FFT, each bin in the band divided by 2πf (acceleration to
 /// velocity), the band's power summed (Parseval, corrected for the window's power).
-pub struct VelocityMeter {
+struct Spectrum {
     fft: Arc<dyn RealToComplex<f32>>,
     taper: Vec<f32>,
     /// Per spectrum bin: (bin, weight) with weight = 2 / (N Σw²) / (2πf)², in (mm/s)² per |X|² of the sample unit.
@@ -119,18 +119,8 @@ pub struct VelocityMeter {
     scratch: Vec<Complex<f32>>,
 }
 
-impl VelocityMeter {
-    /// For windows of `len` frames at `rate_hz`, samples in `unit` (`g` or `m/s2`); `None` for a unit it cannot
-    /// convert, or a window too short to resolve the band.
-    pub fn new(len: usize, rate_hz: f64, unit: &str) -> Option<Self> {
-        let to_m_s2 = match unit.trim().to_ascii_lowercase().as_str() {
-            "g" => G,
-            "m/s2" | "m/s^2" | "m/s²" | "m s-2" => 1.0,
-            _ => return None,
-        };
-        if len < 64 || !(rate_hz.is_finite() && rate_hz > 0.0) {
-            return None;
-        }
+impl Spectrum {
+    fn new(len: usize, rate_hz: f64, to_m_s2: f64) -> Option<Self> {
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(len);
         let taper: Vec<f32> = (0..len)
             .map(|n| {
@@ -148,10 +138,8 @@ impl VelocityMeter {
                 (k, 2.0 / (len as f64 * power) * per_hz * per_hz)
             })
             .collect();
-        if band.len() < 4 {
-            return None;
-        }
-        Some(Self {
+        // Bins no wider than 10 Hz, or the band's low end (and the 1/f weighting there) would be guessed.
+        (resolution <= BAND_HZ.0 && band.len() >= 4).then(|| Self {
             input: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),
             scratch: fft.make_scratch_vec(),
@@ -161,33 +149,119 @@ impl VelocityMeter {
         })
     }
 
+    /// Mean square velocity, (mm/s)², of `samples` (exactly the FFT's length), about their mean.
+    fn power<'a>(&mut self, samples: impl Iterator<Item = &'a f32> + Clone) -> Option<f64> {
+        let mean = samples.clone().map(|x| f64::from(*x)).sum::<f64>() / self.taper.len() as f64;
+        let mean = mean as f32;
+        for ((slot, w), x) in self.input.iter_mut().zip(&self.taper).zip(samples) {
+            *slot = (x - mean) * w;
+        }
+        self.fft
+            .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
+            .ok()?;
+        Some(
+            self.band
+                .iter()
+                .map(|(k, weight)| f64::from(self.spectrum[*k].norm_sqr()) * weight)
+                .sum(),
+        )
+    }
+}
+
+/// Measures windows of one stream. When consecutive windows overlap by half (the default hop), a window's power is
+/// the mean of its two halves' (Welch), and each half is transformed once: the second half of one window is the
+/// first of the next, so a stream pays one half-length FFT per window instead of a whole-length one.
+pub struct VelocityMeter {
+    whole: Spectrum,
+    halves: Option<Spectrum>,
+    /// The next window's first half, already measured: (window index, power per channel).
+    cached: Option<(u64, Vec<f64>)>,
+    len: usize,
+}
+
+impl VelocityMeter {
+    /// For windows of `len` frames at `rate_hz`, samples in `unit` (`g` or `m/s2`); `None` for a unit it cannot
+    /// convert, or a window too short to resolve the band.
+    pub fn new(len: usize, rate_hz: f64, unit: &str) -> Option<Self> {
+        let to_m_s2 = match unit.trim().to_ascii_lowercase().as_str() {
+            "g" => G,
+            "m/s2" | "m/s^2" | "m/s²" | "m s-2" => 1.0,
+            _ => return None,
+        };
+        if len < 64 || !(rate_hz.is_finite() && rate_hz > 0.0) {
+            return None;
+        }
+        Some(Self {
+            whole: Spectrum::new(len, rate_hz, to_m_s2)?,
+            halves: None,
+            cached: None,
+            len,
+        })
+    }
+
+    /// For a stream whose windows step by `hop`: with half-window steps, each half is measured once.
+    pub fn for_hop(mut self, hop: usize, rate_hz: f64, unit: &str) -> Self {
+        if hop * 2 == self.len {
+            let to_m_s2 = if unit.trim().eq_ignore_ascii_case("g") {
+                G
+            } else {
+                1.0
+            };
+            self.halves = Spectrum::new(self.len / 2, rate_hz, to_m_s2);
+        }
+        self
+    }
+
+    /// The stream restarted (a discontinuity): no half is shared with the last window.
+    pub fn restart(&mut self) {
+        self.cached = None;
+    }
+
     /// RMS velocity in mm/s of interleaved `window` (the highest of its channels).
     pub fn measure(&mut self, window: &[f32], channels: usize) -> Option<f32> {
         let channels = channels.max(1);
-        let len = self.taper.len();
-        if window.len() != len * channels {
+        if window.len() != self.len * channels {
             return None;
         }
         let mut worst = 0f64;
         for c in 0..channels {
-            let samples = window.iter().skip(c).step_by(channels);
-            let mean = (samples.clone().map(|x| f64::from(*x)).sum::<f64>() / len as f64) as f32;
-            for ((slot, w), x) in self.input.iter_mut().zip(&self.taper).zip(samples) {
-                *slot = (x - mean) * w;
-            }
-            self.fft
-                .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
-                .ok()?;
-            let power: f64 = self
-                .band
-                .iter()
-                .map(|(k, weight)| f64::from(self.spectrum[*k].norm_sqr()) * weight)
-                .sum();
-            worst = worst.max(power);
+            worst = worst.max(self.whole.power(window.iter().skip(c).step_by(channels))?);
         }
-        let v = worst.sqrt() as f32;
-        v.is_finite().then_some(v)
+        finite_root(worst)
     }
+
+    /// Like [`VelocityMeter::measure`], for window `index` of a stream (consecutive indices one hop apart).
+    pub fn measure_at(&mut self, index: u64, window: &[f32], channels: usize) -> Option<f32> {
+        let channels = channels.max(1);
+        let Some(halves) = self.halves.as_mut() else {
+            return self.measure(window, channels);
+        };
+        if window.len() != self.len * channels {
+            return None;
+        }
+        let split = self.len / 2 * channels;
+        let first = match self.cached.take() {
+            Some((at, powers)) if at == index && powers.len() == channels => powers,
+            _ => (0..channels)
+                .map(|c| halves.power(window[..split].iter().skip(c).step_by(channels)))
+                .collect::<Option<Vec<_>>>()?,
+        };
+        let second = (0..channels)
+            .map(|c| halves.power(window[split..].iter().skip(c).step_by(channels)))
+            .collect::<Option<Vec<_>>>()?;
+        let worst = first
+            .iter()
+            .zip(&second)
+            .map(|(a, b)| (a + b) / 2.0)
+            .fold(0f64, f64::max);
+        self.cached = Some((index + 1, second));
+        finite_root(worst)
+    }
+}
+
+fn finite_root(power: f64) -> Option<f32> {
+    let v = power.sqrt() as f32;
+    v.is_finite().then_some(v)
 }
 
 #[cfg(test)]
@@ -260,6 +334,41 @@ mod tests {
             .measure(&both, 2)
             .unwrap();
         assert!((got / 7.0 - 1.0).abs() < 0.03, "{got}");
+    }
+
+    #[test]
+    fn halves_shared_by_overlapping_windows_measure_what_whole_windows_do() {
+        // A sine and a broadband signal with a drift: consecutive windows half a window apart.
+        let x: Vec<f32> = sine_g(4.5, 161.7, 12_000.0, 8192 * 6)
+            .iter()
+            .enumerate()
+            .map(|(n, s)| s + 0.05 * ((n as f32 * 1.91).cos() + (n as f32 * 0.013).sin()))
+            .collect();
+        let mut whole = VelocityMeter::new(8192, 12_000.0, "g").unwrap();
+        let mut shared = VelocityMeter::new(8192, 12_000.0, "g")
+            .unwrap()
+            .for_hop(4096, 12_000.0, "g");
+        for k in 0..10u64 {
+            let w = &x[k as usize * 4096..k as usize * 4096 + 8192];
+            let (a, b) = (
+                whole.measure(w, 1).unwrap(),
+                shared.measure_at(k, w, 1).unwrap(),
+            );
+            assert!(
+                (a / b - 1.0).abs() < 0.03,
+                "window {k}: whole {a}, halves {b}"
+            );
+        }
+        // After a restart the cached half is not used for another signal.
+        shared.restart();
+        let quiet = vec![0.0f32; 8192];
+        let v = shared.measure_at(10, &quiet, 1).unwrap();
+        assert!(v < 1e-6, "a silent window after a restart measured {v}");
+        let v = shared.measure_at(12, &x[..8192], 1).unwrap();
+        assert!(
+            (v / whole.measure(&x[..8192], 1).unwrap() - 1.0).abs() < 0.03,
+            "a skipped index is not reused"
+        );
     }
 
     #[test]

@@ -49,11 +49,11 @@ impl StreamSession {
     ) -> Self {
         Self {
             checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
-            meter: VelocityMeter::new(
-                model.window(),
-                model.card.input.sample_rate_hz,
-                model.unit(),
-            ),
+            meter: {
+                let (rate, unit) = (model.card.input.sample_rate_hz, model.unit());
+                VelocityMeter::new(model.window(), rate, unit)
+                    .map(|m| m.for_hop(spec.hop, rate, unit))
+            },
             spec,
             framer,
             flow,
@@ -152,7 +152,7 @@ impl StreamSession {
                         Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
                         None => {
                             severity = self.meter.as_mut().and_then(|m| {
-                                m.measure(&cut.samples, self.spec.channels)
+                                m.measure_at(cut.index, &cut.samples, self.spec.channels)
                                     .map(|v| self.spec.zones.severity(v))
                             });
                             let submitted = tokio::select! {
@@ -182,6 +182,9 @@ impl StreamSession {
                 } => {
                     counter!(m::DISCONTINUITIES).increment(1);
                     self.checker.restart();
+                    if let Some(m) = self.meter.as_mut() {
+                        m.restart();
+                    }
                     permit.send(Outgoing::Discontinuity(Discontinuity {
                         expected,
                         received,

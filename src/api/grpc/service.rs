@@ -253,35 +253,49 @@ impl Diagnosis for DiagnosisService {
         let registry = self.conditions.registry().clone();
         let (start, rx) = registry.watch(from);
         let classes = registry.classes().clone();
-        let first: Vec<_> = match start {
-            WatchStart::Snapshot { revision, machines } => {
-                vec![condition::snapshot_event(revision, &machines, &classes)]
-            }
-            WatchStart::Changes(changes) => changes
-                .iter()
-                .map(|r| condition::watch_event(r, &classes))
-                .collect(),
+        // The last revision the watcher has: nothing at or below it is sent again.
+        let (first, last): (Vec<_>, u64) = match start {
+            WatchStart::Snapshot { revision, machines } => (
+                vec![condition::snapshot_event(revision, &machines, &classes)],
+                revision,
+            ),
+            WatchStart::Changes(changes) => (
+                changes
+                    .iter()
+                    .map(|r| condition::watch_event(r, &classes))
+                    .collect(),
+                changes.last().map_or(from.unwrap_or(0), |r| r.revision),
+            ),
         };
         let shutdown = self.pipeline.drain().shutdown.clone();
         let changes = futures_util::stream::unfold(
-            (rx, registry, shutdown),
-            |(mut rx, registry, shutdown)| async move {
+            (rx, registry, shutdown, last),
+            |(mut rx, registry, shutdown, mut last)| async move {
                 use tokio::sync::broadcast::error::RecvError;
-                let event = tokio::select! {
-                    biased;
-                    // Watchers end with the server's drain, like streams: reconnect to another replica.
-                    _ = shutdown.cancelled() => return None,
-                    got = rx.recv() => match got {
-                        Ok(r) => condition::watch_event(&r, registry.classes()),
-                        // Fallen behind: start again from a snapshot rather than miss a change.
+                loop {
+                    let got = tokio::select! {
+                        biased;
+                        // Watchers end with the server's drain, like streams: reconnect to another replica.
+                        _ = shutdown.cancelled() => return None,
+                        got = rx.recv() => got,
+                    };
+                    let event = match got {
+                        Ok(r) if r.revision <= last => continue,
+                        Ok(r) => {
+                            last = r.revision;
+                            condition::watch_event(&r, registry.classes())
+                        }
+                        // Fallen behind: start again from a snapshot rather than miss a change; the changes still
+                        // buffered are older than it and skipped.
                         Err(RecvError::Lagged(_)) => {
                             let (revision, machines) = registry.list();
+                            last = revision;
                             condition::snapshot_event(revision, &machines, registry.classes())
                         }
                         Err(RecvError::Closed) => return None,
-                    },
-                };
-                Some((Ok(event), (rx, registry, shutdown)))
+                    };
+                    return Some((Ok(event), (rx, registry, shutdown, last)));
+                }
             },
         );
         Ok(Response::new(Box::pin(
