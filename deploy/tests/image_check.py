@@ -13,6 +13,9 @@ import urllib.request
 import pytest
 from support import BIN, FIXTURES, REPO, free_port, grpc_health, http_status
 
+# The healthy baseline, recorded at 48 kHz (the data folder's README): replayed at its rate, resampled by the server.
+HEALTHY = FIXTURES / "normal_0_97.mat"
+
 IMAGE = os.environ.get("DRSN_IMAGE", "")
 DRAIN_S = 3
 
@@ -100,7 +103,7 @@ def test_runs_unprivileged(container):
 
 def test_diagnoses_and_exports_metrics(container):
     out = subprocess.run(
-        [str(BIN), "replay", "--addr", f"http://{container.addr}", "--quiet", str(FIXTURES / "normal_0_97.mat")],
+        [str(BIN), "replay", "--addr", f"http://{container.addr}", "--quiet", "--sample-rate", "48000", str(HEALTHY)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -145,19 +145,22 @@ def local_pod_env() -> dict[str, str]:
     return env
 
 
-def long_recording(source: Path, dest: Path, seconds: float, rate_hz: float = 12_000) -> Path:
-    """The drive-end signal of a CWRU .mat excerpt (16384 samples) repeated end to end for `seconds` at `rate_hz`,
-    written as a 1-D float32 .npy that `replay` reads: long enough for a machine's condition to settle while a
-    real-time replay runs. Two recordings written under the same file name (in different folders) replay as the
-    same sensor."""
+def long_recording(source: Path, dest: Path, seconds: float) -> Path:
+    """The drive-end signal of a CWRU .mat excerpt repeated end to end for `seconds`, written as a float32 WAV at
+    the rate CWRU recorded it (48 kHz for a healthy baseline `normal_*`, 12 kHz for a fault file) so that `replay`
+    sends it at that rate and the server resamples what is not 12 kHz: long enough for a machine's condition to
+    settle while a real-time replay runs. Two recordings written under the same file name (in different folders)
+    replay as the same sensor."""
     import numpy as np
     import scipy.io
+    import scipy.io.wavfile
 
+    rate_hz = 48_000 if source.name.startswith("normal_") else 12_000
     (signal,) = [v for k, v in scipy.io.loadmat(source).items() if k.endswith("_DE_time")]
     signal = np.asarray(signal, dtype=np.float32).ravel()
     n = int(seconds * rate_hz)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    np.save(dest, np.tile(signal, -(-n // len(signal)))[:n])
+    scipy.io.wavfile.write(dest, rate_hz, np.tile(signal, -(-n // len(signal)))[:n])
     return dest
 
 

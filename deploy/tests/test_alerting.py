@@ -133,8 +133,8 @@ def wait_until(stack, replay, check, what: str):
 def test_fault_fires_and_resolves(stack):
     webhook = stack["webhook"]
     # Same file name in both folders: the same sensor of the same machine, first faulty, then healthy.
-    faulty = long_recording(FIXTURES / FAULTY, stack["tmp"] / "faulty" / "de.npy", RECORDING_S)
-    healthy = long_recording(FIXTURES / HEALTHY, stack["tmp"] / "healthy" / "de.npy", RECORDING_S)
+    faulty = long_recording(FIXTURES / FAULTY, stack["tmp"] / "faulty" / "de.wav", RECORDING_S)
+    healthy = long_recording(FIXTURES / HEALTHY, stack["tmp"] / "healthy" / "de.wav", RECORDING_S)
 
     replay = MachineReplay(stack["server"].grpc_addr, faulty, MACHINE)
     try:

@@ -46,7 +46,7 @@ def stack(tmp_path_factory):
         config, labels = prometheus_config(server.metrics_addr)
         prom = Prometheus(config, tmp)
         for machine, fixture in MACHINES.items():
-            path = tmp / machine / "de.npy"
+            path = tmp / machine / ("de.wav" if fixture else "de.npy")
             if fixture:
                 long_recording(FIXTURES / fixture, path, RECORDING_S)
             else:

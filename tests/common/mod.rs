@@ -11,6 +11,7 @@ use drsn_serve::api::grpc::proto::{
     sample_chunk,
 };
 use drsn_serve::client::recording::{ReadOptions, read_recording};
+use drsn_serve::pipeline::resample::StreamResampler;
 use drsn_serve::server::config::ServeConfig;
 use drsn_serve::server::{self, Running};
 
@@ -91,8 +92,9 @@ pub fn cwru_dir() -> Option<PathBuf> {
     dir.join("0HP").is_dir().then_some(dir)
 }
 
-/// One 0 hp recording per class: (class label, samples). The whole file's test segment (its last 20%, which the
-/// model never trained on) from the CWRU data when present, else the committed 4096-sample excerpts.
+/// One 0 hp recording per class at the model's 12 kHz: (class label, samples). The whole file's test segment (its
+/// last 20%, which the model never trained on) from the CWRU data when present, else the committed 16,384-sample
+/// excerpts. The healthy baseline was recorded at 48 kHz: it is brought to 12 kHz by the server's own resampler.
 pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
     let (dir, test_segment) = match cwru_dir() {
         Some(d) => (d.join("0HP"), true),
@@ -123,6 +125,9 @@ pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
             let n = samples.len();
             samples = samples[n - n / 5..].to_vec();
         }
+        if let Some(rate) = source_rate_hz(&name).filter(|&r| r != MODEL_RATE_HZ) {
+            samples = to_model_rate(&samples, rate);
+        }
         out.push((label, Arc::new(samples)));
     }
     assert_eq!(
@@ -131,6 +136,24 @@ pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
         "one recording per class in {}",
         dir.display()
     );
+    out
+}
+
+const MODEL_RATE_HZ: usize = 12_000;
+
+/// The rate a CWRU file was recorded at: 48 kHz for a healthy baseline (`normal_*`), else the 12 kHz of the fault
+/// files (the data folder's README).
+pub fn source_rate_hz(name: &str) -> Option<usize> {
+    name.ends_with(".mat")
+        .then_some(if name.starts_with("normal") { 48_000 } else { MODEL_RATE_HZ })
+}
+
+/// samples at `rate` Hz brought to the model's 12 kHz by the server's stream resampler.
+pub fn to_model_rate(samples: &[f32], rate: usize) -> Vec<f32> {
+    let mut rs = StreamResampler::new(rate, MODEL_RATE_HZ, 1).expect("a supported ratio");
+    let mut out = Vec::with_capacity(samples.len() * MODEL_RATE_HZ / rate + 64);
+    rs.push(samples, &mut out).expect("resample");
+    rs.finish(&mut out).expect("resample tail");
     out
 }
 

@@ -14,9 +14,9 @@ own held-out load.
 The same file holds the SHIPPED model's sequences (models/drsn_cw_cwru.pt, the served model, with the card's
 temperature and uncertain_below): the whole healthy baseline, resampled to 12 kHz as the loader now reads it, and
 every fault recording of the loads it was trained on, clean and with Gaussian, Laplacian and pink noise at -4 and
--8 dB. The shipped model trained on the first 60% of each of these recordings, and on the healthy baseline read at
-the wrong rate (12 instead of 48 kHz): its healthy sequences show how often the served model calls healthy signal a
-fault, its fault sequences how it behaves on signal it mostly trained on (no generalisation estimate).
+-8 dB. The shipped model trained on the first 60% of each of these recordings (the healthy baseline at its true
+rate): its healthy sequences show how often the served model calls this healthy signal a fault, its fault sequences
+how it behaves on signal it mostly trained on (no generalisation estimate).
 """
 
 from __future__ import annotations
@@ -434,9 +434,9 @@ def shipped_note(card: dict, checkpoint: str) -> str:
         "shipped.trained_segments, fractions of each recording), so more than half of the fault windows are "
         "signal it trained on: the fault sequences show the served model's behaviour, not how well it generalises "
         "(the fold sequences "
-        "estimate that). It trained on the healthy baseline read at 12 kHz instead of 48 kHz (the loader bug fixed "
-        "in commit 4ace721), so it never saw healthy signal at its true rate: the healthy sequences are what the "
-        "served model says about correctly sampled healthy signal, i.e. how often it would false-alarm. "
+        "estimate that). Its healthy training signal was the first 60% of the baseline at its true rate (and of its "
+        "fan-end channel): the healthy sequences run over the whole baseline, so most of their windows are signal it "
+        "trained on and show how often the served model false-alarms on it, not on another healthy machine. "
         "shipped.accuracy: share of fault windows labelled with their true class, per cell. "
         "shipped.healthy_labelled_fault: per cell, healthy windows labelled any fault class, and how many of those "
         "at or above uncertain_below (confidences have 3 decimals, more where 3 would move one across uncertain_below, "

@@ -62,6 +62,13 @@ class Recording:
     load_hp: int
     file_number: int
     signal: np.ndarray  # float32, shape (n,)
+    # The accelerometer: "DE" (drive end, what the model serves) or "FE" (fan end: the healthy baseline's second
+    # channel, extra healthy signal for training only, never tested on).
+    channel: str = "DE"
+
+    @property
+    def train_only(self) -> bool:
+        return self.channel != "DE"
 
     @property
     def class_index(self) -> int:
@@ -108,14 +115,17 @@ def data_settings() -> dict:
     return {"sample_rate_hz": SAMPLE_RATE_HZ, "normal_source_rate_hz": NORMAL_SOURCE_RATE_HZ}
 
 
-def load_drive_end(path: Path, file_number: int) -> np.ndarray:
-    """The drive-end accelerometer variable (X<num>_DE_time) of a CWRU .mat file."""
+def load_drive_end(path: Path, file_number: int, channel: str = "DE") -> np.ndarray | None:
+    """The drive-end accelerometer variable (X<num>_DE_time) of a CWRU .mat file (or another channel's, e.g. "FE";
+    None when the file has no such channel)."""
     mat = scipy.io.loadmat(path)
-    key = f"X{file_number:03d}_DE_time"
+    key = f"X{file_number:03d}_{channel}_time"
     if key not in mat:
-        candidates = [k for k in mat if k.endswith("_DE_time")]
+        candidates = [k for k in mat if k.endswith(f"_{channel}_time")]
         if len(candidates) != 1:
-            raise ValueError(f"{path}: no variable {key} and no single *_DE_time variable")
+            if channel != "DE":
+                return None
+            raise ValueError(f"{path}: no variable {key} and no single *_{channel}_time variable")
         key = candidates[0]
     return np.asarray(mat[key], dtype=np.float32).reshape(-1)
 
@@ -147,8 +157,10 @@ def shaft_speed_rpm(path: Path, file_number: int) -> float | None:
     return float(np.asarray(mat[key]).reshape(-1)[0])
 
 
-def load_recordings(directory: str | os.PathLike | None = None) -> list[Recording]:
-    """Every recognisable recording below the CWRU folder, sorted by path, at SAMPLE_RATE_HZ."""
+def load_recordings(directory: str | os.PathLike | None = None, extra_healthy: bool = False) -> list[Recording]:
+    """Every recognisable recording below the CWRU folder, sorted by path, at SAMPLE_RATE_HZ. With `extra_healthy`,
+    a healthy baseline's fan-end channel follows its drive-end one as a training-only recording: at the true rate
+    the baseline is about 5 s (seven 8192-sample windows), too little healthy signal to learn `normal` from."""
     root = data_dir(directory)
     if not root.is_dir():
         raise DataNotFoundError(
@@ -162,8 +174,11 @@ def load_recordings(directory: str | os.PathLike | None = None) -> list[Recordin
         if parsed is None:
             continue
         label, load, num = parsed
-        signal = to_model_rate(load_drive_end(path, num), source_rate_hz(path.name))
-        recordings.append(Recording(path, label, load, num, signal))
+        rate = source_rate_hz(path.name)
+        recordings.append(Recording(path, label, load, num, to_model_rate(load_drive_end(path, num), rate)))
+        fan_end = load_drive_end(path, num, "FE") if extra_healthy and label == "normal" else None
+        if fan_end is not None:
+            recordings.append(Recording(path, label, load, num, to_model_rate(fan_end, rate), channel="FE"))
     if not recordings:
         raise DataNotFoundError(f"no CWRU 12k drive-end .mat files below {root}")
     return recordings
@@ -193,20 +208,62 @@ def spread_over_loads(recordings: list[Recording]) -> list[Recording]:
 
 
 def leave_one_load_out(recordings: list[Recording], test_load: int) -> tuple[list[Recording], list[Recording]]:
-    """(training recordings, held-out recordings) of the fold that tests on `test_load` (see spread_over_loads)."""
+    """(training recordings, held-out recordings) of the fold that tests on `test_load` (see spread_over_loads).
+    Held-out recordings are the ones a model is tested on: training-only channels are left out of them."""
+    return hold_out_loads(recordings, [test_load])
+
+
+def train_on_one_load(recordings: list[Recording], train_load: int) -> tuple[list[Recording], list[Recording]]:
+    """(training recordings, held-out recordings) of the fold that trains on `train_load` alone and tests on every
+    other load: the hardest extrapolation the data allows."""
+    others = [load for load in loads(spread_over_loads(recordings)) if load != train_load]
+    return hold_out_loads(recordings, others)
+
+
+def hold_out_loads(recordings: list[Recording], test_loads: list[int]) -> tuple[list[Recording], list[Recording]]:
     spread = spread_over_loads(recordings)
-    if len(loads(spread)) < 2:
-        raise DataNotFoundError(f"leave-one-load-out needs recordings at two loads or more; found {loads(spread)}")
-    if test_load not in loads(spread):
-        raise ValueError(f"no recordings at {test_load} hp; loads present: {loads(spread)}")
-    return [r for r in spread if r.load_hp != test_load], [r for r in spread if r.load_hp == test_load]
+    present = loads(spread)
+    if len(present) < 2:
+        raise DataNotFoundError(f"leaving loads out needs recordings at two loads or more; found {present}")
+    for load in test_loads:
+        if load not in present:
+            raise ValueError(f"no recordings at {load} hp; loads present: {present}")
+    if not set(present) - set(test_loads):
+        raise ValueError(f"holding out {test_loads} leaves no load to train on")
+    train = [r for r in spread if r.load_hp not in test_loads]
+    return train, [r for r in spread if r.load_hp in test_loads and not r.train_only]
 
 
-def all_windows(recordings: list[Recording], window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Back-to-back windows over the whole of every recording, with class indices."""
-    xs = [contiguous_windows(r.signal, window) for r in recordings]
+def extrapolates(test_loads: list[int], train_loads: list[int]) -> bool:
+    """Whether a held-out set lies outside the loads trained on (below their least or above their greatest)."""
+    return any(t < min(train_loads) or t > max(train_loads) for t in test_loads)
+
+
+def all_windows(
+    recordings: list[Recording], window: int, hop: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows over the whole of every recording, back to back or every `hop` samples (overlapping, hence
+    correlated: see independent_windows), with class indices and the index of the recording each came from."""
+    xs = [sliding_windows(r.signal, window, hop or window) for r in recordings]
     ys = [np.full(len(x), r.class_index, dtype=np.int64) for x, r in zip(xs, recordings, strict=True)]
-    return np.concatenate(xs), np.concatenate(ys)
+    src = [np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)]
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(src)
+
+
+def sliding_windows(signal: np.ndarray, window: int, hop: int) -> np.ndarray:
+    """Windows every `hop` samples, shape (k, window); the tail that does not fill a window is dropped."""
+    if len(signal) < window:
+        return np.empty((0, window), dtype=signal.dtype)
+    k = (len(signal) - window) // hop + 1
+    return np.lib.stride_tricks.sliding_window_view(signal, window)[::hop][:k].copy()
+
+
+def independent_windows(n_windows: int, window: int, hop: int) -> float:
+    """How many non-overlapping windows n overlapping ones (every `hop` samples) are worth: the sample count they
+    span over the window. A confidence interval counts these, not the overlapping windows."""
+    if n_windows == 0:
+        return 0.0
+    return ((n_windows - 1) * hop + window) / window
 
 
 def split_fractions(train: float) -> dict[str, tuple[float, float]]:
@@ -238,37 +295,86 @@ def contiguous_windows(signal: np.ndarray, window: int) -> np.ndarray:
 def split_windows(
     recordings: list[Recording], split: str, window: int, fractions: dict | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Non-overlapping windows of one split of every recording, with class indices."""
+    """Non-overlapping windows of one split of every recording a model is tested on, with class indices."""
     xs, ys = [], []
     for rec in recordings:
+        if rec.train_only:
+            continue
         w = contiguous_windows(segment(rec.signal, split, fractions), window)
         xs.append(w)
         ys.append(np.full(len(w), rec.class_index, dtype=np.int64))
     return np.concatenate(xs), np.concatenate(ys)
 
 
+# Speed factors of the band-limited perturbation: every +-1% step of the asked range (0.96 ... 1.04 for 4%).
+SPEED_STEP = 0.01
+SPEED_METHODS = ("polyphase", "linear")
+
+
+def speed_factors(speed: float) -> list[float]:
+    """The discrete speed factors of a +-`speed` perturbation (1.0 excluded: that share is left unresampled)."""
+    k = round(speed / SPEED_STEP)
+    return [1 + SPEED_STEP * i for i in range(-k, k + 1) if i != 0]
+
+
+def change_speed(signal: np.ndarray, factor: float) -> np.ndarray:
+    """signal as if the shaft turned `factor` times as fast: every frequency times `factor`, band-limited
+    (polyphase resampling with its anti-aliasing filter, so the spectrum keeps its shape up to Nyquist)."""
+    up, down = 100, round(100 * factor)
+    g = math.gcd(up, down)
+    return scipy.signal.resample_poly(signal.astype(np.float64), up // g, down // g).astype(np.float32)
+
+
 class RandomWindows:
     """Draws overlapping training windows at random offsets inside each train segment.
 
-    Each epoch draws about len(segment) / hop windows per recording, so recordings
-    contribute in proportion to their length. With `speed` > 0 each window is resampled by a random factor in
-    [1 - speed, 1 + speed] (linear interpolation), as if the shaft turned that much slower or faster: loads
-    change a motor's speed, and with it every fault frequency.
+    Each epoch draws about len(segment) / hop windows per recording, so recordings contribute in proportion to
+    their length; with `balance`, a class with less signal (the healthy baseline) has its windows drawn more densely
+    until it contributes as many windows as the largest class. With `speed` > 0, all but `raw_share` of the windows
+    are taken at a random speed factor in [1 - speed, 1 + speed], as if the shaft turned that much slower or faster
+    (loads change a motor's speed, and with it every fault frequency). "polyphase" resamples each train segment
+    once per factor, band-limited, so a resampled window has the spectrum a real window of that speed would have;
+    "linear" (model 2.0.0's) interpolates each window, which low-passes it: a fingerprint served windows lack.
     """
 
     def __init__(
-        self, recordings: list[Recording], window: int, hop: int, speed: float = 0.0, fractions: dict | None = None
+        self,
+        recordings: list[Recording],
+        window: int,
+        hop: int,
+        speed: float = 0.0,
+        fractions: dict | None = None,
+        method: str = "polyphase",
+        raw_share: float = 0.0,
+        balance: bool = False,
     ):
         if not 0.0 <= speed < 0.5:
             raise ValueError(f"speed perturbation {speed} must be in [0, 0.5)")
-        self.window, self.speed = window, speed
+        if method not in SPEED_METHODS:
+            raise ValueError(f"speed method {method!r} is not one of {SPEED_METHODS}")
+        if not 0.0 <= raw_share <= 1.0:
+            raise ValueError(f"raw share {raw_share} must be in [0, 1]")
+        self.window, self.speed, self.method = window, speed, method
+        self.raw_share = raw_share if speed > 0 else 1.0
         self.segments = [segment(r.signal, "train", fractions) for r in recordings]
         self.labels = [r.class_index for r in recordings]
-        self.span = int(np.ceil(window * (1 + speed))) + 1  # samples a stretched window may need
+        self.span = int(np.ceil(window * (1 + speed))) + 1  # samples a linearly stretched window may need
         for s in self.segments:
             if len(s) < self.span:
                 raise ValueError(f"a train segment of {len(s)} samples is shorter than the window of {window}")
         self.counts = [(len(s) - window) // hop + 1 for s in self.segments]
+        if balance:
+            totals: dict[int, int] = {}
+            for label, count in zip(self.labels, self.counts, strict=True):
+                totals[label] = totals.get(label, 0) + count
+            target = max(totals.values())
+            self.counts = [round(c * target / totals[lab]) for lab, c in zip(self.labels, self.counts, strict=True)]
+        self.factors = speed_factors(speed) if speed > 0 and method == "polyphase" else []
+        self.banks = [[change_speed(s, f) for f in self.factors] for s in self.segments]
+        for bank in self.banks:
+            for resampled in bank:
+                if len(resampled) < window:
+                    raise ValueError(f"a resampled train segment of {len(resampled)} samples is shorter than {window}")
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -277,17 +383,26 @@ class RandomWindows:
         x = np.empty((len(self), self.window), dtype=np.float32)
         y = np.empty(len(self), dtype=np.int64)
         i = 0
-        for seg, label, count in zip(self.segments, self.labels, self.counts, strict=True):
-            if self.speed == 0.0:
-                starts = rng.integers(0, len(seg) - self.window + 1, size=count)
-                x[i : i + count] = seg[starts[:, None] + np.arange(self.window)]
-            else:
-                factor = rng.uniform(1 - self.speed, 1 + self.speed, size=(count, 1))
-                starts = rng.integers(0, len(seg) - self.span + 1, size=(count, 1))
+        for seg, bank, label, count in zip(self.segments, self.banks, self.labels, self.counts, strict=True):
+            raw = rng.random(count) < self.raw_share
+            out = x[i : i + count]
+            n_raw = int(raw.sum())
+            starts = rng.integers(0, len(seg) - self.window + 1, size=(n_raw, 1))
+            out[raw] = seg[starts + np.arange(self.window)]
+            moved = np.flatnonzero(~raw)
+            if len(moved) and self.method == "linear":
+                factor = rng.uniform(1 - self.speed, 1 + self.speed, size=(len(moved), 1))
+                starts = rng.integers(0, len(seg) - self.span + 1, size=(len(moved), 1))
                 pos = starts + factor * np.arange(self.window)
                 i0 = pos.astype(np.int64)
                 frac = (pos - i0).astype(np.float32)
-                x[i : i + count] = seg[i0] * (1 - frac) + seg[i0 + 1] * frac
+                out[moved] = seg[i0] * (1 - frac) + seg[i0 + 1] * frac
+            elif len(moved):
+                which = rng.integers(0, len(bank), size=len(moved))
+                for j, b in zip(moved, which, strict=True):
+                    src = bank[b]
+                    start = rng.integers(0, len(src) - self.window + 1)
+                    out[j] = src[start : start + self.window]
             y[i : i + count] = label
             i += count
         return x, y

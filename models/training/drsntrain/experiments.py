@@ -1,11 +1,15 @@
 """The study: which runs make up the report, and running them in parallel processes.
 
 A run is one (protocol, architecture, seed). Protocols: "lolo-<L>hp" (leave one load out: train on the other
-loads, test on every window of load L), "mixed" (the time split: train, validate and test on segments of every
-recording, the shipped model's protocol) and "paper-gaussian<snr>dB" (the paper's fixed-SNR protocol). Each run
-writes `model.pt` and `result.json` into its own folder under the runs directory (LOLO runs also `heldout.npz`,
-the held-out logits the calibration is fitted on); a run whose result exists is not redone, so an interrupted
-study resumes where it stopped.
+loads, test on every window of load L: an extrapolation when L is the least or greatest load, an interpolation
+otherwise), "only-<L>hp" (train on load L alone, test on every other load: the hardest extrapolation), "mixed" (the
+time split: train, validate and test on segments of every recording, the shipped model's protocol) and
+"paper-gaussian<snr>dB" (the paper's fixed-SNR protocol). A run folder prefixed "base-" holds the same protocol
+trained with model 2.0.0's recipe (linear speed interpolation on every window, no healthy balance or fan-end
+channel), the yardstick 2.1.0 must beat. Each run writes `model.pt` and `result.json` into its own folder under the
+runs directory (held-out runs also `heldout.npz`, the held-out logits the calibration is fitted on, with each
+window's recording and load); a run whose result exists is not redone, so an interrupted study resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import all_windows, data_settings, leave_one_load_out, load_recordings, split_windows
+from .data import all_windows, data_settings, hold_out_loads, load_recordings, split_windows
 from .evaluate import evaluate_grid
 from .export import save_checkpoint
 from .model import ModelConfig
@@ -104,17 +108,24 @@ PILOTS: dict[str, dict] = {
 }
 
 
+# Model 2.0.0's recipe, as settings over the study's TrainConfig: the yardstick on the same folds.
+BASELINE_2_0_0 = {"speed_method": "linear", "raw_share": 0.0, "balance": False, "extra_healthy": False}
+# Held-out windows overlap by half: twice the windows of a back-to-back cut, counted as the samples they span.
+HELDOUT_HOP_DIVISOR = 2
+
+
 @dataclass(frozen=True)
 class Run:
-    protocol: str  # "lolo-<L>hp", "mixed" or "paper-gaussian<snr>dB"
+    protocol: str  # "lolo-<L>hp", "only-<L>hp", "mixed" or "paper-gaussian<snr>dB"
     model: ModelConfig
     train: TrainConfig
     noise: NoiseProtocol
-    test_load: int | None = None  # the held-out load of a LOLO run
+    test_loads: tuple[int, ...] = ()  # the held-out loads of a LOLO or single-load run
+    tag: str = ""  # "base-" for model 2.0.0's recipe
 
     @property
     def name(self) -> str:
-        return f"{self.protocol}/{self.model.shrinkage}-s{self.train.seed}"
+        return f"{self.tag}{self.protocol}/{self.model.shrinkage}-s{self.train.seed}"
 
     def settings(self) -> dict:
         """What a stored result must have been trained with to be reused for this run."""
@@ -127,11 +138,30 @@ class Run:
 
 
 def lolo_runs(
-    loads: list[int], seeds: int, archs: tuple[str, ...], model: ModelConfig, train: TrainConfig
+    loads: list[int], seeds: int, archs: tuple[str, ...], model: ModelConfig, train: TrainConfig, tag: str = ""
 ) -> list[Run]:
     """Leave-one-load-out: for every load, every seed and architecture trained on the other loads."""
     return [
-        Run(f"lolo-{load}hp", replace(model, shrinkage=arch), replace(train, seed=seed), NoiseProtocol(), load)
+        Run(f"lolo-{load}hp", replace(model, shrinkage=arch), replace(train, seed=seed), NoiseProtocol(), (load,), tag)
+        for load in loads
+        for seed in range(seeds)
+        for arch in archs
+    ]
+
+
+def single_load_runs(
+    loads: list[int], seeds: int, archs: tuple[str, ...], model: ModelConfig, train: TrainConfig, tag: str = ""
+) -> list[Run]:
+    """Train on one load alone, test on every other: for every load, seed and architecture."""
+    return [
+        Run(
+            f"only-{load}hp",
+            replace(model, shrinkage=arch),
+            replace(train, seed=seed),
+            NoiseProtocol(),
+            tuple(other for other in loads if other != load),
+            tag,
+        )
         for load in loads
         for seed in range(seeds)
         for arch in archs
@@ -147,16 +177,27 @@ def study_runs(
     paper_model: ModelConfig | None = None,
     paper_epochs: int = 40,
     paper_seeds: int = 0,
+    baseline: bool = True,
 ) -> list[Run]:
-    """The study of one recipe: leave-one-load-out for every load, seed and architecture (the yardstick), then the
-    time split on every load (the shipped model is chosen among its DRSN-CW seeds), then, if asked, the paper's
-    fixed-SNR protocol with the paper's network and batch."""
-    runs = lolo_runs(loads, seeds, archs, model, train)
-    runs += [
+    """The study of one recipe, most needed first (an interrupted study has the shipped model's evidence): DRSN-CW
+    on the leave-one-load-out folds and the time split (the shipped model is chosen among its seeds), model 2.0.0's
+    recipe on the same folds (the yardstick), the single-load folds of both, then the other architectures, then, if
+    asked, the paper's fixed-SNR protocol with the paper's network and batch."""
+    lead = ("cw",) if "cw" in archs else archs[:1]
+    rest = tuple(a for a in archs if a not in lead)
+    mixed = lambda arches: [  # noqa: E731
         Run("mixed", replace(model, shrinkage=arch), replace(train, seed=seed), NoiseProtocol())
         for seed in range(seeds)
-        for arch in archs
+        for arch in arches
     ]
+    base = replace(train, **BASELINE_2_0_0)
+    runs = lolo_runs(loads, seeds, lead, model, train) + mixed(lead)
+    if baseline:
+        runs += lolo_runs(loads, seeds, lead, model, base, tag="base-")
+    runs += single_load_runs(loads, seeds, lead, model, train)
+    if baseline:
+        runs += single_load_runs(loads, seeds, lead, model, base, tag="base-")
+    runs += lolo_runs(loads, seeds, rest, model, train) + mixed(rest)
     for snr in PAPER_SNRS_DB if paper_model is not None else ():
         for seed in range(paper_seeds):
             for arch in archs:
@@ -174,17 +215,19 @@ def study_runs(
 def execute(run: Run, data_dir: str | None, runs_dir: Path, position: int = 0) -> dict:
     """Train and evaluate one run; write its checkpoint and result.
 
-    A LOLO run is tested on every window of its held-out load ("test") and, separately, on that load's test
-    segments ("test_segment"); the other runs on the test segments of every recording.
+    A held-out run is tested on every window of its held-out loads, overlapping by half ("test"), and, separately,
+    on those loads' test segments ("test_segment"); the other runs on the test segments of every recording.
     """
-    recordings = load_recordings(data_dir)
+    recordings = load_recordings(data_dir, extra_healthy=run.train.extra_healthy)
     window = run.model.window
-    if run.test_load is None:
+    hop = window // HELDOUT_HOP_DIVISOR
+    if not run.test_loads:
         train_recs, held = recordings, None
         test_sets = {"test": split_windows(recordings, "test", window)}
     else:
-        train_recs, held = leave_one_load_out(recordings, run.test_load)
-        test_sets = {"test": all_windows(held, window), "test_segment": split_windows(held, "test", window)}
+        train_recs, held = hold_out_loads(recordings, list(run.test_loads))
+        x, y, src = all_windows(held, window, hop)
+        test_sets = {"test": (x, y), "test_segment": split_windows(held, "test", window)}
     model, log = train(train_recs, run.model, run.train, run.noise, progress=run.name, position=position)
     cells = None if run.noise.kind == "mixed" else [(run.noise.noise_type, run.noise.snr_db)]
     confusion_snr = run.noise.snr_db if cells else -8.0
@@ -192,9 +235,11 @@ def execute(run: Run, data_dir: str | None, runs_dir: Path, position: int = 0) -
     result = {
         "run": run.name,
         "protocol": run.protocol,
+        "recipe": "2.0.0" if run.tag == "base-" else "study",
         "arch": run.model.shrinkage,
         "seed": run.train.seed,
-        "test_load": run.test_load,
+        "test_loads": list(run.test_loads),
+        "train_loads": sorted({r.load_hp for r in train_recs}),
         "data": data_settings(),
         **log,
     }
@@ -205,6 +250,9 @@ def execute(run: Run, data_dir: str | None, runs_dir: Path, position: int = 0) -
         keep = heldout if (held is not None and key == "test") else None
         result[key] = evaluate_grid(model, x, y, cells=cells, confusion_snr=confusion_snr, logits_out=keep)
     if heldout:
+        heldout["recording"] = src
+        heldout["load"] = np.array([held[i].load_hp for i in src], dtype=np.int64)
+        heldout["hop"] = np.array(hop)
         np.savez_compressed(out / "heldout.npz", **heldout)
     result["eval_seconds"] = time.perf_counter() - started
     save_checkpoint(model, out / "model.pt")

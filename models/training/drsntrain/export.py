@@ -2,7 +2,8 @@
 
 The ONNX file has opset 17, IR version <= 10 (ONNX Runtime 1.31 reads at most 13), a
 dynamic batch axis, input `vibration` (N x 1 x window, float32, raw samples) and outputs
-`logits` (N x classes) and, for shrinkage networks, `shrinkage` (N x units).
+`logits` (N x classes), for shrinkage networks `shrinkage` (N x units) and, when shipped with its
+out-of-distribution statistics, `ood_score` (N,).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def load_checkpoint(path: Path) -> DRSN:
     return model.eval()
 
 
-def output_names(model: DRSN) -> list[str]:
-    return ["logits"] + (["shrinkage"] if model.config.shrinkage != "none" else [])
+def output_names(model: DRSN, ood: bool = False) -> list[str]:
+    return ["logits"] + (["shrinkage"] if model.config.shrinkage != "none" else []) + (["ood_score"] if ood else [])
 
 
 class _Logits(torch.nn.Module):
@@ -50,10 +51,18 @@ class _Logits(torch.nn.Module):
         return self.model(x)[0]
 
 
-def export_onnx(model: DRSN, path: Path, metadata: dict[str, str] | None = None) -> None:
+def export_onnx(
+    model: DRSN, path: Path, metadata: dict[str, str] | None = None, ood: torch.nn.Module | None = None
+) -> None:
+    """`ood`, when given, is the model wrapped with its out-of-distribution output (ood.WithOod): exported as is."""
     model = model.eval()
-    names = output_names(model)
-    module = model if len(names) == 2 else _Logits(model)
+    names = output_names(model, ood is not None)
+    if ood is not None:
+        if model.config.shrinkage == "none":
+            raise ValueError("the ood output is exported beside the shrinkage output: a shrinkage network is needed")
+        module = ood.eval()
+    else:
+        module = model if len(names) == 2 else _Logits(model)
     example = torch.zeros(2, 1, model.config.window)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about static shapes
@@ -88,8 +97,8 @@ def ort_outputs(session: ort.InferenceSession, windows: np.ndarray) -> list[np.n
     return session.run(None, {INPUT_NAME: x})
 
 
-def parity(model: DRSN, path: Path, windows: np.ndarray) -> dict:
-    """Largest |ONNX - PyTorch| over the outputs, run at several batch sizes."""
+def parity(model: torch.nn.Module, path: Path, windows: np.ndarray) -> dict:
+    """Largest |ONNX - PyTorch| over the outputs, run at several batch sizes (`model` is what was exported)."""
     session = ort_session(path)
     with torch.no_grad():
         ref = model(torch.from_numpy(windows).float().unsqueeze(1))
@@ -123,6 +132,8 @@ def write_golden(session_path: Path, windows: np.ndarray, labels: np.ndarray, sn
     }
     if len(outs) > 1:
         arrays["shrinkage"] = outs[1].astype(np.float32)
+    if len(outs) > 2:
+        arrays["ood_score"] = outs[2].astype(np.float32)
     np.savez(out, **arrays)
 
 

@@ -168,6 +168,11 @@ class DRSN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        features, shrinkage = self.embed(x)
+        return self.fc(features), shrinkage
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, shrinkage): the pooled features the classifier reads (N, channels), and the shrinkage."""
         mean = x.mean(dim=2, keepdim=True)
         var = (x - mean).pow(2).mean(dim=2, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.config.standardize_eps)
@@ -177,9 +182,8 @@ class DRSN(nn.Module):
             x, alpha = unit(x)
             if alpha is not None:
                 alphas.append(alpha.mean(dim=1))
-        x = torch.relu(self.bn(x)).mean(dim=2)
-        logits = self.fc(x)
-        return logits, (torch.stack(alphas, dim=1) if alphas else None)
+        features = torch.relu(self.bn(x)).mean(dim=2)
+        return features, (torch.stack(alphas, dim=1) if alphas else None)
 
 
 def parameter_count(model: nn.Module) -> int:

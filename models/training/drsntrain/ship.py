@@ -22,8 +22,9 @@ from .export import (
 )
 from .model import ARCH_NAMES, DRSN, parameter_count
 from .noise import noisy_copies
+from .ood import OodStats, WithOod
 
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 # A window's worth of hop halves the latency between results at 2x the compute.
 DEFAULT_HOP_FRACTION = 0.5
 PARITY_TOLERANCE = 1e-4
@@ -116,16 +117,20 @@ def ship(
     evaluation: dict,
     training: dict,
     calibration: dict | None = None,
+    ood: tuple[OodStats, dict] | None = None,
 ) -> dict:
-    """Write <stem>.onnx, <stem>.pt, <stem>.json (card) and <stem>.golden.npz; return the card."""
+    """Write <stem>.onnx, <stem>.pt, <stem>.json (card) and <stem>.golden.npz; return the card. `ood`: the
+    out-of-distribution statistics, exported in the graph, and the card's `ood` section (its threshold)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name.replace("-", "_")
     onnx_path = out_dir / f"{stem}.onnx"
     cfg = model.config
-    export_onnx(model, onnx_path, metadata={"name": name, "version": MODEL_VERSION, "classes": ",".join(CLASSES)})
+    exported = WithOod(model, ood[0]) if ood else model
+    metadata = {"name": name, "version": MODEL_VERSION, "classes": ",".join(CLASSES)}
+    export_onnx(model, onnx_path, metadata=metadata, ood=exported if ood else None)
 
     x_test, _ = split_windows(recordings, "test", cfg.window)
-    check = parity(model, onnx_path, x_test)
+    check = parity(exported, onnx_path, x_test)
     if check["max_abs_diff"] > PARITY_TOLERANCE or not check["argmax_equal"]:
         raise ParityError(f"ONNX export disagrees with PyTorch on test windows: {check}")
 
@@ -134,7 +139,7 @@ def ship(
     golden = out_dir / f"{stem}.golden.npz"
     write_golden(onnx_path, windows, labels, snr, golden)
 
-    names = output_names(model)
+    names = output_names(model, ood is not None)
     card = {
         "name": name,
         "version": MODEL_VERSION,
@@ -169,7 +174,9 @@ def ship(
         "outputs": {
             "logits": "logits",
             "shrinkage": "shrinkage" if "shrinkage" in names else None,
+            **({"ood_score": "ood_score"} if ood else {}),
         },
+        **({"ood": ood[1]} if ood else {}),
         "shrinkage_units": cfg.units if "shrinkage" in names else 0,
         "classes": list(CLASSES),
         "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
@@ -179,8 +186,14 @@ def ship(
         **({"calibration": calibration} if calibration else {}),
         "training": {
             "data": {
-                "source": "CWRU Bearing Data Center, 12 kHz drive-end accelerometer (X<num>_DE_time)",
-                "recordings": [f"{r.path.parent.name}/{r.path.name}" for r in recordings],
+                "source": (
+                    "CWRU Bearing Data Center, 12 kHz drive-end accelerometer (X<num>_DE_time); the 48 kHz healthy "
+                    "baseline resampled to 12 kHz, its fan-end channel as extra healthy training signal"
+                ),
+                "recordings": [
+                    f"{r.path.parent.name}/{r.path.name}" + ("" if r.channel == "DE" else f" ({r.channel} channel)")
+                    for r in recordings
+                ],
             },
             "split": {"by": "time within each recording", "fractions": {k: list(v) for k, v in SPLIT.items()}},
             **training,

@@ -64,6 +64,14 @@ class TrainConfig:
     train_hop: int = 512
     # Random speed change of each training window, +-fraction (0: none); see data.RandomWindows.
     speed_perturb: float = 0.0
+    # How windows change speed ("polyphase": band-limited; "linear": model 2.0.0's interpolation) and the share of
+    # windows left as they were recorded, as the server sees them.
+    speed_method: str = "polyphase"
+    raw_share: float = 0.5
+    # Draw as many windows of the healthy baseline per epoch as of the largest fault class.
+    balance: bool = True
+    # Train on the healthy baseline's fan-end channel as well (data.load_recordings).
+    extra_healthy: bool = True
     # Fraction of each recording trained on (the next 0.2 validates); see data.split_fractions.
     train_fraction: float = 0.6
     seed: int = 0
@@ -121,7 +129,14 @@ def train(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=0.1)
     fractions = split_fractions(config.train_fraction)
     windows = RandomWindows(
-        recordings, model_config.window, config.train_hop, speed=config.speed_perturb, fractions=fractions
+        recordings,
+        model_config.window,
+        config.train_hop,
+        speed=config.speed_perturb,
+        fractions=fractions,
+        method=config.speed_method,
+        raw_share=config.raw_share,
+        balance=config.balance,
     )
 
     xv, yv = split_windows(recordings, "val", model_config.window, fractions)

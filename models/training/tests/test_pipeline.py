@@ -43,34 +43,63 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     assert main(args) == 0
     report = (tmp_path / "reports" / "README.md").read_text()
     for heading in (
+        "## What stands behind every figure",
+        "## 2.1.0's recipe against 2.0.0's",
+        "## What costs a plant most",
         "## Targets: leave one load out",
-        "## Held-out loads",
         "DRSN-CW against ResNet",
         "## Time split",
+        "## Calibration that holds out of range",
+        "## Out of distribution",
         "## Cost",
-        "## Calibration",
         "## Noise score",
+        "## Claims of earlier reports, corrected",
     ):
         assert heading in report, heading
     for png in ("accuracy_vs_snr.png", "confusion_-8dB.png", "shrinkage_vs_snr.png"):
         assert (tmp_path / "reports" / png).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "reports" / "results.json").read_text())
-    # 3 folds x 2 seeds x 2 architectures, then the time split: 2 seeds x 2 architectures.
-    assert len(results["runs"]) == 3 * 2 * 2 + 2 * 2
-    assert {"recipe-cw", "recipe-none", "shipped-1.1.0", "paper"} == set(results["bench"])
+    # Leave one load out: 3 folds x 2 seeds x 2 architectures; the time split: 2 seeds x 2 architectures; model
+    # 2.0.0's recipe on the same folds, and both recipes trained on one load alone: 3 x 2 each (DRSN-CW).
+    assert len(results["runs"]) == 3 * 2 * 2 + 2 * 2 + 3 * 3 * 2
+    assert {"recipe-cw", "recipe-none", "recipe-cw-ood", "shipped-1.1.0", "paper"} == set(results["bench"])
     for r in results["runs"].values():
         assert r["model"]["stem_kernel"] == 16 and r["train"]["batch_size"] == 32
         if r["protocol"].startswith("lolo"):
-            held = int(r["protocol"][5])
-            assert r["test_load"] == held
+            assert r["test_loads"] == [int(r["protocol"][5])]
+            assert sorted(r["train_loads"] + r["test_loads"]) == [0, 1, 2]
+        if r["protocol"].startswith("only"):
+            assert r["train_loads"] == [int(r["protocol"][5])] and len(r["test_loads"]) == 2
+        base = r["run"].startswith("base-")
+        assert (r["recipe"] == "2.0.0") == base and (r["train"]["speed_method"] == "linear") == base
+    kinds = {p: f["kind"] for p, f in results["folds"]["study"]["cw"].items()}
+    assert kinds == {
+        "lolo-0hp": "extrapolation",
+        "lolo-1hp": "interpolation",
+        "lolo-2hp": "extrapolation",
+        "only-0hp": "extrapolation",
+        "only-1hp": "extrapolation",
+        "only-2hp": "extrapolation",
+    }
+    for f in results["folds"]["study"]["cw"].values():
+        acc = f["cells"]["clean"]["accuracy"]
+        assert acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1] and f["independent"] < f["windows"]
+    assert results["decision"]["decided"] and set(results["ood"]["folds"]) == {
+        r for r in results["runs"] if not r.startswith(("base-", "mixed")) and "/cw-" in r
+    }
     card = json.loads((tmp_path / "drsn_cw_cwru.json").read_text())
     cw = [r for r in results["runs"].values() if r["protocol"] == "mixed" and r["arch"] == "cw"]
     best = max(cw, key=lambda r: (r["best_val_acc"], -r["seed"]))
     assert card["training"]["seed"] == best["seed"]  # chosen on validation, never on test
     assert card["operating_conditions"]["loads_hp"] == [0, 1, 2]
     assert card["calibration"]["temperature"] > 0 and 0 <= card["calibration"]["uncertain_below"] <= 1
-    assert card["evaluation"]["leave_one_load_out"]["runs"] == 3 * 2
+    assert set(card["evaluation"]["held_out_loads"]["folds"]) == set(kinds)
     assert set(card["input_range"]) >= {"rms_accepted", "peak_accepted", "clip_samples", "crest_accepted", "unit"}
+    # The out-of-distribution score is a third output of the graph, with its threshold in the card.
+    assert card["outputs"]["ood_score"] == "ood_score" and card["ood"]["uncertain_above"] > 0
+    windows = np.random.default_rng(0).normal(size=(3, 512))
+    logits, _, score = ort_outputs(ort_session(tmp_path / card["onnx"]), windows)
+    assert logits.shape == (3, len(CLASSES)) and score.shape == (3,) and (score >= 0).all()
 
     # A second invocation reuses every finished run instead of training again.
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("result.json")}
