@@ -44,6 +44,7 @@ impl Runner for Fake {
             classes: CLASSES,
             logits,
             shrinkage: None,
+            ood: None,
         })
     }
 }
@@ -69,6 +70,7 @@ fn start(runners: Vec<Fake>, max_batch: usize, delay_ms: u64) -> (Arc<Scheduler>
         Reading {
             temperature: 1.0,
             uncertain_below: None,
+            uncertain_above: None,
         },
         runners,
         CancellationToken::new(),

@@ -76,6 +76,8 @@ pub struct StreamOutcome {
     pub windows: Vec<WindowResult>,
     pub window_count: u64,
     pub class_counts: BTreeMap<String, u64>,
+    /// Windows out of distribution (counted among the uncertain in `class_counts` too).
+    pub out_of_distribution: u64,
     pub discontinuities: Vec<Discontinuity>,
     /// Client-side latency per window: from sending the chunk that completed it to receiving its result.
     pub latencies_us: Vec<u64>,
@@ -171,6 +173,7 @@ pub async fn stream_samples(
                     on_window(&w);
                     out.window_count += 1;
                     *out.class_counts.entry(outcome(&w)).or_default() += 1;
+                    out.out_of_distribution += u64::from(w.out_of_distribution);
                     if plan.keep_windows {
                         out.windows.push(w);
                     }
@@ -300,6 +303,7 @@ pub async fn stream_resuming(
         for (k, v) in out.class_counts {
             *total.class_counts.entry(k).or_default() += v;
         }
+        total.out_of_distribution += out.out_of_distribution;
         total.discontinuities.extend(out.discontinuities);
         total.latencies_us.extend(out.latencies_us);
         total.resumed += out.resumed;
@@ -394,7 +398,8 @@ fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
         serde_json::json!({
             "stream": sensor, "window": w.window_index, "first_sample": w.first_sample_index,
             "last_sample": w.last_sample_index, "status": status, "label": w.label, "confidence": w.confidence,
-            "noise_score": w.noise_score, "detail": w.status_detail,
+            "noise_score": w.noise_score, "ood_score": w.ood_score,
+            "out_of_distribution": w.out_of_distribution, "detail": w.status_detail,
             "velocity_rms_mm_s": w.velocity_rms_mm_s, "zone": zone_name(w.zone),
             "queue_us": w.queue_us, "inference_us": w.inference_us, "total_us": w.total_us,
         })
@@ -409,7 +414,9 @@ fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
             100.0 * confidence,
             w.noise_score.unwrap_or(f32::NAN),
             w.total_us,
-            if status == "uncertain" {
+            if w.out_of_distribution {
+                "  (uncertain: out of distribution)"
+            } else if status == "uncertain" {
                 "  (uncertain)"
             } else {
                 ""
@@ -508,6 +515,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     }
     let mut windows = 0u64;
     let mut classes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut out_of_distribution = 0u64;
     let mut latencies = Vec::new();
     let mut failures = 0;
     let mut resumed = 0;
@@ -521,6 +529,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                 for (k, v) in out.class_counts {
                     *classes.entry(k).or_default() += v;
                 }
+                out_of_distribution += out.out_of_distribution;
                 latencies.extend(out.latencies_us);
                 if let Some(status) = out.status {
                     failures += 1;
@@ -548,6 +557,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             "streams": streams,
             "windows": windows,
             "classes": classes,
+            "out_of_distribution": out_of_distribution,
             "latency_ms": { "p50": p50, "p90": p90, "p99": p99, "max": max },
             "seconds": elapsed,
             "windows_per_s": rate,
@@ -567,6 +577,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             println!(
                 "  {class:<15} {n:>7}  ({:.1}%)",
                 100.0 * *n as f64 / windows.max(1) as f64
+            );
+        }
+        // Only a model with an OOD score has any: the line would be noise for one without.
+        if out_of_distribution > 0 {
+            println!(
+                "  of the uncertain, out of distribution: {out_of_distribution} ({:.1}%)",
+                100.0 * out_of_distribution as f64 / windows.max(1) as f64
             );
         }
         println!("  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  max {max:.2}");

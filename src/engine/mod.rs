@@ -12,6 +12,9 @@ pub struct BatchOutput {
     pub logits: Vec<f32>,
     /// `rows x units` mean shrinkage alpha per unit, when the model has that output.
     pub shrinkage: Option<(usize, Vec<f32>)>,
+    /// One out-of-distribution score per row (higher = further from the training data), when the model has that
+    /// output.
+    pub ood: Option<Vec<f32>>,
 }
 
 /// Why a batch failed.

@@ -84,6 +84,7 @@ pub struct Model {
     session: Session,
     logits: String,
     shrinkage: Option<String>,
+    ood_score: Option<String>,
     window: usize,
     channels: usize,
     classes: usize,
@@ -124,6 +125,7 @@ impl Model {
         let this = Self {
             logits: card.outputs.logits.clone(),
             shrinkage: card.outputs.shrinkage.clone(),
+            ood_score: card.outputs.ood_score.clone(),
             window: card.input.window,
             channels: card.input.channels,
             classes: card.classes.len(),
@@ -147,7 +149,10 @@ impl Model {
             });
         }
         let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
-        for name in std::iter::once(&self.logits).chain(self.shrinkage.as_ref()) {
+        let named = std::iter::once(&self.logits)
+            .chain(self.shrinkage.as_ref())
+            .chain(self.ood_score.as_ref());
+        for name in named {
             if !outputs.contains(&name.as_str()) {
                 return Err(StartupError::ModelMismatch {
                     what: "outputs",
@@ -219,10 +224,30 @@ impl Model {
             }
             None => None,
         };
+        let ood = match &self.ood_score {
+            Some(name) => {
+                let (shape, values) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .map_err(batch)?;
+                // One score per row: [rows], or [rows, 1] as exporters often leave it.
+                let per_row = match &**shape {
+                    [n] | [n, 1] => *n as usize == rows,
+                    _ => false,
+                };
+                if !per_row {
+                    return Err(InferError::Batch(format!(
+                        "ood_score came out as {shape:?}, expected [{rows}] or [{rows}, 1]"
+                    )));
+                }
+                Some(values.to_vec())
+            }
+            None => None,
+        };
         Ok(BatchOutput {
             classes: self.classes,
             logits,
             shrinkage,
+            ood,
         })
     }
 }

@@ -31,6 +31,10 @@ pub struct ModelCard {
     /// confidence below which a window is reported as uncertain.
     #[serde(default)]
     pub calibration: Option<Calibration>,
+    /// How far a window is from the training data, read from the `ood_score` output: above `uncertain_above` a
+    /// class is reported as uncertain.
+    #[serde(default)]
+    pub ood: Option<Ood>,
 }
 
 /// The model's input contract: windows outside it are flagged, not classified.
@@ -68,6 +72,17 @@ fn one() -> f32 {
     1.0
 }
 
+/// The out-of-distribution threshold for the model's `ood_score` output (higher = further from the training data).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ood {
+    /// A window whose score is above this is reported as uncertain; absent, scores are reported but never judged.
+    #[serde(default)]
+    pub uncertain_above: Option<f32>,
+    /// How the score and threshold were made, for people.
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CardInput {
     pub name: String,
@@ -81,6 +96,9 @@ pub struct CardOutputs {
     pub logits: String,
     #[serde(default)]
     pub shrinkage: Option<String>,
+    /// Per-window distance from the training data, `[batch]` or `[batch, 1]`.
+    #[serde(default)]
+    pub ood_score: Option<String>,
 }
 
 /// What the server must do to each window before inference, as the card's `normalization` says.
@@ -207,6 +225,21 @@ impl LoadedModel {
                 )));
             }
         }
+        if let Some(t) = card.ood.as_ref().and_then(|o| o.uncertain_above) {
+            if !t.is_finite() {
+                return Err(invalid(format!(
+                    "ood.uncertain_above = {t} must be a finite number"
+                )));
+            }
+            // A threshold with no score to compare would silently judge nothing.
+            if card.outputs.ood_score.is_none() {
+                return Err(invalid(
+                    "ood.uncertain_above is set but outputs.ood_score names no model output: add \
+                     \"ood_score\": \"<the graph's output name>\" to outputs, or remove ood.uncertain_above"
+                        .into(),
+                ));
+            }
+        }
         let onnx_path = path.parent().unwrap_or(Path::new(".")).join(&card.onnx);
         let onnx = std::fs::read(&onnx_path).map_err(|source| StartupError::ModelRead {
             path: onnx_path.clone(),
@@ -266,6 +299,12 @@ impl LoadedModel {
             .and_then(|c| c.uncertain_below)
     }
 
+    /// OOD score above which a class is reported as uncertain, if the card sets one (only with an `ood_score`
+    /// output: checked at load).
+    pub fn uncertain_above(&self) -> Option<f32> {
+        self.card.ood.as_ref().and_then(|o| o.uncertain_above)
+    }
+
     pub fn architecture_name(&self) -> String {
         match &self.card.architecture {
             serde_json::Value::String(s) => s.clone(),
@@ -276,5 +315,90 @@ impl LoadedModel {
                 .to_owned(),
             _ => "unknown".to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes the shipped card, changed by `edit`, beside a link to the shipped model; loads it.
+    fn load_edited(
+        tag: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<LoadedModel, StartupError> {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/drsn_cw_cwru.json");
+        let mut card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
+        edit(&mut card);
+        let dir = std::env::temp_dir().join(format!("drsn-card-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // An absolute path: the card names its model relative to itself, and joining keeps an absolute one.
+        card["onnx"] = shipped
+            .with_file_name("drsn_cw_cwru.onnx")
+            .to_str()
+            .unwrap()
+            .into();
+        let path = dir.join("card.json");
+        std::fs::write(&path, card.to_string()).unwrap();
+        let loaded = LoadedModel::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    fn reason(result: Result<LoadedModel, StartupError>) -> String {
+        match result {
+            Err(StartupError::CardInvalid { reason, .. }) => reason,
+            other => panic!("expected CardInvalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_shipped_card_has_no_ood_score() {
+        let model = load_edited("shipped", |_| {}).unwrap();
+        assert!(model.card.outputs.ood_score.is_none() && model.card.ood.is_none());
+        assert_eq!(model.uncertain_above(), None);
+    }
+
+    #[test]
+    fn an_ood_threshold_with_its_output_is_read_and_other_keys_ignored() {
+        let model = load_edited("ood", |c| {
+            c["outputs"]["ood_score"] = "ood_score".into();
+            c["ood"] = serde_json::json!({
+                "uncertain_above": 23.4, "method": "Mahalanobis on the pooled features", "fpr_at_95": 0.03
+            });
+        })
+        .unwrap();
+        assert_eq!(model.card.outputs.ood_score.as_deref(), Some("ood_score"));
+        assert_eq!(model.uncertain_above(), Some(23.4));
+        let method = model.card.ood.as_ref().and_then(|o| o.method.as_deref());
+        assert_eq!(method, Some("Mahalanobis on the pooled features"));
+        // The output without a threshold: scores reported, nothing judged.
+        let model = load_edited("ood-no-threshold", |c| {
+            c["outputs"]["ood_score"] = "ood_score".into();
+        })
+        .unwrap();
+        assert_eq!(model.uncertain_above(), None);
+    }
+
+    #[test]
+    fn an_ood_threshold_without_the_output_says_what_to_add() {
+        let text = reason(load_edited("ood-no-output", |c| {
+            c["ood"] = serde_json::json!({"uncertain_above": 23.4});
+        }));
+        assert!(
+            text.contains("ood.uncertain_above") && text.contains("outputs.ood_score"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_non_finite_ood_threshold_is_refused() {
+        // 1e300 is a JSON number, but no f32: it reads as infinity.
+        let text = reason(load_edited("ood-infinite", |c| {
+            c["outputs"]["ood_score"] = "ood_score".into();
+            c["ood"] = serde_json::json!({"uncertain_above": 1e300});
+        }));
+        assert!(text.contains("finite"), "{text}");
     }
 }

@@ -178,6 +178,8 @@ mod tests {
                     logits: vec![0.0, 5.0],
                     probabilities: vec![0.0, 1.0],
                     shrinkage: None,
+                    ood_score: None,
+                    out_of_distribution: false,
                     uncertain: false,
                 }),
                 timing: Timing::default(),

@@ -1,5 +1,5 @@
-//! What the pipeline answers for a window, protocol-neutral: a class with its probabilities, shrinkage and noise
-//! score, or a flag saying why there is no class; with where the window came from and how long it took.
+//! What the pipeline answers for a window, protocol-neutral: a class with its probabilities, shrinkage, noise score
+//! and OOD score, or a flag saying why there is no class; with where the window came from and how long it took.
 
 use std::time::Duration;
 
@@ -18,7 +18,11 @@ pub struct Classified {
     pub probabilities: Vec<f32>,
     /// Mean shrinkage alpha of each unit, when the model has that output.
     pub shrinkage: Option<Vec<f32>>,
-    /// The confidence is below the card's `uncertain_below`.
+    /// Distance from the training data (higher = further), when the model has an `ood_score` output.
+    pub ood_score: Option<f32>,
+    /// The OOD score is above the card's `ood.uncertain_above`.
+    pub out_of_distribution: bool,
+    /// The confidence is below the card's `uncertain_below`, or the window is out of distribution.
     pub uncertain: bool,
 }
 
@@ -72,25 +76,34 @@ impl Answer {
     }
 }
 
-/// How the model's outputs become answers: the softmax temperature and the uncertainty threshold from the card.
+/// How the model's outputs become answers: the softmax temperature and the uncertainty thresholds from the card.
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {
     pub temperature: f32,
     pub uncertain_below: Option<f32>,
+    /// OOD score above which a class is uncertain (`ood.uncertain_above`).
+    pub uncertain_above: Option<f32>,
 }
 
 impl Reading {
-    /// The answer for one row of a batch's output. Non-finite logits are flagged, never turned into a class.
+    /// The answer for one row of a batch's output. Non-finite outputs (logits, shrinkage, OOD score) are flagged,
+    /// never turned into a class.
     pub fn answer(&self, out: &BatchOutput, row: usize, timing: Timing) -> Answer {
         let logits = &out.logits[row * out.classes..(row + 1) * out.classes];
         let shrinkage = out
             .shrinkage
             .as_ref()
             .map(|(units, values)| values[row * units..(row + 1) * units].to_vec());
+        // A missing row reads as NaN: flagged like a non-finite score, never an in-distribution class.
+        let ood_score = out
+            .ood
+            .as_ref()
+            .map(|scores| scores.get(row).copied().unwrap_or(f32::NAN));
         let finite = logits.iter().all(|x| x.is_finite())
             && shrinkage
                 .as_ref()
-                .is_none_or(|s| s.iter().all(|x| x.is_finite()));
+                .is_none_or(|s| s.iter().all(|x| x.is_finite()))
+            && ood_score.is_none_or(f32::is_finite);
         if !finite {
             return Answer {
                 verdict: Verdict::Flagged(Flagged {
@@ -108,15 +121,22 @@ impl Reading {
                 if p > best.1 { (i, p) } else { best }
             })
             .0;
-        let uncertain = self
-            .uncertain_below
-            .is_some_and(|t| probabilities[class_index] < t);
+        let out_of_distribution = self
+            .uncertain_above
+            .zip(ood_score)
+            .is_some_and(|(t, score)| score > t);
+        let uncertain = out_of_distribution
+            || self
+                .uncertain_below
+                .is_some_and(|t| probabilities[class_index] < t);
         Answer {
             verdict: Verdict::Classified(Classified {
                 class_index,
                 logits: logits.to_vec(),
                 probabilities,
                 shrinkage,
+                ood_score,
+                out_of_distribution,
                 uncertain,
             }),
             timing,
@@ -170,7 +190,14 @@ impl WindowDiagnosis {
         match &answer.verdict {
             Verdict::Classified(c) => {
                 let label = classes.get(c.class_index).map_or("", String::as_str);
-                m::record_classified(api, label, c.uncertain, c.noise_score(), total);
+                m::record_classified(
+                    api,
+                    label,
+                    c.uncertain,
+                    c.out_of_distribution,
+                    c.noise_score(),
+                    total,
+                );
             }
             Verdict::Flagged(f) => m::record_flagged(api, f.flag.reason(), total),
         }
@@ -193,6 +220,7 @@ mod tests {
             classes: 3,
             logits,
             shrinkage: Some((2, vec![0.2, 0.4, 0.2, 0.4])),
+            ood: None,
         }
     }
 
@@ -212,6 +240,7 @@ mod tests {
         let reading = Reading {
             temperature: 1.0,
             uncertain_below: Some(0.9),
+            uncertain_above: None,
         };
         let out = output(vec![0.0, 5.0, 0.0, 1.0, 1.2, 0.9]);
         let Verdict::Classified(sure) = reading.answer(&out, 0, Timing::default()).verdict else {
@@ -232,6 +261,7 @@ mod tests {
         let reading = Reading {
             temperature: 1.0,
             uncertain_below: None,
+            uncertain_above: None,
         };
         for bad in [f32::NAN, f32::INFINITY] {
             let out = output(vec![bad, 0.0, 0.0, 0.0, 0.0, 0.0]);
@@ -239,6 +269,111 @@ mod tests {
                 Verdict::Flagged(f) => assert_eq!(f.flag, Flag::OutputNotFinite),
                 v => panic!("{v:?}"),
             }
+        }
+    }
+
+    /// Two sure rows (class 1) with OOD scores `scores`.
+    fn scored(scores: Vec<f32>) -> BatchOutput {
+        BatchOutput {
+            ood: Some(scores),
+            ..output(vec![0.0, 9.0, 0.0, 0.0, 9.0, 0.0])
+        }
+    }
+
+    fn classified(reading: &Reading, out: &BatchOutput, row: usize) -> Classified {
+        match reading.answer(out, row, Timing::default()).verdict {
+            Verdict::Classified(c) => c,
+            v => panic!("row {row}: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_score_above_the_ood_threshold_is_uncertain_at_or_below_it_is_not() {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: Some(0.9),
+            uncertain_above: Some(23.4),
+        };
+        let out = scored(vec![31.2, 23.4]);
+        let far = classified(&reading, &out, 0);
+        assert_eq!(
+            far.class_index, 1,
+            "an OOD window keeps its class, as a hint"
+        );
+        assert!(far.confidence() > 0.9, "confident, yet out of distribution");
+        assert!(far.out_of_distribution && far.uncertain);
+        assert_eq!(far.ood_score, Some(31.2));
+        let edge = classified(&reading, &out, 1);
+        assert!(
+            !edge.out_of_distribution && !edge.uncertain,
+            "equal is not above"
+        );
+        assert_eq!(edge.ood_score, Some(23.4));
+        let near = classified(&reading, &scored(vec![-1.0, 0.5]), 1);
+        assert!(!near.out_of_distribution && !near.uncertain);
+        assert_eq!(near.ood_score, Some(0.5));
+    }
+
+    #[test]
+    fn low_confidence_alone_is_uncertain_not_out_of_distribution() {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: Some(0.9),
+            uncertain_above: Some(23.4),
+        };
+        let out = BatchOutput {
+            ood: Some(vec![1.0, 1.0]),
+            ..output(vec![0.0, 1.0, 0.9, 0.0, 1.0, 0.9])
+        };
+        let unsure = classified(&reading, &out, 0);
+        assert!(unsure.uncertain && !unsure.out_of_distribution);
+    }
+
+    #[test]
+    fn without_the_output_or_the_threshold_nothing_is_out_of_distribution() {
+        let judged = Reading {
+            temperature: 1.0,
+            uncertain_below: None,
+            uncertain_above: Some(23.4),
+        };
+        // The model has no ood_score output: no score, and nothing judged on one.
+        let none = classified(&judged, &output(vec![0.0, 9.0, 0.0, 0.0, 9.0, 0.0]), 0);
+        assert_eq!(none.ood_score, None);
+        assert!(!none.out_of_distribution && !none.uncertain);
+        // A score but no threshold: reported, never judged.
+        let unjudged = Reading {
+            uncertain_above: None,
+            ..judged
+        };
+        let reported = classified(&unjudged, &scored(vec![1e6, 0.0]), 0);
+        assert_eq!(reported.ood_score, Some(1e6));
+        assert!(!reported.out_of_distribution && !reported.uncertain);
+    }
+
+    #[test]
+    fn a_non_finite_or_missing_ood_score_is_flagged_never_a_class() {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: None,
+            uncertain_above: Some(23.4),
+        };
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let out = scored(vec![bad, 0.0]);
+            match reading.answer(&out, 0, Timing::default()).verdict {
+                Verdict::Flagged(f) => assert_eq!(f.flag, Flag::OutputNotFinite),
+                v => panic!("{bad}: {v:?}"),
+            }
+            assert!(matches!(
+                reading.answer(&out, 1, Timing::default()).verdict,
+                Verdict::Classified(_)
+            ));
+        }
+        match reading
+            .answer(&scored(vec![0.0]), 1, Timing::default())
+            .verdict
+        {
+            Verdict::Flagged(f) => assert_eq!(f.flag, Flag::OutputNotFinite),
+            v => panic!("a row without a score: {v:?}"),
         }
     }
 }

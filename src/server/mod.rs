@@ -231,6 +231,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         Reading {
             temperature: model.temperature(),
             uncertain_below: model.uncertain_below(),
+            uncertain_above: model.uncertain_above(),
         },
         models,
         lifecycle.stop_batcher.clone(),

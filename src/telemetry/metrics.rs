@@ -21,6 +21,7 @@ pub const SAMPLES_RECEIVED: &str = "drsn_samples_received_total";
 pub const WINDOWS_DIAGNOSED: &str = "drsn_windows_diagnosed_total";
 pub const WINDOWS_FLAGGED: &str = "drsn_windows_flagged_total";
 pub const WINDOWS_UNCERTAIN: &str = "drsn_windows_uncertain_total";
+pub const WINDOWS_OUT_OF_DISTRIBUTION: &str = "drsn_windows_out_of_distribution_total";
 pub const PREDICTIONS: &str = "drsn_predictions_total";
 pub const NOISE_SCORE: &str = "drsn_noise_score";
 pub const DISCONTINUITIES: &str = "drsn_stream_discontinuities_total";
@@ -123,6 +124,7 @@ pub fn zero_series(
     for api in APIS {
         counter!(WINDOWS_DIAGNOSED, "api" => *api).absolute(0);
         counter!(WINDOWS_UNCERTAIN, "api" => *api).absolute(0);
+        counter!(WINDOWS_OUT_OF_DISTRIBUTION, "api" => *api).absolute(0);
         for reason in FLAG_REASONS {
             counter!(WINDOWS_FLAGGED, "api" => *api, "reason" => *reason).absolute(0);
         }
@@ -218,7 +220,11 @@ fn describe() {
     );
     describe_counter!(
         WINDOWS_UNCERTAIN,
-        "Classified windows whose confidence is below the model card's threshold."
+        "Classified windows reported uncertain: confidence below the model card's threshold, or out of distribution."
+    );
+    describe_counter!(
+        WINDOWS_OUT_OF_DISTRIBUTION,
+        "Classified windows whose OOD score is above the model card's ood.uncertain_above (counted as uncertain too)."
     );
     describe_counter!(PREDICTIONS, "Classified windows by predicted class.");
     describe_histogram!(
@@ -309,6 +315,7 @@ pub fn record_classified(
     api: &'static str,
     label: &str,
     uncertain: bool,
+    out_of_distribution: bool,
     noise_score: Option<f32>,
     latency: Duration,
 ) {
@@ -316,6 +323,9 @@ pub fn record_classified(
     counter!(PREDICTIONS, "class" => label.to_owned()).increment(1);
     if uncertain {
         counter!(WINDOWS_UNCERTAIN, "api" => api).increment(1);
+    }
+    if out_of_distribution {
+        counter!(WINDOWS_OUT_OF_DISTRIBUTION, "api" => api).increment(1);
     }
     if let Some(score) = noise_score {
         histogram!(NOISE_SCORE).record(score as f64);

@@ -4,9 +4,10 @@
 //! the batch queue with streams, so they are batched together.
 //!
 //! Input: `vibration`, FP32, `[N, channels, window]` raw samples at the model's rate. Outputs per window: `logits`
-//! and `probabilities` (FP32 `[N, classes]`), `shrinkage` (FP32 `[N, units]`), `noise_score` (FP32 `[N]`), `label`
-//! (BYTES `[N]`), and `status` (BYTES `[N]`: `ok`, `uncertain`, `invalid_signal:<reason>`, `shed`). A window without
-//! a class has an empty label and zeros in its numeric rows: read `status` before them.
+//! and `probabilities` (FP32 `[N, classes]`), `shrinkage` (FP32 `[N, units]`), `noise_score` (FP32 `[N]`),
+//! `ood_score` (FP32 `[N]`, only when the model has that output), `label` (BYTES `[N]`), and `status` (BYTES `[N]`:
+//! `ok`, `uncertain`, `invalid_signal:<reason>`, `shed`). A window without a class has an empty label and zeros in
+//! its numeric rows: read `status` before them.
 
 pub mod grpc;
 pub mod proto;
@@ -151,6 +152,13 @@ impl V2 {
                 shape: vec![-1],
             });
         }
+        if card.outputs.ood_score.is_some() {
+            out.push(TensorMeta {
+                name: "ood_score",
+                datatype: "FP32",
+                shape: vec![-1],
+            });
+        }
         out.push(TensorMeta {
             name: "label",
             datatype: "BYTES",
@@ -244,6 +252,10 @@ impl V2 {
             }
             "noise_score" => (
                 Data::F32(floats(1, &|c| vec![c.noise_score().unwrap_or(0.0)])),
+                vec![n],
+            ),
+            "ood_score" => (
+                Data::F32(floats(1, &|c| vec![c.ood_score.unwrap_or(0.0)])),
                 vec![n],
             ),
             "label" => (
