@@ -22,6 +22,8 @@ struct Golden {
     snr_db: Array1<f32>,
     logits: Array2<f32>,
     shrinkage: Array2<f32>,
+    /// The out-of-distribution score, when the model has that output.
+    ood: Option<Array1<f32>>,
 }
 
 fn golden() -> Golden {
@@ -33,6 +35,7 @@ fn golden() -> Golden {
         snr_db: npz.by_name("snr_db").unwrap(),
         logits: npz.by_name("logits").unwrap(),
         shrinkage: npz.by_name("shrinkage").unwrap(),
+        ood: npz.by_name("ood_score").ok(),
     }
 }
 
@@ -71,6 +74,24 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
             assert_eq!(units, common::units());
             let d = max_abs_diff(&got, want.as_standard_layout().as_slice().unwrap());
             assert!(d <= 1e-4, "batch {batch}: shrinkage differs by {d}");
+            match (&g.ood, &out.ood) {
+                (Some(want), Some(got)) => {
+                    let want = want.slice(ndarray::s![first..first + chunk.len()]);
+                    // A squared distance of some hundreds: compare relative to its size.
+                    for (w, o) in want.iter().zip(got) {
+                        assert!(
+                            (w - o).abs() <= 1e-3 * w.abs().max(1.0),
+                            "batch {batch}: ood {o} vs {w}"
+                        );
+                    }
+                }
+                (None, None) => {}
+                (want, got) => panic!(
+                    "golden ood {:?}, session ood {:?}",
+                    want.is_some(),
+                    got.is_some()
+                ),
+            }
         }
     }
 }
@@ -133,6 +154,17 @@ async fn diagnose_over_grpc_matches_golden() {
                 Some(g.labels[i]),
                 "clean window {i}"
             );
+        }
+        if let Some(want) = &g.ood {
+            let got = r
+                .ood_score
+                .expect("a model with an ood output scores every classified window");
+            assert!(
+                (got - want[i]).abs() <= 1e-3 * want[i].abs().max(1.0),
+                "window {i}"
+            );
+            let above = model.uncertain_above().is_some_and(|t| got > t);
+            assert_eq!(r.out_of_distribution, above, "window {i}");
         }
         let mean: f32 = r.shrinkage.iter().sum::<f32>() / common::units() as f32;
         assert!((r.noise_score.unwrap() - (1.0 - mean)).abs() < 1e-6);

@@ -403,3 +403,45 @@ fn no_recording_clean_or_noisy_is_flagged() {
     );
     eprintln!("{checked} windows checked, none flagged");
 }
+
+/// The healthy baseline's committed excerpt as CWRU recorded it: 48 kHz samples.
+fn healthy_at_48_khz() -> Vec<f32> {
+    let path = std::path::Path::new(common::ROOT)
+        .join("models/training/tests/fixtures/cwru_mini/0HP/normal_0_97.mat");
+    drsn_serve::client::recording::read_recording(&path, &Default::default())
+        .unwrap()
+        .samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_at_the_wrong_rate_is_out_of_distribution_never_a_confident_class() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    // 48 kHz samples sent as if they were 12 kHz: every frequency a quarter of what it is, the mix-up the training
+    // data itself once had. Every window comes back UNCERTAIN, out of distribution, saying why.
+    let wrong = stream(&running, healthy_at_48_khz(), 12_000.0).await;
+    assert!(!wrong.is_empty());
+    for w in &wrong {
+        assert_eq!(status(w).0, WindowStatus::Uncertain, "{w:?}");
+        assert!(w.out_of_distribution && w.ood_score.is_some(), "{w:?}");
+        assert!(
+            w.status_detail
+                .contains("outside what the model was trained on"),
+            "{w:?}"
+        );
+    }
+    // The same signal at its rate (the server resamples it) and a faulty recording are in the model's range.
+    let (_, fault) = common::recordings().remove(3);
+    for (samples, rate) in [(healthy_at_48_khz(), 48_000.0), (fault.to_vec(), 12_000.0)] {
+        let windows = stream(&running, samples, rate).await;
+        assert!(!windows.is_empty());
+        assert!(
+            windows
+                .iter()
+                .all(|w| !w.out_of_distribution && w.ood_score.is_some()),
+            "{windows:?}"
+        );
+    }
+    running.shutdown();
+    running.stopped().await;
+}

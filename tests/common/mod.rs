@@ -145,7 +145,11 @@ const MODEL_RATE_HZ: usize = 12_000;
 /// files (the data folder's README).
 pub fn source_rate_hz(name: &str) -> Option<usize> {
     name.ends_with(".mat")
-        .then_some(if name.starts_with("normal") { 48_000 } else { MODEL_RATE_HZ })
+        .then_some(if name.starts_with("normal") {
+            48_000
+        } else {
+            MODEL_RATE_HZ
+        })
 }
 
 /// samples at `rate` Hz brought to the model's 12 kHz by the server's stream resampler.

@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common(rep)
     rep.add_argument("--seeds", type=int, default=2)
     rep.add_argument("--runs-only", action="store_true", help="train and evaluate the runs, then stop")
-    rep.add_argument("--archs", default="none,cw", help="comma-separated: cw, cs, none (default none,cw)")
+    rep.add_argument("--archs", default="cw", help="comma-separated: cw, cs, none (default cw; none adds the ResNet)")
     rep.add_argument("--paper-epochs", type=int, default=40)
     rep.add_argument(
         "--paper-seeds", type=int, default=0, help="seeds of the paper's fixed-SNR protocol (default 0: not run)"

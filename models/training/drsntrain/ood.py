@@ -129,19 +129,23 @@ def in_range_threshold(
 
 
 class WithOod(nn.Module):
-    """The model with a third output, `ood_score` (N,): the score above, for the ONNX export."""
+    """The model with a third output, `ood_score` (N,): the score above, for the ONNX export. The shared precision
+    P = W W^T is factored once, so a window costs one features x W product and ten squared distances in the whitened
+    space, not ten quadratic forms (a tenth of the arithmetic)."""
 
     def __init__(self, model: DRSN, stats: OodStats):
         super().__init__()
         self.model = model
-        self.register_buffer("means", torch.from_numpy(stats.means))
-        self.register_buffer("precision", torch.from_numpy(stats.precision))
+        whiten = np.linalg.cholesky(stats.precision.astype(np.float64))
+        self.register_buffer("whiten", torch.from_numpy(whiten.astype(np.float32)))
+        self.register_buffer(
+            "white_means", torch.from_numpy((stats.means.astype(np.float64) @ whiten).astype(np.float32))
+        )
 
     def forward(self, x):
         features, shrinkage = self.model.embed(x)
-        d = features.unsqueeze(1) - self.means.unsqueeze(0)
-        score = ((d @ self.precision) * d).sum(-1).min(-1).values
-        return self.model.fc(features), shrinkage, score
+        d = (features @ self.whiten).unsqueeze(1) - self.white_means.unsqueeze(0)
+        return self.model.fc(features), shrinkage, d.pow(2).sum(-1).min(-1).values
 
 
 # Noise cells the score is judged in: clean and the two -8 dB cells that differ most in spectrum.
