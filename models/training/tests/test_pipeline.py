@@ -39,6 +39,7 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path):
     data = multi_load_tree(tmp_path / "data")
     args = ["reproduce", "--data-dir", str(data), "--window", "512", "--width", "1", "--units", "1", "--stages", "2"]
     args += ["--stem-kernel", "16", "--stem-stride", "4", "--epochs", "2", "--hop", "1024", "--seeds", "2"]
+    args += ["--archs", "cw,none"]  # the default is DRSN-CW alone; the report compares it with the ResNet
     args += ["--jobs", "2", "--out", str(tmp_path), "--runs-dir", str(runs), "--batch", "32"]
     assert main(args) == 0
     report = (tmp_path / "reports" / "README.md").read_text()
