@@ -8,7 +8,11 @@ V2_REQS := tests/v2/requirements.txt
 # The ONNX Runtime release, pinned (with its hash) in one place; the build, the image and the tests read it there.
 ORT_VERSION := $(shell sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' deploy/ort/onnxruntime-cpu.txt)
 ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
-BIN := target/release/drsn-serve
+# Where cargo puts what it builds: $$CARGO_TARGET_DIR when set (cargo reads it the same way), else target/. The
+# Python tests find the binary through DRSN_SERVE_BIN.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BIN := $(TARGET_DIR)/release/drsn-serve
+export DRSN_SERVE_BIN := $(abspath $(BIN))
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
@@ -19,7 +23,7 @@ help:
 	@echo "make serve      install ONNX Runtime, build, and serve the shipped model (gRPC :50051, metrics :9090)"
 	@echo "make test       lint and run every test, Python and Rust (what CI runs)"
 	@echo "make bench      raw ONNX Runtime vs end-to-end service throughput, side by side"
-	@echo "make dist       the binary as the image ships it (fat LTO), in target/dist/"
+	@echo "make dist       the binary as the image ships it (fat LTO), in $(TARGET_DIR)/dist/"
 	@echo "make bench-v2   the KServe V2 endpoint against Seldon MLServer 1.7.1 serving the same model (own venv)"
 	@echo "make soak       30 minutes of mixed good, bad, slow and vanishing clients; RSS and fds sampled"
 	@echo "make ort        ONNX Runtime $(ORT_VERSION) (CPU) from its PyPI wheel, hash-checked, into .ort/cpu"
@@ -48,7 +52,7 @@ ort-gpu: .ort/gpu/$(ORT_LIB)
 build:
 	cargo build --release --locked
 
-# The binary as the image ships it (profile.dist: fat LTO), in target/dist/.
+# The binary as the image ships it (profile.dist: fat LTO), in $(TARGET_DIR)/dist/.
 dist:
 	cargo build --profile dist --locked
 

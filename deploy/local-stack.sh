@@ -17,7 +17,7 @@ PROM_PORT=${PROM_PORT:-9091}
 STREAMS=${STREAMS:-8}
 DURATION=${DURATION:-0}
 DATA=${DATA:-models/training/tests/fixtures/cwru_mini/0HP}
-BIN=target/release/drsn-serve
+BIN=${DRSN_SERVE_BIN:-${CARGO_TARGET_DIR:-target}/release/drsn-serve}
 
 [ -x "$BIN" ] || { echo "no $BIN: run make ort build" >&2; exit 1; }
 command -v prometheus >/dev/null || { echo "no prometheus: apt-get install prometheus" >&2; exit 1; }

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 [ "$(id -u)" = 0 ] || { echo "image-test needs root (rootful podman, mmdebstrap)" >&2; exit 1; }
-[ -x target/release/drsn-serve ] && [ -d .ort/cpu ] || { echo "run make ort build first" >&2; exit 1; }
+[ -x target/release/drsn-serve ] && [ -d .ort/cpu ] || { echo "run make ort build first (the image copies ./target: build without CARGO_TARGET_DIR)" >&2; exit 1; }
 need=()
 for tool in podman runc mmdebstrap; do command -v "$tool" >/dev/null || need+=("$tool"); done
 if [ ${#need[@]} -gt 0 ]; then

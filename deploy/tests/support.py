@@ -26,7 +26,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUBE = DEPLOY / "kubernetes"
-BIN = REPO / "target" / "release" / "drsn-serve"
+# Where cargo put the release binary: the Makefile exports DRSN_SERVE_BIN (it follows CARGO_TARGET_DIR).
+BIN = Path(
+    os.environ.get("DRSN_SERVE_BIN")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "release" / "drsn-serve"
+)
 FIXTURES = REPO / "models" / "training" / "tests" / "fixtures" / "cwru_mini" / "0HP"
 METRICS_RS = REPO / "src" / "telemetry" / "metrics.rs"
 CARD = REPO / "models" / "drsn_cw_cwru.json"

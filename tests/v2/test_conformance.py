@@ -18,7 +18,11 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 ROOT = Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "release" / "drsn-serve"
+# Where cargo put the release binary: the Makefile exports DRSN_SERVE_BIN (it follows CARGO_TARGET_DIR).
+BINARY = Path(
+    os.environ.get("DRSN_SERVE_BIN")
+    or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "drsn-serve"
+)
 CARD = json.loads((ROOT / "models" / "drsn_cw_cwru.json").read_text())
 MODEL = CARD["name"]
 WINDOW = CARD["input"]["window"]
