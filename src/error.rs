@@ -100,12 +100,21 @@ pub enum ServeError {
          event's carry or the ending status's drsn-condition-bin), or leave it out to start the condition afresh"
     )]
     ConditionCarry(String),
-    #[error("{what} carries no samples: set `f32le` or `values`")]
+    #[error("{what} carries no samples: set `f32le`, `values`, `i16le` or `i32le`")]
     NoSamples { what: String },
     #[error(
-        "f32le carries {len} bytes, not a whole number of {frame_bytes}-byte frames (4 bytes x channels)"
+        "{encoding} carries {len} bytes, not a whole number of {frame_bytes}-byte frames (bytes per sample x channels)"
     )]
-    Misaligned { len: usize, frame_bytes: usize },
+    Misaligned {
+        encoding: &'static str,
+        len: usize,
+        frame_bytes: usize,
+    },
+    #[error("{encoding}: {problem}")]
+    IntegerSamples {
+        encoding: &'static str,
+        problem: String,
+    },
     #[error("{count} values is not a whole number of frames of {channels} channel(s)")]
     PartialFrame { count: usize, channels: usize },
     #[error("a chunk of {frames} frames is over the limit of {max}; send smaller chunks")]
@@ -212,6 +221,7 @@ impl ServeError {
             Self::UnknownEnum { .. } => "unknown_enum",
             Self::NoSamples { .. } => "no_samples",
             Self::Misaligned { .. } | Self::PartialFrame { .. } => "partial_frame",
+            Self::IntegerSamples { .. } => "integer_samples",
             Self::ChunkTooLarge { .. } => "chunk_too_large",
             Self::NonFinite { .. } => "non_finite",
             Self::IndexOverflow { .. } => "index_overflow",
@@ -291,8 +301,13 @@ impl ServeError {
                 what: String::new(),
             },
             Misaligned {
+                encoding: "",
                 len: 0,
                 frame_bytes: 0,
+            },
+            IntegerSamples {
+                encoding: "",
+                problem: String::new(),
             },
             ChunkTooLarge { frames: 0, max: 0 },
             NonFinite {
@@ -477,6 +492,6 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 38);
+        assert_eq!(unique.len(), 39);
     }
 }

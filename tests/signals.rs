@@ -12,6 +12,7 @@ use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, FloatSamples, InvalidReason, Window, WindowResult, WindowStatus, window,
 };
 use drsn_serve::client::replay::{self, StreamPlan};
+use drsn_serve::client::samples::{Wire, WireChoice};
 
 /// Streams `samples` at `rate` with the default hop; returns every window result, checking the stream ended OK.
 async fn stream(
@@ -168,6 +169,114 @@ async fn flat_and_clipped_signals_are_flagged() {
             assert_unclassified(w);
         }
     }
+    running.shutdown();
+    running.stopped().await;
+}
+
+/// Streams `samples` with `wire`; every window's result.
+async fn stream_as(
+    running: &drsn_serve::server::Running,
+    samples: &[f32],
+    wire: Wire,
+) -> Vec<WindowResult> {
+    let client = replay::connect(&common::addr(running)).await.unwrap();
+    let mut plan = StreamPlan::new(12_000.0, samples.len() as u64);
+    plan.wire = wire;
+    let out = replay::stream_samples(client, Arc::new(samples.to_vec()), plan, |_| {})
+        .await
+        .unwrap();
+    assert!(
+        out.status.is_none(),
+        "the stream ended with {:?}",
+        out.status
+    );
+    out.windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_codes_are_judged_as_their_floats_and_clipping_is_the_converter_full_scale() {
+    let _serial = common::serial().await;
+    let running = common::start(&[]).await;
+    let (label, samples) = common::recordings().remove(7);
+    let n = samples.len();
+    let peak = samples.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let clipped_count = |ws: &[WindowResult]| {
+        ws.iter()
+            .filter(|w| status(w) == (WindowStatus::InvalidSignal, InvalidReason::Clipped))
+            .count()
+    };
+
+    // 16-bit codes with headroom: the same results as the floats those codes stand for, to the bit.
+    let wire = Wire::choose(WireChoice::I16, &samples, None);
+    let Wire::I16 { scale, .. } = wire else {
+        panic!("not 16-bit: {wire:?}")
+    };
+    let as_floats: Vec<f32> = samples
+        .iter()
+        .map(|x| (x / scale).round() * scale)
+        .collect();
+    let by_codes = stream_as(&running, &samples, wire).await;
+    let by_floats = stream_as(&running, &as_floats, Wire::F32).await;
+    assert_eq!(by_codes.len(), expected_windows(n));
+    for (a, b) in by_codes.iter().zip(&by_floats) {
+        assert_eq!(
+            (a.status, &a.label, &a.probabilities),
+            (b.status, &b.label, &b.probabilities)
+        );
+    }
+    assert!(
+        by_codes.iter().all(|w| w.label == label),
+        "16 bits keep the class"
+    );
+
+    // The same signal on a converter whose full scale is a third of its peak: codes pinned at the rails, and
+    // every window that holds them is flagged clipped, naming the converter.
+    let small = Wire::I16 {
+        scale: peak / 3.0 / 32767.0,
+        bits: 16,
+    };
+    let railed = stream_as(&running, &samples, small).await;
+    assert_eq!(railed.len(), expected_windows(n));
+    for w in &railed {
+        assert_eq!(
+            status(w),
+            (WindowStatus::InvalidSignal, InvalidReason::Clipped),
+            "{}",
+            w.status_detail
+        );
+        assert!(
+            w.status_detail.contains("16-bit converter's full scale"),
+            "{}",
+            w.status_detail
+        );
+        assert_unclassified(w);
+    }
+
+    // A coarse converter (12 codes to the peak) repeats its extreme codes without clipping: sent as floats, the
+    // repeated extremes read as clipping; sent as codes, the server knows the rails were never reached.
+    let coarse = Wire::I16 {
+        scale: peak / 12.0,
+        bits: 16,
+    };
+    let Wire::I16 { scale, .. } = coarse else {
+        unreachable!()
+    };
+    let coarse_floats: Vec<f32> = samples
+        .iter()
+        .map(|x| (x / scale).round() * scale)
+        .collect();
+    let guessed = stream_as(&running, &coarse_floats, Wire::F32).await;
+    let known = stream_as(&running, &samples, coarse).await;
+    assert!(
+        clipped_count(&guessed) > 0,
+        "the float check guesses clipping from repeated extremes"
+    );
+    assert_eq!(
+        clipped_count(&known),
+        0,
+        "codes never at the rails are not clipped"
+    );
+    assert_eq!(known.len(), expected_windows(n));
     running.shutdown();
     running.stopped().await;
 }
@@ -387,7 +496,8 @@ fn no_recording_clean_or_noisy_is_flagged() {
             ] {
                 for start in (0..signal.len().saturating_sub(window) + 1).step_by(hop) {
                     checked += 1;
-                    if let Some(f) = quality::check(&signal[start..start + window], 1, Some(range))
+                    if let Some(f) =
+                        quality::check(&signal[start..start + window], 1, Some(range), None)
                     {
                         flagged.push(format!("{} {kind} @{start}: {}", f.flag.reason(), f.detail));
                     }

@@ -1,8 +1,9 @@
 //! The client side, which the server never imports: connecting (TLS, tokens), the replay client, recording
-//! readers, the benchmark, and the study of the condition stage's settings.
+//! readers, the samples' wire encoding, the benchmark, and the study of the condition stage's settings.
 
 pub mod bench;
 pub mod condition_study;
 pub mod connect;
 pub mod recording;
 pub mod replay;
+pub mod samples;

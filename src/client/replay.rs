@@ -15,11 +15,12 @@ use crate::api::grpc::proto::stream_diagnose_response::Event;
 use crate::api::grpc::proto::{
     Condition, ConditionCarry, Discontinuity, InvalidReason, ResultDetail, SampleChunk,
     SensorCondition, StreamDiagnoseRequest, StreamOpen, StreamOpened, VibrationZone, WindowResult,
-    WindowStatus, sample_chunk,
+    WindowStatus,
 };
 use crate::api::grpc::service::CONDITION_TRAILER;
 use crate::client::connect::{Client, ConnectArgs};
 use crate::client::recording::{ReadOptions, read_recording};
+use crate::client::samples::{Wire, WireChoice};
 
 pub use crate::client::connect::connect;
 
@@ -47,6 +48,8 @@ pub struct StreamPlan {
     pub keep_windows: bool,
     /// The condition state to go on from (a resumed stream).
     pub resume_condition: Option<ConditionCarry>,
+    /// How the samples go on the wire.
+    pub wire: Wire,
 }
 
 impl StreamPlan {
@@ -65,6 +68,7 @@ impl StreamPlan {
             until: None,
             keep_windows: true,
             resume_condition: None,
+            wire: Wire::F32,
         }
     }
 }
@@ -199,26 +203,6 @@ pub async fn stream_samples(
     Ok(out)
 }
 
-/// Samples `at..end` of `samples` repeated end to end, as f32 little-endian bytes.
-fn le_bytes(samples: &[f32], at: u64, end: u64) -> Vec<u8> {
-    let n = samples.len() as u64;
-    let mut bytes = Vec::with_capacity((end - at) as usize * 4);
-    let mut i = at;
-    while i < end && n > 0 {
-        let from = (i % n) as usize;
-        let take = ((end - i) as usize).min(samples.len() - from);
-        let part = &samples[from..from + take];
-        if cfg!(target_endian = "little") {
-            bytes.extend_from_slice(bytemuck::cast_slice(part));
-        } else {
-            part.iter()
-                .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes()));
-        }
-        i += take as u64;
-    }
-    bytes
-}
-
 async fn send_chunks(
     tx: mpsc::Sender<StreamDiagnoseRequest>,
     samples: Arc<Vec<f32>>,
@@ -233,7 +217,7 @@ async fn send_chunks(
             break;
         }
         let end = (at + plan.chunk_frames as u64).min(plan.frames);
-        let bytes = le_bytes(&samples, at, end);
+        let encoded = plan.wire.encode(&samples, at, end);
         if plan.realtime {
             let due =
                 start + Duration::from_secs_f64((end - plan.start) as f64 / plan.sample_rate_hz);
@@ -241,7 +225,7 @@ async fn send_chunks(
         }
         let chunk = SampleChunk {
             first_sample_index: at,
-            samples: Some(sample_chunk::Samples::F32le(bytes.into())),
+            samples: Some(encoded),
         };
         if let Ok(mut s) = sent.lock() {
             s.push(Instant::now());
@@ -375,6 +359,11 @@ pub struct ReplayArgs {
     /// .csv/.npy column or .wav channel (default 0).
     #[arg(long)]
     pub column: Option<usize>,
+    /// How samples go on the wire: auto sends integer WAV files as their own codes (i16le up to 16 bits, i32le
+    /// above: half the bytes, clipping known exactly) and other recordings as f32le; i16/i32 quantise a float
+    /// recording with 6 dB of headroom.
+    #[arg(long, value_enum, default_value_t = WireChoice::Auto)]
+    pub wire: WireChoice,
 }
 
 /// Percentile (0..=100) of sorted values.
@@ -475,6 +464,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let streams = recordings.len() * args.streams;
     for rec in recordings {
         let rate = args.sample_rate.or(rec.sample_rate_hz).unwrap_or(12_000.0);
+        let wire = Wire::choose(args.wire, &rec.samples, rec.adc_bits);
         let samples = Arc::new(rec.samples);
         let name = rec
             .path
@@ -497,6 +487,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             plan.chunk_frames = args.chunk.max(1);
             plan.realtime = args.realtime;
             plan.keep_windows = false;
+            plan.wire = wire;
             let (json, quiet, label) = (args.json, args.quiet || bar, plan.sensor_id.clone());
             let progress = progress.clone();
             let targets = targets.clone();
@@ -659,25 +650,4 @@ fn sensor_summary(out: &StreamOutcome) -> serde_json::Value {
         "changes": out.conditions.iter().map(condition_json).collect::<Vec<_>>(),
         "final": out.condition.as_ref().map(condition_json),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::le_bytes;
-
-    #[test]
-    fn chunks_repeat_the_recording_end_to_end() {
-        let samples = [1.0f32, 2.0, 3.0];
-        let floats = |b: Vec<u8>| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        assert_eq!(
-            floats(le_bytes(&samples, 2, 8)),
-            [3.0, 1.0, 2.0, 3.0, 1.0, 2.0]
-        );
-        assert_eq!(floats(le_bytes(&samples, 4, 5)), [2.0]);
-        assert!(le_bytes(&[], 0, 4).is_empty());
-    }
 }

@@ -353,11 +353,25 @@ mod tests {
         }
     }
 
+    /// A card as older models had it: no OOD output, no threshold.
+    fn without_ood(c: &mut serde_json::Value) {
+        if let Some(outputs) = c["outputs"].as_object_mut() {
+            outputs.remove("ood_score");
+        }
+        if let Some(card) = c.as_object_mut() {
+            card.remove("ood");
+        }
+    }
+
     #[test]
-    fn the_shipped_card_has_no_ood_score() {
+    fn the_shipped_card_judges_out_of_distribution_windows_and_older_cards_still_load() {
         let model = load_edited("shipped", |_| {}).unwrap();
-        assert!(model.card.outputs.ood_score.is_none() && model.card.ood.is_none());
-        assert_eq!(model.uncertain_above(), None);
+        assert_eq!(model.card.outputs.ood_score.as_deref(), Some("ood_score"));
+        let threshold = model.uncertain_above().expect("a threshold");
+        assert!(threshold.is_finite() && threshold > 0.0, "{threshold}");
+        let older = load_edited("older", without_ood).unwrap();
+        assert!(older.card.outputs.ood_score.is_none() && older.card.ood.is_none());
+        assert_eq!(older.uncertain_above(), None);
     }
 
     #[test]
@@ -375,6 +389,7 @@ mod tests {
         assert_eq!(method, Some("Mahalanobis on the pooled features"));
         // The output without a threshold: scores reported, nothing judged.
         let model = load_edited("ood-no-threshold", |c| {
+            without_ood(c);
             c["outputs"]["ood_score"] = "ood_score".into();
         })
         .unwrap();
@@ -384,6 +399,7 @@ mod tests {
     #[test]
     fn an_ood_threshold_without_the_output_says_what_to_add() {
         let text = reason(load_edited("ood-no-output", |c| {
+            without_ood(c);
             c["ood"] = serde_json::json!({"uncertain_above": 23.4});
         }));
         assert!(

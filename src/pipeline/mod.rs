@@ -308,7 +308,7 @@ impl Pipeline {
         let channels = self.model.channels();
         let flagged: Vec<_> = windows
             .iter()
-            .map(|w| quality::check(w, channels, range))
+            .map(|w| quality::check(w, channels, range, None))
             .collect();
         let mut meter = severity::VelocityMeter::new(
             self.model.window(),

@@ -10,7 +10,8 @@ use crate::model::card::InputRange;
 pub enum Flag {
     /// Every sample of a channel has the same value: a dead or disconnected sensor.
     Flat,
-    /// Several samples sit exactly at the window's largest or smallest value: the sensor or its ADC saturated.
+    /// The sensor or its ADC saturated: several samples at the converter's full scale (integer samples), or sitting
+    /// exactly at the window's largest or smallest value (float samples).
     Clipped,
     /// The window's RMS or peak is outside the range the model accepts (wrong gain or units, a broken sensor).
     OutOfRange,
@@ -38,6 +39,16 @@ impl Flag {
     }
 }
 
+/// A stream's converter full scale in input units, known when its samples arrive as integer codes at the model's
+/// rate: a sample exactly at a rail is a code the converter could not go past, so clipping is known, not guessed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rails {
+    pub low: f32,
+    pub high: f32,
+    /// The converter's resolution, for the message.
+    pub bits: u32,
+}
+
 /// A flag and what exactly was wrong, for the client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Flagged {
@@ -45,14 +56,20 @@ pub struct Flagged {
     pub detail: String,
 }
 
-/// Checks one window of `channels`-interleaved samples; `None` when the model may judge it.
-pub fn check(window: &[f32], channels: usize, range: Option<&InputRange>) -> Option<Flagged> {
+/// Checks one window of `channels`-interleaved samples; `None` when the model may judge it. `rails`: the
+/// converter's full scale when the samples came as integer codes.
+pub fn check(
+    window: &[f32],
+    channels: usize,
+    range: Option<&InputRange>,
+    rails: Option<&Rails>,
+) -> Option<Flagged> {
     let channels = channels.max(1);
     let mut scratch = Vec::new();
     let stats: Vec<Stats> = (0..channels)
         .map(|c| Stats::of(channel(window, c, channels, &mut scratch)))
         .collect();
-    judge(&stats, range)
+    judge(&stats, range, rails)
 }
 
 /// Channel `c` of interleaved samples (the samples themselves when there is one channel).
@@ -112,9 +129,10 @@ impl Checker {
         index: u64,
         window: &[f32],
         range: Option<&InputRange>,
+        rails: Option<&Rails>,
     ) -> Option<Flagged> {
         let Some((block, per_window, per_hop)) = self.blocks else {
-            return check(window, self.channels, range);
+            return check(window, self.channels, range, rails);
         };
         let first = index * per_hop;
         while self.cache.front().is_some_and(|(b, _)| *b < first) {
@@ -128,7 +146,7 @@ impl Checker {
         for b in first + cached..first + per_window {
             let at = (b - first) as usize * width;
             let Some(samples) = window.get(at..at + width) else {
-                return check(window, channels, range);
+                return check(window, channels, range, rails);
             };
             for c in 0..channels {
                 let stats = Stats::of(channel(samples, c, channels, &mut self.scratch));
@@ -141,7 +159,7 @@ impl Checker {
             let head = blocks.next().unwrap_or_default();
             self.merged.push(blocks.fold(head, Stats::merge));
         }
-        judge(&self.merged, range)
+        judge(&self.merged, range, rails)
     }
 
     /// The stream restarted its windows (a discontinuity): nothing summarised so far is covered again.
@@ -158,7 +176,7 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
 }
 
 /// The verdict on a window from its channels' statistics.
-fn judge(channels: &[Stats], range: Option<&InputRange>) -> Option<Flagged> {
+fn judge(channels: &[Stats], range: Option<&InputRange>, rails: Option<&Rails>) -> Option<Flagged> {
     for (c, stats) in channels.iter().enumerate() {
         if stats.max == stats.min {
             return Some(Flagged {
@@ -206,23 +224,47 @@ fn judge(channels: &[Stats], range: Option<&InputRange>) -> Option<Flagged> {
                 ),
             });
         }
-        let at_rail = stats.at_max.max(stats.at_min);
-        if at_rail >= range.clip_samples {
+        if let Some(detail) = clipping(c, stats, range.clip_samples, rails) {
             return Some(Flagged {
                 flag: Flag::Clipped,
-                detail: format!(
-                    "channel {c}: {at_rail} samples sit exactly at the window's extreme value {rail}: \
-                     the signal is clipped",
-                    rail = if stats.at_max >= stats.at_min {
-                        stats.max
-                    } else {
-                        stats.min
-                    }
-                ),
+                detail,
             });
         }
     }
     None
+}
+
+/// Why channel `c` is clipped, if it is: at least `min` samples at the converter's full scale when the rails are
+/// known (exact), else at least `min` samples sitting exactly at the window's extreme value.
+fn clipping(c: usize, stats: &Stats, min: usize, rails: Option<&Rails>) -> Option<String> {
+    if let Some(r) = rails {
+        let at_high = if stats.max == r.high { stats.at_max } else { 0 };
+        let at_low = if stats.min == r.low { stats.at_min } else { 0 };
+        let (at, rail) = if at_high >= at_low {
+            (at_high, r.high)
+        } else {
+            (at_low, r.low)
+        };
+        return (at >= min).then(|| {
+            format!(
+                "channel {c}: {at} samples at the {bits}-bit converter's full scale ({rail}): the signal is \
+                 clipped (exact: from the integer codes)",
+                bits = r.bits
+            )
+        });
+    }
+    let at_rail = stats.at_max.max(stats.at_min);
+    (at_rail >= min).then(|| {
+        format!(
+            "channel {c}: {at_rail} samples sit exactly at the window's extreme value {rail}: the signal is \
+             clipped",
+            rail = if stats.at_max >= stats.at_min {
+                stats.max
+            } else {
+                stats.min
+            }
+        )
+    })
 }
 
 /// A channel's extremes, how many samples sit exactly at them, and the RMS about the mean (the graph standardises
@@ -424,13 +466,13 @@ mod tests {
 
     #[test]
     fn a_normal_window_passes() {
-        assert_eq!(check(&sine(2048, 1.0), 1, Some(&range())), None);
-        assert_eq!(check(&sine(2048, 1.0), 1, None), None);
+        assert_eq!(check(&sine(2048, 1.0), 1, Some(&range()), None), None);
+        assert_eq!(check(&sine(2048, 1.0), 1, None, None), None);
     }
 
     #[test]
     fn flat_windows_are_flagged_even_without_a_range() {
-        let f = check(&[0.25; 2048], 1, None).unwrap();
+        let f = check(&[0.25; 2048], 1, None, None).unwrap();
         assert_eq!(f.flag, Flag::Flat);
         assert!(f.detail.contains("0.25"), "{}", f.detail);
     }
@@ -439,17 +481,17 @@ mod tests {
     fn out_of_range_in_both_directions_and_a_single_spike() {
         let big: Vec<f32> = sine(2048, 1.0).iter().map(|x| x * 1e18).collect();
         assert_eq!(
-            check(&big, 1, Some(&range())).unwrap().flag,
+            check(&big, 1, Some(&range()), None).unwrap().flag,
             Flag::OutOfRange
         );
         let small: Vec<f32> = sine(2048, 1.0).iter().map(|x| x * 1e-3).collect();
-        let f = check(&small, 1, Some(&range())).unwrap();
+        let f = check(&small, 1, Some(&range()), None).unwrap();
         assert_eq!(f.flag, Flag::OutOfRange);
         assert!(f.detail.contains("gain and units"), "{}", f.detail);
         let mut spiked = sine(2048, 1.0);
         spiked[700] = 3.4e38;
         assert_eq!(
-            check(&spiked, 1, Some(&range())).unwrap().flag,
+            check(&spiked, 1, Some(&range()), None).unwrap().flag,
             Flag::OutOfRange
         );
     }
@@ -457,19 +499,55 @@ mod tests {
     #[test]
     fn clipping_is_several_samples_exactly_at_the_rail() {
         let clipped: Vec<f32> = sine(2048, 2.0).iter().map(|x| x.clamp(-1.5, 1.5)).collect();
-        let f = check(&clipped, 1, Some(&range())).unwrap();
+        let f = check(&clipped, 1, Some(&range()), None).unwrap();
         assert_eq!(f.flag, Flag::Clipped);
         // A real peak is reached once or twice (at most twice in every CWRU window); three times still passes.
         let mut three = sine(2048, 1.0);
         three[10] = 1.25;
         three[20] = 1.25;
         three[30] = 1.25;
-        assert_eq!(check(&three, 1, Some(&range())), None);
+        assert_eq!(check(&three, 1, Some(&range()), None), None);
         three[40] = 1.25;
         assert_eq!(
-            check(&three, 1, Some(&range())).unwrap().flag,
+            check(&three, 1, Some(&range()), None).unwrap().flag,
             Flag::Clipped
         );
+    }
+
+    #[test]
+    fn with_integer_codes_clipping_is_the_converter_full_scale_not_a_repeated_extreme() {
+        // A quiet signal on a +-2 g 16-bit converter: 300 codes each way, so its extremes repeat many times without
+        // any clipping.
+        let lsb = 2.0 / 32768.0;
+        let rails = Rails {
+            low: -32768.0 * lsb,
+            high: 32767.0 * lsb,
+            bits: 16,
+        };
+        let quiet: Vec<f32> = sine(2048, 1.0)
+            .iter()
+            .map(|x| (x * 300.0).round() * lsb)
+            .collect();
+        assert_eq!(
+            check(&quiet, 1, Some(&range()), None).map(|f| f.flag),
+            Some(Flag::Clipped),
+            "the float check reads repeated extremes as clipping"
+        );
+        assert_eq!(check(&quiet, 1, Some(&range()), Some(&rails)), None);
+        // Four samples at the full-scale code: clipped, and the message says the converter's.
+        let mut hit: Vec<f32> = sine(2048, 0.9);
+        for i in [100, 101, 102, 103] {
+            hit[i] = rails.high;
+        }
+        let f = check(&hit, 1, Some(&range()), Some(&rails)).unwrap();
+        assert_eq!(f.flag, Flag::Clipped);
+        assert!(
+            f.detail.contains("16-bit converter's full scale"),
+            "{}",
+            f.detail
+        );
+        hit[103] = 0.5;
+        assert_eq!(check(&hit, 1, Some(&range()), Some(&rails)), None);
     }
 
     #[test]
@@ -479,7 +557,7 @@ mod tests {
             two.push(x);
             two.push(0.0);
         }
-        let f = check(&two, 2, None).unwrap();
+        let f = check(&two, 2, None, None).unwrap();
         assert_eq!(f.flag, Flag::Flat);
         assert!(f.detail.starts_with("channel 1"));
     }
@@ -545,8 +623,8 @@ mod tests {
             let mut start = 0;
             while (start + window) * channels <= x.len() {
                 let w = &x[start * channels..(start + window) * channels];
-                let got = checker.check(index, w, Some(&r)).map(|f| f.flag);
-                let want = check(w, channels, Some(&r)).map(|f| f.flag);
+                let got = checker.check(index, w, Some(&r), None).map(|f| f.flag);
+                let want = check(w, channels, Some(&r), None).map(|f| f.flag);
                 assert_eq!(got, want, "window {index} of {window}/{hop}/{channels}");
                 flagged += usize::from(want.is_some());
                 index += 1;
@@ -563,15 +641,15 @@ mod tests {
         let loud = sine(2048, 1.0);
         let mut checker = Checker::new(2048, 1024, 1);
         assert_eq!(
-            checker.check(0, &quiet, Some(&r)).map(|f| f.flag),
+            checker.check(0, &quiet, Some(&r), None).map(|f| f.flag),
             Some(Flag::OutOfRange)
         );
         // Window 1 of a new segment: its first half is not window 0's second half.
         checker.restart();
-        assert_eq!(checker.check(1, &loud, Some(&r)), None);
+        assert_eq!(checker.check(1, &loud, Some(&r), None), None);
         // A jump in the numbering (a window the caller skipped) starts over as well.
         assert_eq!(
-            checker.check(5, &quiet, Some(&r)).map(|f| f.flag),
+            checker.check(5, &quiet, Some(&r), None).map(|f| f.flag),
             Some(Flag::OutOfRange)
         );
     }

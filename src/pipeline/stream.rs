@@ -28,6 +28,9 @@ pub struct StreamSession {
     pub spec: StreamSpec,
     framer: Framer,
     checker: quality::Checker,
+    /// The converter's full scale, while the stream sends integer codes at the model's rate (resampled codes are
+    /// no longer codes: those windows get the float check).
+    rails: Option<quality::Rails>,
     /// `None` when the card's sample unit cannot be converted to velocity.
     meter: Option<VelocityMeter>,
     flow: Arc<Flow>,
@@ -49,6 +52,7 @@ impl StreamSession {
     ) -> Self {
         Self {
             checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
+            rails: None,
             meter: {
                 let (rate, unit) = (model.card.input.sample_rate_hz, model.unit());
                 VelocityMeter::new(model.window(), rate, unit)
@@ -78,15 +82,18 @@ impl StreamSession {
         self.tx.closed().await
     }
 
-    /// Takes a chunk of interleaved frames starting at client sample `first`, received at `arrived`. Waits (and so
-    /// stops the reading of the client) while the batch queue or this stream's buffer is full.
+    /// Takes a chunk of interleaved frames starting at client sample `first`, received at `arrived`; `rails` when
+    /// it came as integer codes. Waits (and so stops the reading of the client) while the batch queue or this
+    /// stream's buffer is full.
     pub async fn push(
         &mut self,
         first: u64,
         samples: Vec<f32>,
+        rails: Option<quality::Rails>,
         arrived: Instant,
     ) -> Result<(), Ended> {
         counter!(m::SAMPLES_RECEIVED).increment((samples.len() / self.spec.channels) as u64);
+        self.rails = rails.filter(|_| !self.framer.resamples());
         if let Err(reason) = self.framer.push(first, samples) {
             return self.resampler_failed(reason).await;
         }
@@ -148,7 +155,8 @@ impl StreamSession {
                     };
                     let range = self.model.card.input_range.as_ref();
                     let mut severity = None;
-                    let answer = match self.checker.check(cut.index, &cut.samples, range) {
+                    let rails = self.rails.as_ref();
+                    let answer = match self.checker.check(cut.index, &cut.samples, range, rails) {
                         Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
                         None => {
                             severity = self.meter.as_mut().and_then(|m| {

@@ -83,6 +83,11 @@ impl Framer {
         }
     }
 
+    /// Whether the stream is resampled to the model's rate (its windows hold no client sample as sent).
+    pub fn resamples(&self) -> bool {
+        self.resampler.is_some()
+    }
+
     /// Takes a chunk of interleaved frames starting at client index `first`. Drain [`Framer::next_event`] before
     /// pushing again.
     pub fn push(&mut self, first: u64, frames: Vec<f32>) -> Result<(), String> {

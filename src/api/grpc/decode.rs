@@ -1,10 +1,13 @@
-//! drsn.v1 requests into the pipeline's terms: `open` into an [`OpenRequest`], chunks and windows into f32
-//! frames, with sizes, framing and finiteness checked.
+//! drsn.v1 requests into the pipeline's terms: `open` into an [`OpenRequest`], chunks (float or integer codes) and
+//! windows into f32 frames, with sizes, framing, codes and finiteness checked.
 
 use crate::api::grpc::condition;
-use crate::api::grpc::proto::{self, Foundation, MachineGroup, ResultDetail, sample_chunk, window};
+use crate::api::grpc::proto::{
+    self, Foundation, IntegerSamples, MachineGroup, ResultDetail, sample_chunk, window,
+};
 use crate::condition::debounce::State;
 use crate::error::ServeError;
+use crate::pipeline::quality::Rails;
 use crate::pipeline::severity::{self, ZoneLimits};
 use crate::pipeline::spec::{Detail, Limits, OpenRequest};
 
@@ -74,16 +77,37 @@ pub fn detail(value: i32) -> Result<Detail, ServeError> {
     }
 }
 
-/// Decodes a chunk's samples into interleaved f32 frames, checking size, framing and finiteness.
+/// A chunk in the pipeline's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// Client sample index of the first frame.
+    pub first: u64,
+    /// Interleaved f32 frames in the card's input unit.
+    pub samples: Vec<f32>,
+    /// The converter's full scale in the same unit, when the chunk came as integer codes.
+    pub rails: Option<Rails>,
+}
+
+/// Decodes a chunk's samples into interleaved f32 frames, checking size, framing, codes and finiteness.
 pub fn decode_chunk(
     chunk: proto::SampleChunk,
     channels: usize,
     limits: Limits,
-) -> Result<(u64, Vec<f32>), ServeError> {
+) -> Result<Chunk, ServeError> {
     let first = chunk.first_sample_index;
-    let samples = match chunk.samples {
-        Some(sample_chunk::Samples::F32le(bytes)) => decode_f32le(&bytes, channels, limits)?,
-        Some(sample_chunk::Samples::Values(v)) => check_frames(v.values, channels, limits)?,
+    let (samples, rails) = match chunk.samples {
+        Some(sample_chunk::Samples::F32le(bytes)) => {
+            (decode_f32le(&bytes, channels, limits)?, None)
+        }
+        Some(sample_chunk::Samples::Values(v)) => (check_frames(v.values, channels, limits)?, None),
+        Some(sample_chunk::Samples::I16le(codes)) => {
+            let (samples, rails) = decode_codes::<2>(&codes, channels, limits)?;
+            (samples, Some(rails))
+        }
+        Some(sample_chunk::Samples::I32le(codes)) => {
+            let (samples, rails) = decode_codes::<4>(&codes, channels, limits)?;
+            (samples, Some(rails))
+        }
         None => {
             return Err(ServeError::NoSamples {
                 what: "a chunk".into(),
@@ -94,10 +118,101 @@ pub fn decode_chunk(
     if first.checked_add(frames as u64).is_none() {
         return Err(ServeError::IndexOverflow { first, frames });
     }
-    check_finite(&samples, |i| {
-        format!("sample {i} of the chunk starting at {first}")
-    })?;
-    Ok((first, samples))
+    // Codes times a finite scale are finite: only float chunks need the check.
+    if rails.is_none() {
+        check_finite(&samples, |i| {
+            format!("sample {i} of the chunk starting at {first}")
+        })?;
+    }
+    Ok(Chunk {
+        first,
+        samples,
+        rails,
+    })
+}
+
+/// Integer codes of `WIDTH` bytes (2: i16le, 4: i32le) into f32 `(code - offset) * scale`, with the converter's
+/// rails in the same unit. One pass converts; a second looks for codes outside the converter's range only when
+/// `adc_bits` is below the container's width.
+fn decode_codes<const WIDTH: usize>(
+    codes: &IntegerSamples,
+    channels: usize,
+    limits: Limits,
+) -> Result<(Vec<f32>, Rails), ServeError> {
+    let encoding = if WIDTH == 2 { "i16le" } else { "i32le" };
+    let container = 8 * WIDTH as u32;
+    let bits = if codes.adc_bits == 0 {
+        container
+    } else {
+        codes.adc_bits
+    };
+    if !(2..=container).contains(&bits) {
+        return Err(ServeError::IntegerSamples {
+            encoding,
+            problem: format!(
+                "adc_bits = {bits}; it must be 2 to {container} (or 0 for {container})"
+            ),
+        });
+    }
+    let (scale, offset) = (codes.scale, codes.offset);
+    if !(scale.is_finite() && scale != 0.0 && offset.is_finite()) {
+        return Err(ServeError::IntegerSamples {
+            encoding,
+            problem: format!(
+                "scale = {scale}, offset = {offset}; scale must be finite and not 0 (input units per code), offset \
+                 finite"
+            ),
+        });
+    }
+    let frame_bytes = WIDTH * channels;
+    if !codes.data.len().is_multiple_of(frame_bytes) {
+        return Err(ServeError::Misaligned {
+            encoding,
+            len: codes.data.len(),
+            frame_bytes,
+        });
+    }
+    limits.check_chunk(codes.data.len() / frame_bytes)?;
+    let convert = |code: i32| (code as f32 - offset) * scale;
+    // Slices of exactly WIDTH bytes: the pattern always matches one arm.
+    let read = |b: &[u8]| -> i32 {
+        match *b {
+            [lo, hi] => i32::from(i16::from_le_bytes([lo, hi])),
+            [a, b, c, d] => i32::from_le_bytes([a, b, c, d]),
+            _ => 0,
+        }
+    };
+    let samples: Vec<f32> = codes
+        .data
+        .chunks_exact(WIDTH)
+        .map(|b| convert(read(b)))
+        .collect();
+    let (min_code, max_code) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+    if bits < container
+        && let Some((at, code)) = codes
+            .data
+            .chunks_exact(WIDTH)
+            .map(|b| i64::from(read(b)))
+            .enumerate()
+            .find(|(_, code)| !(min_code..=max_code).contains(code))
+    {
+        return Err(ServeError::IntegerSamples {
+            encoding,
+            problem: format!(
+                "code {code} (sample {at} of the chunk) is outside a {bits}-bit converter's {min_code}..={max_code}; \
+                 sign-extend the codes, or set adc_bits to the converter's resolution"
+            ),
+        });
+    }
+    let (a, b) = (convert(min_code as i32), convert(max_code as i32));
+    Ok((
+        samples,
+        Rails {
+            low: a.min(b),
+            high: a.max(b),
+            bits,
+        },
+    ))
 }
 
 /// Decodes one unary window; it must hold exactly `want` values.
@@ -106,6 +221,7 @@ pub fn decode_window(w: proto::Window, index: usize, want: usize) -> Result<Vec<
         Some(window::Samples::F32le(bytes)) if bytes.len() % 4 == 0 => f32le_to_vec(&bytes),
         Some(window::Samples::F32le(bytes)) => {
             return Err(ServeError::Misaligned {
+                encoding: "f32le",
                 len: bytes.len(),
                 frame_bytes: 4,
             });
@@ -132,6 +248,7 @@ fn decode_f32le(bytes: &[u8], channels: usize, limits: Limits) -> Result<Vec<f32
     let frame_bytes = 4 * channels;
     if !bytes.len().is_multiple_of(frame_bytes) {
         return Err(ServeError::Misaligned {
+            encoding: "f32le",
             len: bytes.len(),
             frame_bytes,
         });
@@ -212,8 +329,113 @@ mod tests {
                 values: v.to_vec(),
             })),
         };
-        assert_eq!(decode_chunk(a, 1, LIMITS).unwrap(), (7, v.to_vec()));
-        assert_eq!(decode_chunk(b, 1, LIMITS).unwrap(), (7, v.to_vec()));
+        let want = Chunk {
+            first: 7,
+            samples: v.to_vec(),
+            rails: None,
+        };
+        assert_eq!(decode_chunk(a, 1, LIMITS).unwrap(), want);
+        assert_eq!(decode_chunk(b, 1, LIMITS).unwrap(), want);
+    }
+
+    fn codes(data: Vec<u8>, scale: f32, offset: f32, adc_bits: u32) -> IntegerSamples {
+        IntegerSamples {
+            data: data.into(),
+            scale,
+            offset,
+            adc_bits,
+        }
+    }
+
+    fn int_chunk(s: sample_chunk::Samples) -> proto::SampleChunk {
+        proto::SampleChunk {
+            first_sample_index: 3,
+            samples: Some(s),
+        }
+    }
+
+    #[test]
+    fn integer_codes_decode_to_scaled_floats_with_the_converter_rails() {
+        let i16s: Vec<u8> = [-32768i16, -2, 0, 5, 32767]
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect();
+        let got = decode_chunk(
+            int_chunk(sample_chunk::Samples::I16le(codes(i16s, 0.5, 1.0, 0))),
+            1,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(got.first, 3);
+        assert_eq!(got.samples, [-16384.5, -1.5, -0.5, 2.0, 16383.0]);
+        assert_eq!(
+            got.rails,
+            Some(Rails {
+                low: -16384.5,
+                high: 16383.0,
+                bits: 16
+            })
+        );
+        // A 24-bit converter in 32-bit words: its rails are +-2^23, and a negative scale swaps them.
+        let i32s: Vec<u8> = [-(1i32 << 23), 0, (1 << 23) - 1]
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect();
+        let got = decode_chunk(
+            int_chunk(sample_chunk::Samples::I32le(codes(i32s, -1.0, 0.0, 24))),
+            1,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(got.samples, [8_388_608.0, -0.0, -8_388_607.0]);
+        assert_eq!(
+            got.rails,
+            Some(Rails {
+                low: -8_388_607.0,
+                high: 8_388_608.0,
+                bits: 24
+            })
+        );
+    }
+
+    #[test]
+    fn bad_integer_chunks_say_what_to_fix() {
+        let err = |s| {
+            decode_chunk(int_chunk(s), 1, LIMITS)
+                .unwrap_err()
+                .to_string()
+        };
+        let wide = (1i32 << 23).to_le_bytes().to_vec();
+        let e = err(sample_chunk::Samples::I32le(codes(wide, 1.0, 0.0, 24)));
+        assert!(
+            e.contains("code 8388608 (sample 0 of the chunk) is outside a 24-bit converter's"),
+            "{e}"
+        );
+        let e = err(sample_chunk::Samples::I16le(codes(vec![0; 4], 0.0, 0.0, 0)));
+        assert!(e.starts_with("i16le: scale = 0"), "{e}");
+        let e = err(sample_chunk::Samples::I16le(codes(
+            vec![0; 4],
+            f32::NAN,
+            0.0,
+            0,
+        )));
+        assert!(e.contains("scale must be finite"), "{e}");
+        let e = err(sample_chunk::Samples::I16le(codes(
+            vec![0; 4],
+            1.0,
+            0.0,
+            17,
+        )));
+        assert!(e.contains("adc_bits = 17; it must be 2 to 16"), "{e}");
+        let e = err(sample_chunk::Samples::I16le(codes(vec![0; 3], 1.0, 0.0, 0)));
+        assert!(e.starts_with("i16le carries 3 bytes"), "{e}");
+        let e = err(sample_chunk::Samples::I32le(codes(
+            vec![0; 36],
+            1.0,
+            0.0,
+            0,
+        )));
+        assert!(e.contains("over the limit of 8"), "{e}");
     }
 
     #[test]
@@ -232,6 +454,7 @@ mod tests {
             matches!(
                 e,
                 ServeError::Misaligned {
+                    encoding: "f32le",
                     len: 6,
                     frame_bytes: 4
                 }
@@ -340,10 +563,10 @@ mod tests {
                     && floats.iter().all(|x| x.is_finite())
                     && first.checked_add(frames as u64).is_some();
                 match decode_chunk(chunk, channels, LIMITS) {
-                    Ok((at, samples)) => {
+                    Ok(chunk) => {
                         prop_assert!(ok);
-                        prop_assert_eq!(at, first);
-                        prop_assert_eq!(samples, floats);
+                        prop_assert_eq!(chunk.first, first);
+                        prop_assert_eq!(chunk.samples, floats);
                     }
                     Err(_) => prop_assert!(!ok),
                 }
@@ -362,9 +585,9 @@ mod tests {
                     && values.len() / channels <= LIMITS.max_chunk_frames
                     && values.iter().all(|x| x.is_finite());
                 match decode_chunk(chunk, channels, LIMITS) {
-                    Ok((_, samples)) => {
+                    Ok(chunk) => {
                         prop_assert!(ok);
-                        prop_assert_eq!(samples.len(), values.len());
+                        prop_assert_eq!(chunk.samples.len(), values.len());
                     }
                     Err(_) => prop_assert!(!ok),
                 }

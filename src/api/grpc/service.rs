@@ -383,8 +383,12 @@ impl Reader {
             };
             let arrived = Instant::now();
             match decode::decode_chunk(chunk, channels, limits) {
-                Ok((first, samples)) => {
-                    if session.push(first, samples, arrived).await.is_err() {
+                Ok(chunk) => {
+                    if session
+                        .push(chunk.first, chunk.samples, chunk.rails, arrived)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     if session.resume() != progress {

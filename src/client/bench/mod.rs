@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::recording::{ReadOptions, read_recording};
 use crate::client::replay::{self, StreamPlan, percentile};
+use crate::client::samples::{Wire, WireChoice};
 use crate::model::card::LoadedModel;
 use crate::server;
 use crate::server::config::ServeConfig;
@@ -74,6 +75,9 @@ pub struct BenchReport {
     /// the server, and the benchmark's client; `None` where per-thread times cannot be read.
     pub raw_cpu_us: Option<f64>,
     pub service_cpu_us: Option<ServiceCpu>,
+    /// The same load with the samples sent as 16-bit codes (i16le) instead of f32le.
+    pub service_i16_windows_per_s: f64,
+    pub service_i16_cpu_us: Option<ServiceCpu>,
     pub saturated_p50_ms: f64,
     pub saturated_p99_ms: f64,
     /// 64 real-time sensors, phases spread and in phase.
@@ -257,6 +261,7 @@ async fn service_throughput(
     streams: usize,
     chunk: usize,
     seconds: f64,
+    wire: WireChoice,
 ) -> anyhow::Result<(u64, f64, Vec<u64>)> {
     let channel = replay::connect(&addr).await?;
     let started = Instant::now();
@@ -268,9 +273,11 @@ async fn service_throughput(
             plan.chunk_frames = chunk.max(1);
             plan.until = Some(until);
             plan.keep_windows = false;
+            let samples = recordings[i % recordings.len()].clone();
+            plan.wire = Wire::choose(wire, &samples, None);
             tokio::spawn(replay::stream_samples(
                 channel.clone(),
-                recordings[i % recordings.len()].clone(),
+                samples,
                 plan,
                 |_| {},
             ))
@@ -355,23 +362,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let running = server::start(config.clone()).await?;
     let addr = format!("http://{}", running.grpc_addr);
     let client = ClientRuntime::new(split.as_ref().map(|s| s.client.as_slice()))?;
-    eprintln!(
-        "measuring the service with {} streams for {} s ...",
-        args.streams, args.seconds
-    );
-    let cpu_before = cpu::CpuTimes::now();
-    let (windows, service, saturated) = client
-        .run(service_throughput(
-            addr.clone(),
-            recordings.clone(),
-            args.streams,
-            args.chunk,
-            args.seconds,
-        ))
-        .await?;
-    let service_cpu = cpu_before
-        .zip(cpu::CpuTimes::now())
-        .map(|(before, after)| ServiceCpu::per_window(after.since(before), windows));
+    // The same load on the float wire and on 16-bit codes, one after the other.
+    let mut wires = Vec::new();
+    for (wire, name) in [(WireChoice::F32, "f32"), (WireChoice::I16, "16-bit")] {
+        eprintln!(
+            "measuring the service with {} streams on the {name} wire for {} s ...",
+            args.streams, args.seconds
+        );
+        let cpu_before = cpu::CpuTimes::now();
+        let (windows, rate, saturated) = client
+            .run(service_throughput(
+                addr.clone(),
+                recordings.clone(),
+                args.streams,
+                args.chunk,
+                args.seconds,
+                wire,
+            ))
+            .await?;
+        let cpu = cpu_before
+            .zip(cpu::CpuTimes::now())
+            .map(|(before, after)| ServiceCpu::per_window(after.since(before), windows));
+        wires.push((rate, cpu, saturated));
+    }
+    let (service, service_cpu, saturated) = wires.remove(0);
+    let (service_i16, service_i16_cpu, _) = wires.remove(0);
     let load = capacity::Load {
         addr: addr.clone(),
         recordings: recordings.clone(),
@@ -417,6 +432,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         ratio: service / raw.windows_per_s,
         raw_cpu_us: raw.cpu_us,
         service_cpu_us: service_cpu,
+        service_i16_windows_per_s: service_i16,
+        service_i16_cpu_us: service_i16_cpu,
         saturated_p50_ms: ms(&saturated, 50.0),
         saturated_p99_ms: ms(&saturated, 99.0),
         realtime_spread,
@@ -457,38 +474,51 @@ impl std::fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "service over loopback gRPC:          {:>9.0} windows/s",
+            "service over loopback gRPC, f32:     {:>9.0} windows/s",
             self.service_windows_per_s
         )?;
         writeln!(
             f,
-            "ratio service / raw:                 {:>9.2}",
-            self.ratio
+            "service over loopback gRPC, 16-bit:  {:>9.0} windows/s",
+            self.service_i16_windows_per_s
         )?;
-        if let (Some(raw), Some(s)) = (self.raw_cpu_us, self.service_cpu_us) {
+        writeln!(
+            f,
+            "ratio service / raw:                 {:>9.2} (f32), {:.2} (16-bit)",
+            self.ratio,
+            self.service_i16_windows_per_s / self.raw_windows_per_s
+        )?;
+        if let Some(raw) = self.raw_cpu_us {
             writeln!(f, "CPU per window, raw:                 {raw:>9.1} us")?;
-            if self.intra_threads == 1 {
+            for (name, cpu) in [
+                ("f32", self.service_cpu_us),
+                ("16-bit", self.service_i16_cpu_us),
+            ] {
+                let Some(s) = cpu else { continue };
+                if self.intra_threads == 1 {
+                    writeln!(
+                        f,
+                        "CPU per window, service, {name:<6}:     {:>9.1} us inference + {:.1} us rest of server (+ \
+                         {:.1} us this bench's client)",
+                        s.inference, s.server, s.client
+                    )?;
+                } else {
+                    // ONNX Runtime's intra-op threads carry the name of the thread that made the session.
+                    writeln!(
+                        f,
+                        "CPU per window, service, {name:<6}:     {:>9.1} us server, inference included (+ {:.1} us \
+                         this bench's client)",
+                        s.inference + s.server,
+                        s.client
+                    )?;
+                }
                 writeln!(
                     f,
-                    "CPU per window, service:             {:>9.1} us inference + {:.1} us rest of server (+ {:.1} us \
-                     this bench's client)",
-                    s.inference, s.server, s.client
-                )?;
-            } else {
-                // ONNX Runtime's intra-op threads carry the name of the thread that made the session.
-                writeln!(
-                    f,
-                    "CPU per window, service:             {:>9.1} us server, inference included (+ {:.1} us this \
-                     bench's client)",
-                    s.inference + s.server,
-                    s.client
+                    "ratio by server CPU, {name:<6} (raw / service): {:>5.2}  (throughput ratio with the client on \
+                     other machines)",
+                    raw / (s.inference + s.server)
                 )?;
             }
-            writeln!(
-                f,
-                "ratio by server CPU (raw / service): {:>9.2}  (throughput ratio with the client on other machines)",
-                raw / (s.inference + s.server)
-            )?;
         }
         writeln!(
             f,

@@ -95,7 +95,7 @@ pub(super) fn read_csv(path: &Path, opts: &ReadOptions) -> Result<Loaded, Record
             }
         }
     }
-    Ok((samples, None, format!("column {column}")))
+    Ok((samples, None, format!("column {column}"), None))
 }
 
 fn has_foreign_separator(field: &str) -> bool {

@@ -99,7 +99,7 @@ pub(super) fn read_mat(path: &Path, opts: &ReadOptions) -> Result<Loaded, Record
             });
         }
         let samples = values.into_iter().map(|v| v as f32).collect();
-        return Ok((samples, None, name));
+        return Ok((samples, None, name, None));
     }
 
     let Some(c) = opts.column else {
@@ -132,7 +132,7 @@ pub(super) fn read_mat(path: &Path, opts: &ReadOptions) -> Result<Loaded, Record
         .iter()
         .map(|v| *v as f32)
         .collect();
-    Ok((samples, None, format!("{name} column {c}")))
+    Ok((samples, None, format!("{name} column {c}"), None))
 }
 
 /// CWRU files sometimes hold more than one `*_DE_time` variable (e.g. `X098_DE_time` and

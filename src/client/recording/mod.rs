@@ -25,6 +25,9 @@ pub struct Recording {
     pub sample_rate_hz: Option<f64>,
     /// Which part of the file was read, e.g. `"X118_DE_time"`, `"column 0"` or `"channel 0"`.
     pub source: String,
+    /// The bits of the integer codes the file stores (PCM WAV): each sample is `code / 2^(bits-1)` exactly, so
+    /// it can go on the wire as the code it was.
+    pub adc_bits: Option<u32>,
 }
 
 /// Which part of a file to read.
@@ -168,7 +171,7 @@ pub fn read_recording(path: &Path, opts: &ReadOptions) -> Result<Recording, Reco
         Err(e) => return Err(open_error(path, e)),
     }
 
-    let (samples, sample_rate_hz, source) = match ext.as_str() {
+    let (samples, sample_rate_hz, source, adc_bits) = match ext.as_str() {
         "mat" => mat::read_mat(path, opts)?,
         "csv" => csv::read_csv(path, opts)?,
         "npy" => npy::read_npy(path, opts)?,
@@ -194,10 +197,12 @@ pub fn read_recording(path: &Path, opts: &ReadOptions) -> Result<Recording, Reco
         samples,
         sample_rate_hz,
         source,
+        adc_bits,
     })
 }
 
-type Loaded = (Vec<f32>, Option<f64>, String);
+/// Samples, the sample rate the file stores, what was read, and the bits of integer codes.
+type Loaded = (Vec<f32>, Option<f64>, String, Option<u32>);
 
 fn open_error(path: &Path, e: std::io::Error) -> RecordingError {
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -606,6 +611,11 @@ mod tests {
         assert_eq!(rec.samples, expected);
         assert_eq!(rec.samples[1], 0.5);
         assert_eq!(rec.samples[2], -1.0);
+        assert_eq!(
+            rec.adc_bits,
+            Some(16),
+            "its codes can go on the wire as they are"
+        );
     }
 
     #[test]
@@ -630,6 +640,7 @@ mod tests {
         assert_eq!(rec.samples, right.to_vec());
         assert_eq!(rec.source, "channel 1");
         assert_eq!(rec.sample_rate_hz, Some(48_000.0));
+        assert_eq!(rec.adc_bits, None, "float samples are no codes");
         let rec0 = read_recording(&path, &ReadOptions::default()).unwrap();
         assert_eq!(rec0.samples, left.to_vec());
         let err = read_recording(&path, &col(2)).unwrap_err();
@@ -663,6 +674,7 @@ mod tests {
         w.finalize().unwrap();
         let rec = read_recording(&path, &ReadOptions::default()).unwrap();
         assert_eq!(rec.samples, vec![0.5, -1.0, 1.0 / 8_388_608.0]);
+        assert_eq!(rec.adc_bits, Some(24));
     }
 
     // ----- general errors -----------------------------------------------------------

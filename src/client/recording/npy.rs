@@ -69,6 +69,7 @@ fn npy_column<T: Copy>(
                 a.iter().map(|v| to_f32(*v)).collect(),
                 None,
                 "column 0".to_string(),
+                None,
             ))
         }
         [_, cols] => {
@@ -87,7 +88,7 @@ fn npy_column<T: Copy>(
                 .iter()
                 .map(|v| to_f32(*v))
                 .collect();
-            Ok((samples, None, format!("column {c}")))
+            Ok((samples, None, format!("column {c}"), None))
         }
         _ => Err(RecordingError::BadShape {
             path: path.to_path_buf(),

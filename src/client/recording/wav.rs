@@ -1,4 +1,4 @@
-//! WAV files: one channel, integer or float samples, and the file's sample rate.
+//! WAV files: one channel, integer or float samples, the file's sample rate, and the bits of integer ones.
 
 use std::path::Path;
 
@@ -50,5 +50,6 @@ pub(super) fn read_wav(path: &Path, opts: &ReadOptions) -> Result<Loaded, Record
         samples,
         Some(f64::from(spec.sample_rate)),
         format!("channel {channel}"),
+        (spec.sample_format == hound::SampleFormat::Int).then_some(u32::from(spec.bits_per_sample)),
     ))
 }
