@@ -16,13 +16,13 @@ fn main() {
     for _ in 0..5 {
         let t = Instant::now();
         for i in 0..windows {
-            black_box(check(black_box(at(i)), 1, None));
+            black_box(check(black_box(at(i)), 1, None, None));
         }
         best[0] = best[0].min(t.elapsed().as_secs_f64());
         let mut checker = Checker::new(window, hop, 1);
         let t = Instant::now();
         for i in 0..windows {
-            black_box(checker.check(i as u64, black_box(at(i)), None));
+            black_box(checker.check(i as u64, black_box(at(i)), None, None));
         }
         best[1] = best[1].min(t.elapsed().as_secs_f64());
     }

@@ -186,3 +186,97 @@ fn tokens_that_are_set_but_empty_refuse_to_start() {
         );
     }
 }
+
+#[test]
+fn a_16_bit_wav_is_replayed_as_its_codes_and_the_json_log_says_whose_stream_it_was() {
+    let bin = env!("CARGO_BIN_EXE_drsn-serve");
+    let server = common::ServerProcess::spawn(&[]);
+    let mat = format!(
+        "{}/models/training/tests/fixtures/cwru_mini/0HP/12k_Drive_End_OR014@6_0_197.mat",
+        common::ROOT
+    );
+    let samples = drsn_serve::client::recording::read_recording(
+        std::path::Path::new(&mat),
+        &Default::default(),
+    )
+    .unwrap()
+    .samples;
+    // As a 16-bit DAQ would have recorded it: codes with headroom.
+    let peak = samples.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let dir = std::env::temp_dir().join(format!("drsn-wav16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("pump.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 12_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for x in &samples {
+        w.write_sample((x / peak * 16_000.0).round() as i16)
+            .unwrap();
+    }
+    w.finalize().unwrap();
+
+    let out = Command::new(bin)
+        .args([
+            "replay",
+            "--json",
+            "--machine-id",
+            "pump-7",
+            "--addr",
+            &server.addr,
+        ])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (summary, windows) = lines.split_last().unwrap();
+    assert_eq!(
+        windows.len(),
+        common::windows_in(samples.len(), common::window(), common::hop())
+    );
+    for w in windows {
+        assert_eq!(w["label"], "outer_race_014", "{w}");
+    }
+    assert_eq!(summary["summary"]["failed_streams"], 0);
+
+    // The stream's log line carries the stream's span: machine, sensor, peer and model version.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let opened = loop {
+        let found = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("stream opened") && l.contains("pump-7"))
+            .cloned();
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 'stream opened' line for pump-7: {:?}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let v: serde_json::Value = serde_json::from_str(&opened).unwrap();
+    let span = &v["span"];
+    assert_eq!(span["name"], "stream", "{v}");
+    assert!(span["machine"].as_str().unwrap().contains("pump-7"), "{v}");
+    assert!(span["sensor"].as_str().unwrap().contains("pump.wav"), "{v}");
+    assert!(span["peer"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+    assert_eq!(span["model_version"], common::model_version(), "{v}");
+}

@@ -43,6 +43,11 @@ pub fn hop() -> usize {
     card()["default_hop"].as_u64().expect("default_hop") as usize
 }
 
+/// The shipped model's version.
+pub fn model_version() -> String {
+    card()["version"].as_str().expect("version").to_owned()
+}
+
 /// The shipped model's shrinkage units (the width of its `shrinkage` output).
 pub fn units() -> usize {
     card()["shrinkage_units"].as_u64().expect("shrinkage_units") as usize
@@ -282,7 +287,12 @@ pub struct ServerProcess {
     pub http: std::net::SocketAddr,
     /// Bytes it has logged since SERVING.
     pub log_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Its last log lines (JSON), at most [`KEPT_LOG_LINES`].
+    pub log: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Log lines a [`ServerProcess`] keeps for tests to read.
+pub const KEPT_LOG_LINES: usize = 1000;
 
 impl ServerProcess {
     /// Starts the binary with `extra` flags and waits until it logs SERVING.
@@ -325,9 +335,16 @@ impl ServerProcess {
         // Keep draining the log so the server never blocks on a full pipe, counting what it writes.
         let log_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = log_bytes.clone();
+        let log: Arc<std::sync::Mutex<std::collections::VecDeque<String>>> = Arc::default();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 counted.fetch_add(line.len() + 1, std::sync::atomic::Ordering::Relaxed);
+                let mut kept = kept.lock().expect("log lock");
+                if kept.len() == KEPT_LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
             }
         });
         Self {
@@ -336,6 +353,7 @@ impl ServerProcess {
             metrics,
             http,
             log_bytes,
+            log,
         }
     }
 }

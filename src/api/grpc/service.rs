@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::api::connection;
 use crate::api::grpc::encode::Encoder;
@@ -109,6 +110,33 @@ impl DiagnosisService {
     }
 }
 
+impl DiagnosisService {
+    /// A unary request's windows, decoded, diagnosed and encoded.
+    async fn diagnose_windows(
+        &self,
+        request: proto::DiagnoseRequest,
+    ) -> Result<Response<proto::DiagnoseResponse>, Status> {
+        let detail = decode::detail(request.detail).map_err(status::status)?;
+        let want = self.pipeline.model().window_values();
+        let windows = request
+            .windows
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| decode::decode_window(w, i, want))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(status::status)?;
+        let results = self
+            .pipeline
+            .diagnose("unary", windows)
+            .await
+            .map_err(status::status)?
+            .into_iter()
+            .map(|w| self.encoder.window(w, detail))
+            .collect();
+        Ok(Response::new(proto::DiagnoseResponse { results }))
+    }
+}
+
 #[tonic::async_trait]
 impl Diagnosis for DiagnosisService {
     type StreamDiagnoseStream = ResponseStream;
@@ -148,11 +176,20 @@ impl Diagnosis for DiagnosisService {
             .open_stream(slot, open)
             .map_err(status::status)?;
         let spec = &session.spec;
-        // Ids are client text: logged through Debug, so control characters could never forge a line anyway.
+        // Every line this stream causes, in its reader or its replies, says whose it was. Ids are client text:
+        // recorded through Debug, so control characters could never forge a line anyway.
+        let span = tracing::info_span!("stream", machine = ?spec.machine_id, sensor = ?spec.sensor_id,
+            peer = ?conn.remote, model_version = %self.pipeline.model().card.version);
         static OPENED: LogBudget = LogBudget::new("stream_opened");
         if OPENED.admit() {
-            tracing::info!(machine = ?spec.machine_id, sensor = ?spec.sensor_id, rate = spec.sample_rate_hz,
-                hop = spec.hop, resampled = spec.resample.is_some(), "stream opened");
+            span.in_scope(|| {
+                tracing::info!(
+                    rate = spec.sample_rate_hz,
+                    hop = spec.hop,
+                    resampled = spec.resample.is_some(),
+                    "stream opened"
+                )
+            });
         }
         let (events, start) = self
             .conditions
@@ -178,12 +215,13 @@ impl Diagnosis for DiagnosisService {
         self.pipeline
             .drain()
             .tasks
-            .spawn(reader.run(inbound, session));
+            .spawn(reader.run(inbound, session).instrument(span.clone()));
         let encoder = self.encoder.clone();
         // The connection is busy, not idle, for as long as the client holds the response stream.
         let busy = conn.activity.hold();
         let events = events.map(move |item| {
             let _busy = &busy;
+            let _span = span.enter();
             match item {
                 Ok(Event::Stream(event)) => Ok(encoder.event(event, detail)),
                 Ok(Event::Condition { change, carry }) => {
@@ -209,25 +247,11 @@ impl Diagnosis for DiagnosisService {
         &self,
         request: Request<proto::DiagnoseRequest>,
     ) -> Result<Response<proto::DiagnoseResponse>, Status> {
-        let request = request.into_inner();
-        let detail = decode::detail(request.detail).map_err(status::status)?;
-        let want = self.pipeline.model().window_values();
-        let windows = request
-            .windows
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| decode::decode_window(w, i, want))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status::status)?;
-        let results = self
-            .pipeline
-            .diagnose("unary", windows)
+        let span = tracing::info_span!("request", method = "Diagnose", peer = ?connection::of(&request).remote,
+            model_version = %self.pipeline.model().card.version);
+        self.diagnose_windows(request.into_inner())
+            .instrument(span)
             .await
-            .map_err(status::status)?
-            .into_iter()
-            .map(|w| self.encoder.window(w, detail))
-            .collect();
-        Ok(Response::new(proto::DiagnoseResponse { results }))
     }
 
     async fn list_machines(

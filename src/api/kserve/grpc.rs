@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::api::grpc::status::{code, code_name};
 use crate::api::grpc::wire::{self, Fields, Value};
@@ -103,7 +104,19 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let mut r = request.into_inner();
+        // Every line this request causes says whose it was.
+        let span = tracing::info_span!("request", method = "ModelInfer", peer = ?request.remote_addr(),
+            model_version = %self.0.model().card.version);
+        self.infer(request.into_inner()).instrument(span).await
+    }
+}
+
+impl InferenceService {
+    /// One V2 inference request: checked against the card, diagnosed, and its outputs encoded.
+    async fn infer(
+        &self,
+        mut r: pb::ModelInferRequest,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
         self.0
             .check_model(&r.model_name, &r.model_version)
             .map_err(status)?;
