@@ -1,7 +1,8 @@
 //! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bench` the service.
 
 use clap::{Parser, Subcommand};
-use drsn_serve::client::{bench, condition_study, replay};
+use drsn_serve::bench;
+use drsn_serve::client::{condition_study, replay};
 use drsn_serve::server::{self, config::LogFormat, config::ServeConfig};
 use drsn_serve::telemetry::logging;
 

@@ -13,7 +13,7 @@ use drsn_serve::pipeline::batch::{self, Batcher};
 use drsn_serve::pipeline::cost::CostModel;
 use drsn_serve::pipeline::diagnosis::{Reading, Verdict};
 use drsn_serve::pipeline::quality::Flag;
-use drsn_serve::pipeline::schedule::{Cut, ScheduleConfig, Scheduler};
+use drsn_serve::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
 use tokio_util::sync::CancellationToken;
 
 const CLASSES: usize = 4;
@@ -57,7 +57,7 @@ fn start(runners: Vec<Fake>, max_batch: usize, delay_ms: u64) -> (Arc<Scheduler>
     });
     let batcher = batch::spawn(
         scheduler.clone(),
-        Cut {
+        BatchPolicy {
             max_batch,
             max_delay: Duration::from_millis(delay_ms),
             budget: Duration::from_secs(10),

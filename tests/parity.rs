@@ -10,7 +10,7 @@ use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, ResultDetail, Window, diagnosis_client::DiagnosisClient, window,
 };
 use drsn_serve::engine::device::Device;
-use drsn_serve::engine::onnx::{self, Model};
+use drsn_serve::engine::onnx::{self, OnnxSession};
 use drsn_serve::model::card::LoadedModel;
 use ndarray::{Array1, Array2};
 use ndarray_npy::NpzReader;
@@ -53,7 +53,7 @@ fn session_reproduces_golden_logits_at_several_batch_sizes() {
     let model = LoadedModel::load(&common::model_card()).unwrap();
     let lib = onnx::locate_library(None, Device::Cpu).unwrap();
     let env = onnx::environment(&lib).unwrap();
-    let (mut session, _) = Model::open(&env, &model, Device::Cpu, 1).unwrap();
+    let (mut session, _) = OnnxSession::open(&env, &model, Device::Cpu, 1).unwrap();
     let rows: Vec<&[f32]> = g
         .windows
         .rows()

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, FloatSamples, StreamDiagnoseRequest, Window, window,
 };
-use drsn_serve::client::bench::memory::rss_kib;
+use drsn_serve::bench::memory::rss_kib;
 use drsn_serve::client::replay::{self, StreamPlan};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -1,7 +1,7 @@
 //! The client side, which the server never imports: connecting (TLS, tokens), the replay client, recording
-//! readers, the samples' wire encoding, the benchmark, and the study of the condition stage's settings.
+//! readers, the samples' wire encoding, and the study of the condition stage's settings. It talks to a server only
+//! over the wire.
 
-pub mod bench;
 pub mod condition_study;
 pub mod connect;
 pub mod recording;

@@ -80,7 +80,7 @@ pub fn environment(library: &Path) -> Result<Environment, StartupError> {
 }
 
 /// One ONNX Runtime session and the buffers it runs on. `run` needs `&mut self`: one per inference worker.
-pub struct Model {
+pub struct OnnxSession {
     session: Session,
     logits: String,
     shrinkage: Option<String>,
@@ -92,7 +92,7 @@ pub struct Model {
     input: Vec<f32>,
 }
 
-impl Model {
+impl OnnxSession {
     /// Opens a session. `Device::Auto` returns `Placement::Cpu` when CUDA does not register (the caller warns).
     pub fn open(
         env: &Environment,
@@ -252,9 +252,9 @@ impl Model {
     }
 }
 
-impl Runner for Model {
+impl Runner for OnnxSession {
     fn run(&mut self, windows: &[&[f32]]) -> Result<BatchOutput, InferError> {
-        Model::run(self, windows.iter().copied())
+        OnnxSession::run(self, windows.iter().copied())
     }
 }
 

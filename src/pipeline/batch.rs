@@ -1,4 +1,4 @@
-//! Dynamic batching on dedicated inference threads: a batch leaves the queue as [`Cut`] says (Triton's max size
+//! Dynamic batching on dedicated inference threads: a batch leaves the queue as [`BatchPolicy`] says (Triton's max size
 //! and max delay, the efficient batch size and the latency budget), and is formed only when a thread is free, so
 //! batches grow under load. Each batch's time updates the cost model. Inference never runs on the async runtime.
 
@@ -14,7 +14,7 @@ use crate::engine::{InferError, Runner};
 use crate::error::ServeError;
 use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::{Reading, Timing};
-use crate::pipeline::schedule::{Cut, Job, Scheduler};
+use crate::pipeline::schedule::{BatchPolicy, Job, Scheduler};
 use crate::telemetry::metrics as m;
 
 /// Name prefix of the inference worker threads (as the OS, `top -H` and profilers show them).
@@ -48,7 +48,7 @@ struct Batch {
 /// when the queue is closed and empty, or at once when `stop` fires.
 pub fn spawn<R: Runner>(
     scheduler: Arc<Scheduler>,
-    cut: Cut,
+    cut: BatchPolicy,
     reading: Reading,
     runners: Vec<R>,
     stop: CancellationToken,
@@ -99,7 +99,7 @@ pub fn spawn<R: Runner>(
 
 async fn form_batches(
     scheduler: &Scheduler,
-    cut: &Cut,
+    cut: &BatchPolicy,
     idle: Arc<Semaphore>,
     batch_tx: crossbeam_channel::Sender<Batch>,
 ) {

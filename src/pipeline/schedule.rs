@@ -51,7 +51,7 @@ pub struct ScheduleConfig {
 
 /// When a batch leaves the queue, and how large it is.
 #[derive(Debug, Clone)]
-pub struct Cut {
+pub struct BatchPolicy {
     /// Never more windows than this.
     pub max_batch: usize,
     /// How long the oldest window may wait for its batch to fill.
@@ -61,7 +61,7 @@ pub struct Cut {
     pub cost: Arc<CostModel>,
 }
 
-impl Cut {
+impl BatchPolicy {
     /// The most windows worth putting in one batch now: the efficient batch size, within `max_batch`.
     fn cap(&self) -> usize {
         self.max_batch.min(self.cost.efficient_batch()).max(1)
@@ -218,12 +218,12 @@ impl Scheduler {
         self.lock().queued
     }
 
-    /// The next batch. It leaves as soon as the efficient batch size is waiting (see [`Cut`]), when the oldest
+    /// The next batch. It leaves as soon as the efficient batch size is waiting (see [`BatchPolicy`]), when the oldest
     /// window has waited `max_delay`, or when waiting longer would overrun the latency budget; it is cut smaller
     /// when its inference would overrun the budget (unless its windows are late anyway: then throughput comes
     /// first). Windows that waited past `max_wait` are answered as shed instead; windows whose stream ended are
     /// dropped. `None` once the queue is closed and empty.
-    pub async fn next_batch(&self, cut: &Cut) -> Option<Vec<Job>> {
+    pub async fn next_batch(&self, cut: &BatchPolicy) -> Option<Vec<Job>> {
         loop {
             let mut notified = pin!(self.work.notified());
             notified.as_mut().enable();
@@ -407,8 +407,8 @@ mod tests {
 
     /// Cuts at `max` windows or `delay`, with a cost model that never stands in the way: a fixed overhead makes
     /// the largest batch the efficient one, and everything is fast against the budget.
-    fn cut(max: usize, delay: Duration) -> Cut {
-        Cut {
+    fn cut(max: usize, delay: Duration) -> BatchPolicy {
+        BatchPolicy {
             max_batch: max,
             max_delay: delay,
             budget: Duration::from_secs(10),

@@ -27,13 +27,13 @@ use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServi
 use crate::api::machines;
 use crate::condition::{Conditions, export};
 use crate::engine::device::{Device, Placement};
-use crate::engine::onnx::{self, Model};
+use crate::engine::onnx::{self, OnnxSession};
 use crate::error::StartupError;
 use crate::model::card::LoadedModel;
 use crate::pipeline::batch;
 use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::Reading;
-use crate::pipeline::schedule::{Cut, ScheduleConfig, Scheduler};
+use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
 use crate::pipeline::spec::Limits;
 use crate::pipeline::{Admission, Drain, Pipeline};
 use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
@@ -68,7 +68,7 @@ impl Running {
 /// Sessions ready to serve: one per worker, where they run, the settings that follow, and the inference time per
 /// batch size measured while warming up.
 pub struct Opened {
-    pub models: Vec<Model>,
+    pub models: Vec<OnnxSession>,
     pub placement: Placement,
     pub settings: Resolved,
     pub costs: Vec<(usize, f64)>,
@@ -86,7 +86,8 @@ pub async fn open_models(
     tokio::task::spawn_blocking(move || {
         let env = onnx::environment(&library)?;
         tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-        let (first, placement) = Model::open(&env, &model, engine.device, engine.intra_threads)?;
+        let (first, placement) =
+            OnnxSession::open(&env, &model, engine.device, engine.intra_threads)?;
         if engine.device == Device::Auto && placement == Placement::Cpu {
             counter!(m::DEVICE_FALLBACKS).increment(1);
         }
@@ -97,11 +98,11 @@ pub async fn open_models(
         };
         let mut models = vec![first];
         for _ in 1..settings.workers {
-            models.push(Model::open(&env, &model, fixed, engine.intra_threads)?.0);
+            models.push(OnnxSession::open(&env, &model, fixed, engine.intra_threads)?.0);
         }
         // Warm up every session at batch 1 and at the largest batch, so the first requests pay no set-up cost.
         let zeros = vec![0.0f32; model.window_values()];
-        let run = |session: &mut Model, rows: usize| {
+        let run = |session: &mut OnnxSession, rows: usize| {
             let started = std::time::Instant::now();
             session
                 .run(std::iter::repeat_n(zeros.as_slice(), rows))
@@ -222,7 +223,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     });
     let batcher = batch::spawn(
         scheduler.clone(),
-        Cut {
+        BatchPolicy {
             max_batch: settings.max_batch,
             max_delay: settings.max_queue_delay,
             budget: config.batching.latency_budget,

@@ -13,7 +13,9 @@ pub fn init(json: bool, default_level: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        // The current span's fields (a stream's machine, sensor, peer, model version) ride on each line; the list of
+        // enclosing spans would repeat them.
+        builder.json().with_span_list(false).init();
     } else {
         builder.init();
     }
