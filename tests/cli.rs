@@ -5,6 +5,19 @@ mod common;
 
 use std::process::Command;
 
+/// A replay's `--json` output: it succeeded, and every line is JSON.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn replay_prints_every_window_and_a_summary() {
     let bin = env!("CARGO_BIN_EXE_drsn-serve");
@@ -19,16 +32,7 @@ fn replay_prints_every_window_and_a_summary() {
         .output()
         .unwrap();
     drop(server);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     let (summary, windows) = lines.split_last().unwrap();
     // The committed excerpt at hop 512.
     let n = common::windows_in(16_384, common::window(), 512);
@@ -232,16 +236,7 @@ fn a_16_bit_wav_is_replayed_as_its_codes_and_the_json_log_says_whose_stream_it_w
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     let (summary, windows) = lines.split_last().unwrap();
     assert_eq!(
         windows.len(),

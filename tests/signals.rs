@@ -20,8 +20,19 @@ async fn stream(
     samples: Vec<f32>,
     rate: f64,
 ) -> Vec<WindowResult> {
+    stream_on(running, samples, rate, Wire::F32).await
+}
+
+/// [`stream`] with the samples sent as `wire` says.
+async fn stream_on(
+    running: &drsn_serve::server::Running,
+    samples: Vec<f32>,
+    rate: f64,
+    wire: Wire,
+) -> Vec<WindowResult> {
     let client = replay::connect(&common::addr(running)).await.unwrap();
-    let plan = StreamPlan::new(rate, samples.len() as u64);
+    let mut plan = StreamPlan::new(rate, samples.len() as u64);
+    plan.wire = wire;
     let out = replay::stream_samples(client, Arc::new(samples), plan, |_| {})
         .await
         .unwrap();
@@ -31,6 +42,15 @@ async fn stream(
         out.status
     );
     out.windows
+}
+
+/// A 12 kHz recording streamed as `wire` says.
+async fn stream_as(
+    running: &drsn_serve::server::Running,
+    samples: &[f32],
+    wire: Wire,
+) -> Vec<WindowResult> {
+    stream_on(running, samples.to_vec(), 12_000.0, wire).await
 }
 
 fn status(w: &WindowResult) -> (WindowStatus, InvalidReason) {
@@ -171,26 +191,6 @@ async fn flat_and_clipped_signals_are_flagged() {
     }
     running.shutdown();
     running.stopped().await;
-}
-
-/// Streams `samples` with `wire`; every window's result.
-async fn stream_as(
-    running: &drsn_serve::server::Running,
-    samples: &[f32],
-    wire: Wire,
-) -> Vec<WindowResult> {
-    let client = replay::connect(&common::addr(running)).await.unwrap();
-    let mut plan = StreamPlan::new(12_000.0, samples.len() as u64);
-    plan.wire = wire;
-    let out = replay::stream_samples(client, Arc::new(samples.to_vec()), plan, |_| {})
-        .await
-        .unwrap();
-    assert!(
-        out.status.is_none(),
-        "the stream ended with {:?}",
-        out.status
-    );
-    out.windows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
