@@ -3,6 +3,7 @@
 //! `/metrics`, and drains on SIGTERM/SIGINT.
 
 pub mod config;
+pub mod health;
 pub mod http;
 pub mod lifecycle;
 pub mod net;
@@ -16,7 +17,6 @@ use metrics::{counter, gauge};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic_health::ServingStatus;
 
 use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
 use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
@@ -37,6 +37,7 @@ use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
 use crate::pipeline::spec::Limits;
 use crate::pipeline::{Admission, Drain, Pipeline};
 use crate::server::config::{CONNECTION_WINDOW, Resolved, STREAM_WINDOW, ServeConfig};
+use crate::server::health::{Health, Serving};
 use crate::server::lifecycle::Lifecycle;
 use crate::server::net::{AtCapacity, ConnLimits};
 use crate::server::tls::TlsFiles;
@@ -164,6 +165,25 @@ pub fn limits(config: &ServeConfig) -> Limits {
     }
 }
 
+/// Connections the metrics listener holds: scrapers and probes are few, and beyond this the oldest is evicted so
+/// that the liveness probe always gets in.
+const METRICS_MAX_CONNECTIONS: usize = 64;
+/// The largest HTTP/2 frame the gRPC listener takes.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+/// HTTP/2 streams a connection may open beyond --max-streams-per-connection, so that the ones over the cap reach the
+/// server and are refused with RESOURCE_EXHAUSTED and a message, not by HTTP/2 without one.
+const EXTRA_HTTP2_STREAMS: u32 = 16;
+/// A ping this often finds clients whose connection died without a goodbye, so their streams are freed; no answer
+/// within the timeout closes the connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At --max-connection-age the reader ends each stream with a resume point; the connection closes this much later.
+const AGE_CLOSE_AFTER: Duration = Duration::from_secs(1);
+/// A V2 REST body may hold this many bytes of JSON per sample (a float's text and its separator), plus this much
+/// for the rest of the request.
+const JSON_BYTES_PER_SAMPLE: usize = 16;
+const REST_BODY_OVERHEAD: usize = 64 << 10;
+
 /// Starts the server; returns once it is SERVING.
 pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     config.validate()?;
@@ -177,7 +197,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         _ => None,
     };
     let handle = m::install().map_err(StartupError::Config)?;
-    gauge!(m::SERVING).set(0.0);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
     let model = Arc::new(LoadedModel::load(&config.model)?);
     tracing::info!(model = %model.card.name, version = %model.card.version, sha256 = %model.card.sha256,
         "model card loaded and checksum verified");
@@ -253,11 +274,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     gauge!(m::MODEL_INFO, "name" => model.card.name.clone(), "version" => model.card.version.clone(),
         "device" => placement.to_string()).set(1.0);
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<DiagnosisServer<DiagnosisService>>()
-        .await;
-    health.set_service_status("", ServingStatus::Serving).await;
     // Each method's message limit is enforced from the framing (`frames`); tonic's own limit is the largest.
     let messages = frames::MessageLimits::new(&pipeline);
     let v2 = Arc::new(kserve::V2::new(pipeline.clone()));
@@ -322,13 +338,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     tokio::spawn(m::upkeep(handle.clone(), lifecycle.stop_metrics.clone()));
     tokio::spawn(http::serve(
         metrics_listener,
-        m::router(handle, machine_series(&config, &conditions)).merge(probes(pipeline.clone())),
+        m::router(handle, machine_series(&config, &conditions)).merge(probes(health.clone())),
         metrics_tls,
         ConnLimits {
             listener: "metrics",
-            // Scrapers and probes are few; whoever else fills the listener loses its oldest connection, so that
-            // the liveness probe always gets in.
-            max_connections: 64,
+            max_connections: METRICS_MAX_CONNECTIONS,
             idle: config.network.connection_idle_timeout,
             max_age: None,
             at_capacity: AtCapacity::EvictOldest,
@@ -340,7 +354,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     let v2_rest = kserve::rest::router(
         v2.clone(),
         tokens.clone(),
-        model.window_values() * config.streams.max_unary_windows * 16 + (64 << 10),
+        model.window_values() * config.streams.max_unary_windows * JSON_BYTES_PER_SAMPLE
+            + REST_BODY_OVERHEAD,
         model.window_values() * config.streams.max_unary_windows,
     )
     .merge(machines::router(
@@ -385,19 +400,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             .map_err(|e| StartupError::Tls(e.to_string()))?;
     }
     let mut builder = builder
-        .max_frame_size(Some(1 << 20))
+        .max_frame_size(Some(MAX_FRAME_SIZE))
         .initial_stream_window_size(Some(STREAM_WINDOW as u32))
         .initial_connection_window_size(Some(CONNECTION_WINDOW as u32))
-        .max_concurrent_streams(Some(config.streams.max_streams_per_connection as u32 + 16))
+        .max_concurrent_streams(Some(
+            config.streams.max_streams_per_connection as u32 + EXTRA_HTTP2_STREAMS,
+        ))
         .http2_max_pending_accept_reset_streams(Some(config.network.http2_max_pending_resets))
         .http2_max_local_error_reset_streams(Some(config.network.http2_max_error_resets))
-        // Finds clients whose connection died without a goodbye, so their streams are freed.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(age) = config.network.max_connection_age {
-        // Streams end at the age with a resume point (the reader does it); then the connection is closed.
         builder = builder
-            .max_connection_age(age + Duration::from_secs(1))
+            .max_connection_age(age + AGE_CLOSE_AFTER)
             .max_connection_age_grace(config.drain_timeout);
     }
     let router = builder
@@ -410,13 +425,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         let health = health.clone();
         async move {
             draining.cancelled().await;
-            gauge!(m::SERVING).set(0.0);
-            health
-                .set_not_serving::<DiagnosisServer<DiagnosisService>>()
-                .await;
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            health.set(Serving::Draining).await;
         }
     };
     let serve = router.serve_with_incoming_shutdown(
@@ -433,16 +442,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
             return; // the drain stops them
         }
         tracing::error!("every inference worker has stopped: NOT_SERVING");
-        gauge!(m::SERVING).set(0.0);
-        health_gone
-            .set_not_serving::<DiagnosisServer<DiagnosisService>>()
-            .await;
-        health_gone
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        health_gone.set(Serving::WorkersGone).await;
     });
     lifecycle.run(serve, scheduler, batcher);
-    gauge!(m::SERVING).set(1.0);
+    health.set(Serving::Serving).await;
     tracing::info!(%grpc_addr, %metrics_addr, %http_addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(TlsFiles::mutual),
         tokens = tokens.len(), reflection = config.network.reflection, "SERVING");
     Ok(Running {
@@ -468,14 +471,14 @@ fn machine_series(config: &ServeConfig, conditions: &Arc<Conditions>) -> Option<
 
 /// `/healthz` (the process answers) and `/readyz` (SERVING: not draining, inference workers alive) on the metrics
 /// listener, for probes that cannot speak gRPC over TLS.
-fn probes(pipeline: Arc<Pipeline>) -> axum::Router {
+fn probes(health: Health) -> axum::Router {
     use axum::http::StatusCode;
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
             "/readyz",
             axum::routing::get(move || {
-                let ready = pipeline.ready();
+                let ready = health.is_serving();
                 async move {
                     if ready {
                         (StatusCode::OK, "ready\n")
@@ -514,7 +517,6 @@ pub async fn termination_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::schedule::ScheduleConfig;
     use tonic::codegen::Service;
 
     async fn get(router: &mut axum::Router, path: &str) -> u16 {
@@ -529,38 +531,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn probes_say_ready_until_the_drain_and_alive_throughout() {
-        let card =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/drsn_cw_cwru.json");
-        let model = Arc::new(LoadedModel::load(&card).unwrap());
-        let drain = Drain::default();
-        let pipeline = Arc::new(Pipeline::new(
-            model,
-            Scheduler::new(ScheduleConfig {
-                capacity: 4,
-                reserve: 1,
-                max_wait: Duration::from_secs(1),
-            }),
-            Limits {
-                max_chunk_frames: 16,
-                max_id_bytes: 8,
-                stream_buffer: 2,
-                transport_buffer: 0,
-                max_stream_memory: 1 << 20,
-                default_zones: crate::pipeline::severity::ZoneLimits::default(),
-            },
-            Admission {
-                max_streams: 1,
-                max_streams_per_connection: 1,
-                max_unary_windows: 1,
-                max_request_memory: 1 << 20,
-            },
-            drain.clone(),
-        ));
-        let mut router = probes(pipeline);
+    async fn probes_say_ready_while_serving_and_alive_throughout() {
+        let (reporter, _) = tonic_health::server::health_reporter();
+        let health = Health::new(reporter).await;
+        let mut router = probes(health.clone());
         assert_eq!(get(&mut router, "/healthz").await, 200);
+        assert_eq!(
+            get(&mut router, "/readyz").await,
+            503,
+            "starting is not ready"
+        );
+        health.set(Serving::Serving).await;
         assert_eq!(get(&mut router, "/readyz").await, 200);
-        drain.shutdown.cancel();
+        health.set(Serving::Draining).await;
         assert_eq!(
             get(&mut router, "/readyz").await,
             503,
