@@ -408,6 +408,62 @@ mod tests {
         );
     }
 
+    type Edit = fn(&mut serde_json::Value);
+
+    #[test]
+    fn the_card_schema_and_the_server_agree_on_what_a_card_is() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |p: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(root.join(p)).unwrap()).unwrap()
+        };
+        let schema = jsonschema::validator_for(&read("models/card.schema.json")).unwrap();
+        let shipped = read("models/drsn_cw_cwru.json");
+        let cases: [(&str, Edit, bool); 12] = [
+            ("shipped", |_| {}, true),
+            ("older", without_ood, true),
+            ("z-score", |c| c["normalization"] = "Z-Score".into(), true),
+            (
+                "no-classes",
+                |c| drop(c.as_object_mut().unwrap().remove("classes")),
+                false,
+            ),
+            (
+                "empty-classes",
+                |c| c["classes"] = serde_json::json!([]),
+                false,
+            ),
+            (
+                "cold",
+                |c| c["calibration"]["temperature"] = 0.0.into(),
+                false,
+            ),
+            (
+                "not-a-probability",
+                |c| c["calibration"]["uncertain_below"] = 1.5.into(),
+                false,
+            ),
+            (
+                "clip-1",
+                |c| c["input_range"]["clip_samples"] = 1.into(),
+                false,
+            ),
+            ("window-0", |c| c["input"]["window"] = 0.into(), false),
+            ("hop-0", |c| c["default_hop"] = 0.into(), false),
+            (
+                "threshold-without-score",
+                |c| drop(c["outputs"].as_object_mut().unwrap().remove("ood_score")),
+                false,
+            ),
+            ("minmax", |c| c["normalization"] = "minmax".into(), false),
+        ];
+        for (tag, edit, ok) in cases {
+            let mut card = shipped.clone();
+            edit(&mut card);
+            assert_eq!(schema.is_valid(&card), ok, "{tag}: the schema");
+            assert_eq!(load_edited(tag, edit).is_ok(), ok, "{tag}: the server");
+        }
+    }
+
     #[test]
     fn a_non_finite_ood_threshold_is_refused() {
         // 1e300 is a JSON number, but no f32: it reads as infinity.

@@ -13,6 +13,7 @@ import json
 import warnings
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -141,5 +142,15 @@ def write_golden(session_path: Path, windows: np.ndarray, labels: np.ndarray, sn
     np.savez(out, **arrays)
 
 
+# The card's schema, written once: the server's tests check the shipped card and its refusals against it too.
+CARD_SCHEMA = Path(__file__).resolve().parents[2] / "card.schema.json"
+
+
+def check_card(card: dict) -> None:
+    """Raise jsonschema.ValidationError, naming the key, when `card` is not a card the server can read."""
+    jsonschema.Draft202012Validator(json.loads(CARD_SCHEMA.read_text())).validate(card)
+
+
 def write_card(path: Path, card: dict) -> None:
+    check_card(card)
     path.write_text(json.dumps(card, indent=2) + "\n")

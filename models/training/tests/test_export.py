@@ -1,12 +1,15 @@
 """The shipped model: card, sha256, ONNX format, parity with PyTorch and the golden file."""
 
+import json
+
+import jsonschema
 import numpy as np
 import onnx
 import pytest
 import torch
 
 from drsntrain.data import CLASSES, load_recordings, split_windows
-from drsntrain.export import load_checkpoint, ort_outputs, ort_session, sha256
+from drsntrain.export import check_card, load_checkpoint, ort_outputs, ort_session, sha256
 
 from .conftest import MODELS
 
@@ -119,3 +122,19 @@ def test_onnx_matches_pytorch_on_the_full_test_split(cwru_dir, onnx_path, torch_
     assert close(got, want)
     assert (got[0].argmax(1) == want[0].argmax(1)).all()
     assert (got[0].argmax(1) == y).mean() >= 0.995
+
+
+def test_the_shipped_card_matches_the_schema_and_broken_cards_do_not():
+    shipped = json.loads((MODELS / "drsn_cw_cwru.json").read_text())
+    check_card(shipped)
+    broken = [
+        {k: v for k, v in shipped.items() if k != "classes"},
+        {**shipped, "classes": []},
+        {**shipped, "calibration": {"temperature": 0.0}},
+        {**shipped, "input_range": {**shipped["input_range"], "clip_samples": 1}},
+        {**shipped, "outputs": {"logits": "logits"}},  # a threshold with no score to compare
+        {**shipped, "normalization": "minmax"},
+    ]
+    for card in broken:
+        with pytest.raises(jsonschema.ValidationError):
+            check_card(card)
