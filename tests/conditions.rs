@@ -258,8 +258,7 @@ async fn a_faulty_machine_is_seen_faulty_on_the_stream_the_watch_the_list_json_a
     drop(sensor);
     let stopped = next_change(&mut watch, Condition::Unknown).await;
     assert!(!stopped.sensors[0].streaming);
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,8 +293,7 @@ async fn a_sine_of_known_velocity_comes_back_with_its_velocity_and_zone() {
         );
         assert_eq!(w.zone, VibrationZone::C as i32);
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,9 +356,8 @@ async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset()
         "a moved stream raised or cleared a condition: {later:?}"
     );
     drop(moved);
-    a.stopped().await;
-    b.shutdown();
-    b.stopped().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,8 +379,7 @@ async fn a_dead_sensor_is_a_sensor_fault_never_normal() {
         "{}",
         last.summary
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +399,5 @@ async fn a_carry_that_does_not_fit_the_model_is_refused_by_name() {
         status.message().contains("resume_condition") && status.message().contains("3 classes"),
         "{status:?}"
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

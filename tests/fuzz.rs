@@ -256,6 +256,5 @@ async fn random_valid_protobuf_streams_end_with_documented_statuses() {
             assert!(line.ends_with(" 0"), "a server fault was counted: {line}");
         }
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

@@ -154,8 +154,7 @@ async fn an_output_asked_for_twice_is_refused_and_named() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().len() < 300, "{}", err.message());
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,8 +370,7 @@ async fn v2_health_is_open_and_the_rest_needs_the_token() {
         .model_infer(infer_request(&model, &["label"]))
         .await
         .unwrap();
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,8 +397,7 @@ async fn a_megabyte_model_name_gets_a_short_not_found() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().len() < 300, "{} bytes", err.message().len());
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,8 +102,7 @@ async fn a_request_without_its_token_is_refused_before_its_body_is_read() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head:?}");
     // And the token still lets a real request through.
     infer_ok(running.http_addr, Some(TOKEN)).await;
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,8 +125,7 @@ async fn expect_continue_with_an_oversize_body_gets_413_never_100() {
         .unwrap();
     let head = read_head(&mut s, Duration::from_secs(3)).await;
     assert!(head.starts_with("HTTP/1.1 100"), "{head:?}");
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,8 +181,7 @@ async fn request_memory_is_reserved_from_the_declared_length_before_the_body() {
     }
     assert_eq!(back, Some(0.0));
     infer_ok(running.http_addr, None).await;
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 /// Sends `request` to the server process and measures its peak RSS growth meanwhile: (response head, MiB).
@@ -339,8 +336,7 @@ async fn requests_trickled_in_are_closed_at_the_read_timeout() {
         let n = common::metric(&scrape, &series).unwrap_or(0.0);
         assert!(n >= least, "{series} = {n}");
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 /// [`trickle`] on the write half of a split stream.
@@ -387,6 +383,5 @@ async fn a_full_metrics_listener_still_answers_its_probes() {
     .unwrap_or(0.0);
     assert!(evicted >= 17.0, "evicted {evicted}");
     holders.abort_all();
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

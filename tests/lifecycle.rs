@@ -146,8 +146,7 @@ async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
         result.status.success() && report.trim().is_empty(),
         "promtool check metrics:\n{report}"
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,8 +264,7 @@ async fn stalled_clients_do_not_hold_up_shutdown() {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    running.shutdown();
-    tokio::time::timeout(Duration::from_secs(8), running.stopped())
+    tokio::time::timeout(Duration::from_secs(8), running.stop())
         .await
         .expect("the server stopped despite stalled clients");
     let status = tokio::time::timeout(Duration::from_secs(5), silent)
@@ -304,6 +302,5 @@ async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_
     let starts: Vec<u64> = out.windows.iter().map(|r| r.first_sample_index).collect();
     let expected: Vec<u64> = (0..=(frames - w) / h).map(|k| k * h).collect();
     assert_eq!(starts, expected);
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

@@ -102,8 +102,7 @@ async fn a_quiet_stream_is_closed_with_a_resume_point() {
         ),
         Some(1.0)
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,8 +158,7 @@ async fn streams_per_connection_and_connections_are_capped() {
         common::metric(&scrape, r#"drsn_connections{listener="grpc"}"#),
         Some(2.0)
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,8 +195,7 @@ async fn silent_connections_and_half_requests_are_closed() {
             "{series}"
         );
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,8 +223,7 @@ async fn ids_are_bounded_and_printable() {
     }
     let (ok, _tx) = hold_stream(&mut client, open_with("Lager Süd / DE-3", 12_000.0), vec![]).await;
     assert!(ok.is_ok());
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,8 +257,7 @@ async fn a_stream_whose_resampler_needs_too_much_memory_is_refused() {
     // The two open streams are budgeted (over 1 MiB each).
     assert!(common::metric(&scrape, "drsn_stream_memory_bytes").unwrap() > 2.0 * 1024.0 * 1024.0);
     drop(open);
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,8 +304,7 @@ async fn a_client_resetting_streams_in_a_loop_is_disconnected() {
         .get_model(drsn_serve::api::grpc::proto::GetModelRequest {})
         .await
         .unwrap();
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,8 +359,7 @@ async fn a_trickling_stream_cannot_hold_its_slot() {
         started.elapsed()
     );
     trickle.abort();
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,5 @@ async fn diagnose_over_grpc_matches_golden() {
             (0, common::window() as u64 - 1)
         );
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

@@ -188,8 +188,7 @@ async fn tls_and_tokens_let_the_right_client_in_and_no_one_else() {
             >= 2.0,
         "refused calls are counted"
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,8 +217,7 @@ async fn mutual_tls_wants_a_client_certificate_from_its_ca() {
     get_model(&args)
         .await
         .expect("a client certificate from the client CA gets in");
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,8 +234,7 @@ async fn an_expired_server_certificate_is_refused() {
         .await
         .unwrap_err();
     assert!(err.message().contains("certificate expired"), "{err:?}");
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,8 +295,7 @@ async fn metrics_can_be_served_over_the_same_tls() {
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
     assert!(!String::from_utf8_lossy(&got).contains("drsn_serving"));
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {

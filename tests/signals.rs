@@ -117,8 +117,7 @@ async fn scaled_far_out_of_range_every_window_is_flagged() {
         2 * expected_windows(samples.len())
     );
     assert_eq!(after.1, before.1, "a flagged window is no prediction");
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,8 +152,7 @@ async fn a_single_spike_flags_only_the_windows_that_hold_it() {
         2,
         "two windows hold the spike"
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +187,7 @@ async fn flat_and_clipped_signals_are_flagged() {
             assert_unclassified(w);
         }
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,8 +274,7 @@ async fn integer_codes_are_judged_as_their_floats_and_clipping_is_the_converter_
         "codes never at the rails are not clipped"
     );
     assert_eq!(known.len(), expected_windows(n));
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,8 +314,7 @@ async fn extreme_values_on_a_resampled_stream_are_flagged_and_nothing_is_lost() 
     for w in windows.iter().filter(|w| status(w).0 == WindowStatus::Ok) {
         assert_eq!(w.label, label);
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,8 +357,7 @@ async fn unary_calls_flag_windows_one_by_one() {
         ),
         (label.as_str(), label.as_str())
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,8 +390,7 @@ async fn a_calibrated_card_marks_low_confidence_classes_uncertain() {
         assert_eq!(w.label, label);
         assert!(w.confidence.is_some());
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -429,8 +422,7 @@ async fn spikes_inside_the_input_range_are_flagged_impulsive_not_classified() {
             w.status_detail
         );
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 /// Every window of every recording (the CWRU data, or the committed excerpts), clean and with heavy noise, passes
@@ -552,6 +544,5 @@ async fn a_stream_at_the_wrong_rate_is_out_of_distribution_never_a_confident_cla
             "{windows:?}"
         );
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

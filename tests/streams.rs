@@ -77,8 +77,7 @@ async fn replayed_recordings_get_every_window_once_in_order_and_right() {
         );
         assert_eq!(out.opened.as_ref().map(|o| o.hop), Some(w as u32));
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +117,7 @@ async fn sixty_four_streams_never_see_each_others_results() {
         let right = windows.iter().filter(|w| w.label == label).count();
         assert!(right * 10 >= expected * 9, "{label}: {right}/{expected}");
     }
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 /// Streams `samples` with sample indices starting at `base`; returns the window results.
@@ -201,8 +199,7 @@ async fn a_gap_is_reported_and_windowing_restarts() {
             format!("w2 {o}..{}", o + w - 1),
         ],
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,8 +235,7 @@ async fn a_48khz_stream_is_resampled_and_classified() {
         "{label}: {right}/{}",
         out.windows.len()
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,8 +332,7 @@ async fn bad_input_ends_only_its_own_stream() {
             >= 1.0,
         "errors are counted by reason and code"
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,6 +435,5 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
         ),
         ("drsn-cw-cwru", w as u32, 10, "cpu")
     );
-    running.shutdown();
-    running.stopped().await;
+    running.stop().await;
 }

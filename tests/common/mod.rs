@@ -81,8 +81,38 @@ pub fn config(extra: &[&str]) -> ServeConfig {
     <ServeConfig as clap::Parser>::try_parse_from(args).expect("test flags parse")
 }
 
-pub async fn start(extra: &[&str]) -> Running {
-    server::start(config(extra)).await.expect("server starts")
+pub async fn start(extra: &[&str]) -> TestServer {
+    TestServer(Some(
+        server::start(config(extra)).await.expect("server starts"),
+    ))
+}
+
+/// A server started in-process for one test. `stop` drains it and waits until it has stopped; dropped without
+/// that (a test that failed), it still begins the drain, so nothing outlives the test's runtime by intent.
+pub struct TestServer(Option<Running>);
+
+impl TestServer {
+    pub async fn stop(mut self) {
+        if let Some(running) = self.0.take() {
+            running.shutdown();
+            running.stopped().await;
+        }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        self.0.as_ref().expect("a server not yet stopped")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = &self.0 {
+            running.shutdown();
+        }
+    }
 }
 
 pub fn addr(running: &Running) -> String {
