@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::client::recording::{ReadOptions, read_recording};
 use crate::client::replay::{self, StreamPlan, percentile};
 use crate::client::samples::{Wire, WireChoice};
+use crate::engine::open::Engine;
 use crate::model::card::LoadedModel;
 use crate::server;
 use crate::server::config::ServeConfig;
@@ -184,12 +185,9 @@ async fn raw_throughput(
     seconds: f64,
 ) -> anyhow::Result<Raw> {
     let model = Arc::new(LoadedModel::load(&config.model)?);
-    let server::Opened {
-        models,
-        placement,
-        settings,
-        ..
-    } = server::open_models(config, model.clone()).await?;
+    let engine = Engine::open(config.engine_settings(), model.clone()).await?;
+    let (placement, max_batch) = (engine.placement, engine.max_batch);
+    let models = engine.sessions;
     let window = model.window_values();
     let batch: Vec<Vec<f32>> = recordings
         .iter()
@@ -199,7 +197,7 @@ async fn raw_throughput(
                 .collect::<Vec<_>>()
         })
         .cycle()
-        .take(settings.max_batch)
+        .take(max_batch)
         .collect();
     let batch = Arc::new(batch);
     let cpu_before = cpu::CpuTimes::now();
@@ -248,8 +246,8 @@ async fn raw_throughput(
         windows_per_s: total as f64 / elapsed.as_secs_f64(),
         cpu_us: cpu_ns.map(|ns| ns as f64 / 1e3 / total.max(1) as f64),
         device: placement.to_string(),
-        workers: settings.workers,
-        max_batch: settings.max_batch,
+        workers,
+        max_batch,
     })
 }
 

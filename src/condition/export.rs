@@ -2,12 +2,18 @@
 //! machine that leaves this replica leaves `/metrics` with it: capped, the worst conditions first.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use metrics::gauge;
 
 use crate::condition::debounce::Condition;
 use crate::condition::machines::{MachineView, Registry};
 use crate::telemetry::metrics as m;
+
+/// The per-machine series as `/metrics` appends them at each scrape, at most `cap` machines.
+pub fn series(registry: Arc<Registry>, cap: usize) -> m::Extra {
+    Arc::new(move |out: &mut String| render(&registry, cap, out))
+}
 
 /// Appends the per-machine series of at most `cap` machines (worst condition first) to `out`.
 pub fn render(registry: &Registry, cap: usize, out: &mut String) {

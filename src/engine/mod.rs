@@ -1,8 +1,9 @@
-//! Running the network on a device: the [`Runner`] a worker thread drives, its typed errors, devices, and the
-//! ONNX Runtime sessions. Knows no stream or protocol.
+//! Running the network on a device: the [`Runner`] a worker thread drives, its typed errors, devices, the
+//! ONNX Runtime sessions, and opening them ([`open`]). Knows no stream or protocol.
 
 pub mod device;
 pub mod onnx;
+pub mod open;
 
 /// Raw model outputs for a batch, row-major.
 #[derive(Debug, Default, Clone)]

@@ -16,6 +16,7 @@ pub mod resample;
 pub mod schedule;
 pub mod severity;
 pub mod spec;
+pub mod start;
 pub mod stream;
 pub mod window;
 

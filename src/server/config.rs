@@ -5,9 +5,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::api::auth::Tokens;
-use crate::engine::device::{Device, DeviceDefaults, Placement};
+use crate::api::grpc::service::StreamTimeouts;
+use crate::api::kserve::Ready;
+use crate::api::services::ApiSettings;
+use crate::condition::Conditions;
+use crate::engine::device::Device;
+use crate::engine::open::{Engine, EngineSettings};
 use crate::error::StartupError;
+use crate::pipeline::Admission;
+use crate::pipeline::schedule::ScheduleConfig;
+use crate::pipeline::spec::Limits;
+use crate::pipeline::start::PipelineSettings;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -224,6 +235,16 @@ impl ConditionArgs {
         }
     }
 
+    /// The machines' conditions, for as many sensors whose data stopped as there may be streams.
+    pub fn conditions(&self, classes: &[String], max_streams: usize) -> Conditions {
+        Conditions::new(
+            Arc::new(classes.to_vec()),
+            self.settings(),
+            self.condition_retention,
+            max_streams,
+        )
+    }
+
     pub fn zones(&self) -> crate::pipeline::severity::ZoneLimits {
         use crate::pipeline::severity::{Foundation, MachineGroup, ZoneLimits};
         let group = match self.iso_group {
@@ -340,16 +361,72 @@ impl ServeConfig {
         Ok(())
     }
 
-    pub fn resolve(&self, placement: Placement) -> Resolved {
-        let DeviceDefaults {
-            workers,
-            max_batch,
-            max_queue_delay,
-        } = placement.defaults();
+    /// What the engine opens: the device, and how many sessions of what batch size.
+    pub fn engine_settings(&self) -> EngineSettings {
+        EngineSettings {
+            device: self.engine.device,
+            ort_lib: self.engine.ort_lib.clone(),
+            intra_threads: self.engine.intra_threads,
+            workers: self.engine.workers,
+            max_batch: self.batching.max_batch,
+        }
+    }
+
+    /// The settings that follow from the opened engine's device.
+    pub fn resolve(&self, engine: &Engine) -> Resolved {
         Resolved {
-            workers: self.engine.workers.unwrap_or(workers),
-            max_batch: self.batching.max_batch.unwrap_or(max_batch),
-            max_queue_delay: self.batching.max_queue_delay.unwrap_or(max_queue_delay),
+            workers: engine.workers(),
+            max_batch: engine.max_batch,
+            max_queue_delay: self
+                .batching
+                .max_queue_delay
+                .unwrap_or(engine.placement.defaults().max_queue_delay),
+        }
+    }
+
+    /// Stream limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_chunk_frames: self.streams.max_chunk_frames,
+            max_id_bytes: self.streams.max_id_bytes,
+            stream_buffer: self.streams.stream_buffer,
+            transport_buffer: STREAM_WINDOW,
+            max_stream_memory: self.streams.max_stream_memory,
+            default_zones: self.conditions.zones(),
+        }
+    }
+
+    /// The queue, batching, stream limits and admission.
+    pub fn pipeline_settings(&self, resolved: Resolved) -> PipelineSettings {
+        PipelineSettings {
+            schedule: ScheduleConfig {
+                capacity: self.batching.queue_capacity,
+                reserve: 1,
+                max_wait: self.batching.max_queue_wait,
+            },
+            max_queue_delay: resolved.max_queue_delay,
+            latency_budget: self.batching.latency_budget,
+            limits: self.limits(),
+            admission: Admission {
+                max_streams: self.streams.max_streams,
+                max_streams_per_connection: self.streams.max_streams_per_connection,
+                max_unary_windows: self.streams.max_unary_windows,
+                max_request_memory: self.streams.max_request_memory,
+            },
+        }
+    }
+
+    /// The API's settings: the tokens, reflection, timeouts and the replica's readiness.
+    pub fn api_settings(&self, tokens: Tokens, ready: Ready) -> ApiSettings {
+        ApiSettings {
+            tokens,
+            reflection: self.network.reflection,
+            request_read_timeout: self.network.request_read_timeout,
+            stream_timeouts: StreamTimeouts {
+                open: self.streams.open_timeout,
+                idle: self.streams.idle_timeout,
+            },
+            ready,
         }
     }
 

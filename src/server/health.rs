@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use metrics::gauge;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::grpc::proto::diagnosis_server::DiagnosisServer;
 use crate::api::grpc::service::DiagnosisService;
+use crate::api::kserve::Ready;
 use crate::telemetry::metrics as m;
 
 /// Where the replica stands.
@@ -33,13 +36,65 @@ pub struct Health {
 
 impl Health {
     /// Starting: NOT_SERVING to gRPC health, 0 in `drsn_serving`, not ready.
-    pub async fn new(reporter: HealthReporter) -> Self {
+    pub async fn starting() -> Self {
         let health = Self {
             tx: Arc::new(watch::Sender::new(Serving::Starting)),
-            reporter,
+            reporter: HealthReporter::new(),
         };
         health.publish(Serving::Starting).await;
         health
+    }
+
+    /// The gRPC health service (grpc.health.v1), answering from this state.
+    pub fn grpc_service(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
+    }
+
+    /// Follows the replica's life: every inference worker stopping (a lost device) leaves nothing to serve with;
+    /// the drain is final.
+    pub fn follow(&self, draining: CancellationToken, workers_gone: CancellationToken) {
+        let health = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = draining.cancelled() => {}
+                () = workers_gone.cancelled() => {
+                    if !draining.is_cancelled() {
+                        tracing::error!("every inference worker has stopped: NOT_SERVING");
+                        health.set(Serving::WorkersGone).await;
+                    }
+                    draining.cancelled().await;
+                }
+            }
+            health.set(Serving::Draining).await;
+        });
+    }
+
+    /// Readiness for the APIs that answer it themselves (KServe V2's server and model ready).
+    pub fn ready(&self) -> Ready {
+        let tx = self.tx.clone();
+        Arc::new(move || *tx.borrow() == Serving::Serving)
+    }
+
+    /// `/healthz` (the process answers) and `/readyz` (SERVING: not draining, inference workers alive), for
+    /// probes that cannot speak gRPC over TLS.
+    pub fn probes(&self) -> axum::Router {
+        use axum::http::StatusCode;
+        let health = self.clone();
+        axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = health.is_serving();
+                    async move {
+                        if ready {
+                            (StatusCode::OK, "ready\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        }
+                    }
+                }),
+            )
     }
 
     /// Moves to `next` and says so to every view, unless the replica already drains (a drain is never undone, and
@@ -87,11 +142,69 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tonic::codegen::Service;
+
+    async fn get(router: &mut axum::Router, path: &str) -> u16 {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let _ = std::future::poll_fn(|cx| {
+            <axum::Router as Service<Request<Body>>>::poll_ready(router, cx)
+        })
+        .await;
+        router.call(request).await.unwrap().status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn probes_and_v2_readiness_say_ready_only_while_serving_and_alive_throughout() {
+        let health = Health::starting().await;
+        let mut router = health.probes();
+        let v2_ready = health.ready();
+        assert_eq!(get(&mut router, "/healthz").await, 200);
+        assert_eq!(
+            get(&mut router, "/readyz").await,
+            503,
+            "starting is not ready"
+        );
+        assert!(!v2_ready());
+        health.set(Serving::Serving).await;
+        assert_eq!(get(&mut router, "/readyz").await, 200);
+        assert!(v2_ready());
+        health.set(Serving::WorkersGone).await;
+        assert_eq!(
+            get(&mut router, "/readyz").await,
+            503,
+            "no workers is not ready"
+        );
+        assert!(!v2_ready());
+        health.set(Serving::Draining).await;
+        assert_eq!(
+            get(&mut router, "/readyz").await,
+            503,
+            "draining is not ready"
+        );
+        assert!(!v2_ready());
+        assert_eq!(get(&mut router, "/healthz").await, 200, "but alive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn following_the_replica_workers_gone_then_the_drain() {
+        let health = Health::starting().await;
+        health.set(Serving::Serving).await;
+        let (draining, gone) = (CancellationToken::new(), CancellationToken::new());
+        health.follow(draining.clone(), gone.clone());
+        let mut watch = health.watch();
+        gone.cancel();
+        watch.changed().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), Serving::WorkersGone);
+        draining.cancel();
+        watch.changed().await.unwrap();
+        assert_eq!(*watch.borrow_and_update(), Serving::Draining);
+    }
 
     #[tokio::test]
     async fn a_drain_is_final_and_workers_stopping_during_it_change_nothing() {
-        let (reporter, _) = tonic_health::server::health_reporter();
-        let health = Health::new(reporter).await;
+        let health = Health::starting().await;
         let mut watch = health.watch();
         assert_eq!(health.now(), Serving::Starting);
         health.set(Serving::Serving).await;

@@ -195,6 +195,10 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let clock = Arc::new(RequestClock::new());
+    let info = match &io {
+        HttpIo::Plain(io) => io.info().clone(),
+        HttpIo::Tls(tls) => tls.get_ref().0.info().clone(),
+    };
     let io = Watched {
         io,
         clock: clock.clone(),
@@ -208,6 +212,7 @@ async fn connection(
             timeout: read_timeout,
             listener,
         });
+        request.extensions_mut().insert(info.clone());
         hyper::service::Service::call(&inner, request)
     });
     let conn = http.serve_connection(TokioIo::new(io), service);

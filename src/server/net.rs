@@ -174,6 +174,13 @@ impl AsyncWrite for ConnIo {
     }
 }
 
+impl ConnIo {
+    /// The connection's facts, as requests on it carry them.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
 impl tonic::transport::server::Connected for ConnIo {
     type ConnectInfo = ConnInfo;
 

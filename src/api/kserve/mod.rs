@@ -77,22 +77,27 @@ pub struct TensorMeta {
     pub shape: Vec<i64>,
 }
 
+/// Whether the replica takes work: the server's one health state (starting, serving, workers gone, draining).
+pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// The V2 view of the served model, shared by both front doors.
 pub struct V2 {
     pipeline: Arc<Pipeline>,
+    ready: Ready,
 }
 
 impl V2 {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
-        Self { pipeline }
+    pub fn new(pipeline: Arc<Pipeline>, ready: Ready) -> Self {
+        Self { pipeline, ready }
     }
 
     pub fn model(&self) -> &LoadedModel {
         self.pipeline.model()
     }
 
+    /// Ready to serve: the replica's health says so, and the pipeline takes work.
     pub fn ready(&self) -> bool {
-        self.pipeline.ready()
+        (self.ready)() && self.pipeline.ready()
     }
 
     /// The request memory budget a request reserves its bytes from before reading them.

@@ -21,9 +21,10 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::api::auth::Tokens;
-use crate::api::connection::ReadDeadline;
+use crate::api::connection::{ConnInfo, ReadDeadline};
 use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
 use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
@@ -209,6 +210,19 @@ async fn model_infer(
     Path(ModelPath { name, version }): Path<ModelPath>,
     request: Request,
 ) -> Response {
+    // Every line this request causes says whose it was.
+    let peer = request
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.remote);
+    let span = tracing::info_span!("request", method = "REST infer", peer = ?peer,
+        model_version = %ctx.v2.model().card.version);
+    infer_request(ctx, name, version, request)
+        .instrument(span)
+        .await
+}
+
+async fn infer_request(ctx: Ctx, name: String, version: String, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     // Everything the headers can decide is decided before the first body byte is read (and before hyper answers
     // `Expect: 100-continue`): an unauthenticated or oversized request costs the server nothing.

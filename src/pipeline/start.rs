@@ -1,0 +1,82 @@
+//! Starting the pipeline from its settings: the fair queue, the batcher with one inference thread per engine
+//! session (batches sized by the costs the engine measured), and the [`Pipeline`] facade the APIs call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::open::Engine;
+use crate::model::card::LoadedModel;
+use crate::pipeline::batch::{self, Batcher};
+use crate::pipeline::cost::CostModel;
+use crate::pipeline::diagnosis::Reading;
+use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
+use crate::pipeline::spec::Limits;
+use crate::pipeline::{Admission, Drain, Pipeline};
+use crate::telemetry::metrics as m;
+
+/// The pipeline's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineSettings {
+    pub schedule: ScheduleConfig,
+    /// How long the oldest window may wait for its batch to fill.
+    pub max_queue_delay: Duration,
+    /// Queue wait plus inference a window should stay within.
+    pub latency_budget: Duration,
+    pub limits: Limits,
+    pub admission: Admission,
+}
+
+/// A running pipeline: the facade, and the queue and batcher that the server's lifecycle stops in order.
+pub struct Started {
+    pub pipeline: Arc<Pipeline>,
+    pub scheduler: Arc<Scheduler>,
+    pub batcher: Batcher,
+}
+
+/// Starts the batcher on the engine's sessions; the pipeline obeys `drain`, the batcher `stop_batcher`.
+pub fn start(
+    model: Arc<LoadedModel>,
+    engine: Engine,
+    settings: PipelineSettings,
+    drain: Drain,
+    stop_batcher: CancellationToken,
+) -> Started {
+    let cost = Arc::new(CostModel::new(engine.max_batch, &engine.costs));
+    tracing::info!(placement = %engine.placement, workers = engine.workers(), max_batch = engine.max_batch,
+        efficient_batch = cost.efficient_batch(), max_queue_delay = ?settings.max_queue_delay,
+        "inference sessions warmed up");
+    gauge!(m::MODEL_INFO, "name" => model.card.name.clone(), "version" => model.card.version.clone(),
+        "device" => engine.placement.to_string()).set(1.0);
+    let scheduler = Scheduler::new(settings.schedule);
+    let batcher = batch::spawn(
+        scheduler.clone(),
+        BatchPolicy {
+            max_batch: engine.max_batch,
+            max_delay: settings.max_queue_delay,
+            budget: settings.latency_budget,
+            cost,
+        },
+        Reading {
+            temperature: model.temperature(),
+            uncertain_below: model.uncertain_below(),
+            uncertain_above: model.uncertain_above(),
+        },
+        engine.sessions,
+        stop_batcher,
+    );
+    let pipeline = Arc::new(Pipeline::new(
+        model,
+        scheduler.clone(),
+        settings.limits,
+        settings.admission,
+        drain,
+    ));
+    Started {
+        pipeline,
+        scheduler,
+        batcher,
+    }
+}
