@@ -19,10 +19,10 @@ use tonic::{Request, Status};
 use crate::telemetry::metrics;
 
 /// The `reason` label of a refused call in `drsn_errors_total`.
-pub const REASON: &str = "unauthenticated";
+pub(crate) const REASON: &str = "unauthenticated";
 
 /// Shortest token accepted at start-up: a guessable token is no authentication.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 /// The accepted tokens, as digests. Empty: authentication is off.
 #[derive(Clone, Default)]

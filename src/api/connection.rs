@@ -9,7 +9,7 @@ use tonic::transport::server::TlsConnectInfo;
 
 /// Connection facts carried in each request's extensions.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub id: u64,
     pub remote: Option<SocketAddr>,
     /// When streams on this connection end with UNAVAILABLE so that clients reconnect (and rebalance).
@@ -19,21 +19,21 @@ pub struct ConnInfo {
 }
 
 #[derive(Debug, Default)]
-pub struct Activity(AtomicUsize);
+pub(crate) struct Activity(AtomicUsize);
 
 impl Activity {
-    pub fn hold(self: &Arc<Self>) -> ActivityGuard {
+    pub(crate) fn hold(self: &Arc<Self>) -> ActivityGuard {
         self.0.fetch_add(1, Ordering::SeqCst);
         ActivityGuard(self.clone())
     }
 
-    pub fn busy(&self) -> bool {
+    pub(crate) fn busy(&self) -> bool {
         self.0.load(Ordering::SeqCst) > 0
     }
 }
 
 /// Counts one open stream while it lives.
-pub struct ActivityGuard(Arc<Activity>);
+pub(crate) struct ActivityGuard(Arc<Activity>);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
@@ -42,7 +42,7 @@ impl Drop for ActivityGuard {
 }
 
 impl ConnInfo {
-    pub fn aged(&self) -> Option<tokio::time::Instant> {
+    pub(crate) fn aged(&self) -> Option<tokio::time::Instant> {
         self.max_age_at
     }
 }
@@ -50,13 +50,13 @@ impl ConnInfo {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A fresh connection id.
-pub fn next_id() -> u64 {
+pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The connection a request came on (through TLS or not). A request without one (an in-process call) gets an id
 /// of its own, so it is still a client apart.
-pub fn of<T>(request: &tonic::Request<T>) -> ConnInfo {
+pub(crate) fn of<T>(request: &tonic::Request<T>) -> ConnInfo {
     let ext = request.extensions();
     ext.get::<ConnInfo>()
         .or_else(|| ext.get::<TlsConnectInfo<ConnInfo>>().map(|t| t.get_ref()))
@@ -72,7 +72,7 @@ pub fn of<T>(request: &tonic::Request<T>) -> ConnInfo {
 /// The time by which a request must have arrived in full, headers and body: a request extension the HTTP listener attaches
 /// for handlers that read a body.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadDeadline {
+pub(crate) struct ReadDeadline {
     pub at: tokio::time::Instant,
     /// The read timeout it was set from.
     pub timeout: std::time::Duration,

@@ -22,7 +22,7 @@ struct Ctx {
     tokens: Tokens,
 }
 
-pub fn router(registry: Arc<Registry>, tokens: Tokens) -> Router {
+pub(crate) fn router(registry: Arc<Registry>, tokens: Tokens) -> Router {
     Router::new()
         .route("/v1/machines", get(list))
         .route("/v1/machines/{machine_id}", get(one))

@@ -2,9 +2,9 @@
 //! (KServe V2, gRPC and REST), the machines as JSON, bearer-token authentication, what a request knows of its
 //! connection, and the services built from these ([`services`]).
 
-pub mod auth;
-pub mod connection;
+pub(crate) mod auth;
+pub(crate) mod connection;
 pub mod grpc;
 pub mod kserve;
-pub mod machines;
-pub mod services;
+pub(crate) mod machines;
+pub(crate) mod services;

@@ -39,7 +39,7 @@ pub struct ApiSettings {
 }
 
 /// The services a listener serves.
-pub struct Api {
+pub(crate) struct Api {
     /// gRPC: drsn.v1, KServe V2 and, when asked for, reflection.
     pub grpc: Routes,
     /// REST: KServe V2 and `/v1/machines`.
@@ -47,7 +47,7 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn build(
+    pub(crate) fn build(
         pipeline: &Arc<Pipeline>,
         conditions: &Arc<Conditions>,
         placement: Placement,

@@ -34,7 +34,7 @@ pub struct Capacity {
 
 /// What a trial sends: the model's window and hop, the recordings, how long.
 #[derive(Clone)]
-pub struct Load {
+pub(crate) struct Load {
     pub addr: String,
     pub recordings: Vec<Arc<Vec<f32>>>,
     pub window: usize,
@@ -46,11 +46,11 @@ pub struct Load {
 }
 
 /// Sensors per connection, as a gateway multiplexes its sensors' streams on one connection.
-pub const STREAMS_PER_GATEWAY: usize = 64;
+pub(crate) const STREAMS_PER_GATEWAY: usize = 64;
 
 /// Runs `n` real-time streams from gateways of [`STREAMS_PER_GATEWAY`] sensors each (one connection per
 /// gateway); phases spread over one hop period, or all together.
-pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial> {
+pub(crate) async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial> {
     let mut gateways = Vec::new();
     for _ in 0..n.div_ceil(STREAMS_PER_GATEWAY) {
         gateways.push(replay::connect(&load.addr).await?);
@@ -91,7 +91,7 @@ pub async fn trial(load: &Load, n: usize, spread: bool) -> anyhow::Result<Trial>
 }
 
 /// Doubles the number of streams from `start` until a trial fails, then bisects to within 10%.
-pub async fn search(load: &Load, spread: bool, start: usize) -> anyhow::Result<Capacity> {
+pub(crate) async fn search(load: &Load, spread: bool, start: usize) -> anyhow::Result<Capacity> {
     let mut trials = Vec::new();
     let run = |n: usize| {
         let load = load.clone();

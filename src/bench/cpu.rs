@@ -6,11 +6,11 @@ use crate::pipeline::batch::INFER_THREAD;
 
 /// The async runtime threads the benchmark's client runs on (named so their CPU time is not counted as the
 /// server's).
-pub const CLIENT_THREAD: &str = "bench-client";
+pub(crate) const CLIENT_THREAD: &str = "bench-client";
 
 /// Nanoseconds on CPU so far, summed over the threads of each role.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CpuTimes {
+pub(crate) struct CpuTimes {
     /// `drsn-infer-*`: ONNX Runtime and what the workers do around it.
     pub inference: u64,
     /// Every other thread of the server (the async runtime: network, decoding, windowing, scheduling, replies).
@@ -20,7 +20,7 @@ pub struct CpuTimes {
 
 impl CpuTimes {
     /// Now; `None` where the per-thread statistics cannot be read (not Linux).
-    pub fn now() -> Option<Self> {
+    pub(crate) fn now() -> Option<Self> {
         let mut t = Self::default();
         for task in std::fs::read_dir("/proc/self/task").ok()? {
             let dir = task.ok()?.path();
@@ -44,12 +44,12 @@ impl CpuTimes {
     }
 
     /// All roles together.
-    pub fn total(self) -> u64 {
+    pub(crate) fn total(self) -> u64 {
         self.inference + self.server + self.client
     }
 
     /// What was spent since `earlier`.
-    pub fn since(self, earlier: Self) -> Self {
+    pub(crate) fn since(self, earlier: Self) -> Self {
         Self {
             inference: self.inference.saturating_sub(earlier.inference),
             server: self.server.saturating_sub(earlier.server),
@@ -60,7 +60,7 @@ impl CpuTimes {
 
 /// CPUs set apart for the client and those left to the server (and to raw ONNX Runtime).
 #[derive(Debug, Clone)]
-pub struct Split {
+pub(crate) struct Split {
     pub server: Vec<usize>,
     pub client: Vec<usize>,
 }
@@ -68,7 +68,7 @@ pub struct Split {
 /// Splits the CPUs this process may run on: the last `client` for the benchmark's client, the rest for the server,
 /// and moves every thread that exists now onto the server's (threads started later inherit it).
 #[cfg(target_os = "linux")]
-pub fn split(client: usize) -> anyhow::Result<Split> {
+pub(crate) fn split(client: usize) -> anyhow::Result<Split> {
     use nix::sched::{CpuSet, sched_getaffinity};
     use nix::unistd::Pid;
     let mask = sched_getaffinity(Pid::from_raw(0))?;
@@ -100,7 +100,7 @@ pub fn split(_client: usize) -> anyhow::Result<Split> {
 }
 
 /// Keeps the calling thread on `cpus`.
-pub fn pin_this_thread(cpus: &[usize]) {
+pub(crate) fn pin_this_thread(cpus: &[usize]) {
     #[cfg(target_os = "linux")]
     if let Err(err) = pin(nix::unistd::Pid::from_raw(0), cpus) {
         tracing::warn!(%err, "cannot pin a benchmark client thread");

@@ -94,7 +94,7 @@ fn flood(
     })
 }
 
-pub async fn run(
+pub(crate) async fn run(
     addr: &str,
     samples: Arc<Vec<f32>>,
     seconds: f64,

@@ -4,9 +4,9 @@
 //! `--fairness`, real-time latency beside floods ([`fairness`]). The client runs on its own threads so the
 //! server's CPU time per window can be told from the client's ([`cpu`]).
 
-pub mod capacity;
-pub mod cpu;
-pub mod fairness;
+pub(crate) mod capacity;
+pub(crate) mod cpu;
+pub(crate) mod fairness;
 pub mod memory;
 
 use std::path::PathBuf;

@@ -11,12 +11,12 @@ use crate::condition::machines::{MachineView, Registry};
 use crate::telemetry::metrics as m;
 
 /// The per-machine series as `/metrics` appends them at each scrape, at most `cap` machines.
-pub fn series(registry: Arc<Registry>, cap: usize) -> m::Extra {
+pub(crate) fn series(registry: Arc<Registry>, cap: usize) -> m::Extra {
     Arc::new(move |out: &mut String| render(&registry, cap, out))
 }
 
 /// Appends the per-machine series of at most `cap` machines (worst condition first) to `out`.
-pub fn render(registry: &Registry, cap: usize, out: &mut String) {
+pub(crate) fn render(registry: &Registry, cap: usize, out: &mut String) {
     let (_, mut machines) = registry.list();
     machines.sort_by(|a, b| {
         b.condition

@@ -3,9 +3,9 @@
 //! ([`track`]) and the per-machine Prometheus series ([`export`]). Fed by ordered delivery, read by every API.
 
 pub mod debounce;
-pub mod export;
+pub(crate) mod export;
 pub mod machines;
-pub mod track;
+pub(crate) mod track;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -32,10 +32,10 @@ pub struct Ending {
     pub carry: State,
 }
 
-pub type TrackedStream = Pin<Box<dyn Stream<Item = Result<Event, Ending>> + Send + 'static>>;
+pub(crate) type TrackedStream = Pin<Box<dyn Stream<Item = Result<Event, Ending>> + Send + 'static>>;
 
 /// One stream's condition and its place in the registry (none for a stream without a machine id).
-pub struct Tracker {
+pub(crate) struct Tracker {
     pub(crate) debouncer: Debouncer,
     pub(crate) registry: Arc<Registry>,
     pub(crate) handle: Option<SensorHandle>,
@@ -79,7 +79,7 @@ impl Drop for Tracker {
 }
 
 /// The pipeline's events of one stream with its condition events.
-pub fn track(events: EventStream, tracker: Tracker) -> TrackedStream {
+pub(crate) fn track(events: EventStream, tracker: Tracker) -> TrackedStream {
     let state = (events, tracker, VecDeque::<Event>::new(), false);
     Box::pin(futures_util::stream::unfold(
         state,
@@ -125,7 +125,7 @@ pub fn track(events: EventStream, tracker: Tracker) -> TrackedStream {
     ))
 }
 
-pub fn now_unix_ms() -> i64 {
+pub(crate) fn now_unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

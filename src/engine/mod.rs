@@ -3,7 +3,7 @@
 
 pub mod device;
 pub mod onnx;
-pub mod open;
+pub(crate) mod open;
 
 /// Raw model outputs for a batch, row-major.
 #[derive(Debug, Default, Clone)]

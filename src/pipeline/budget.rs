@@ -13,7 +13,7 @@ use crate::telemetry::metrics as m;
 
 /// Bytes reserved per byte a request declares: its wire buffer, the decoded values, and the windows cut from them
 /// (decoding is bounded to about the wire size: see `api::grpc::wire` and the REST parser).
-pub const EXPANSION: usize = 3;
+pub(crate) const EXPANSION: usize = 3;
 
 /// The budget shared by every request of this server.
 #[derive(Debug, Clone)]

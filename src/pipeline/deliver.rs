@@ -33,13 +33,13 @@ pub enum StreamEvent {
 }
 
 /// A window's answer: known already (a flagged window never reaches the model) or on its way.
-pub enum Pending {
+pub(crate) enum Pending {
     Ready(Answer),
     Waiting(Reply),
 }
 
 /// What a stream's reader hands to its deliverer, in the order the client must see it.
-pub enum Outgoing {
+pub(crate) enum Outgoing {
     Discontinuity(Discontinuity),
     Window {
         place: WindowPlace,
@@ -56,7 +56,7 @@ pub enum Outgoing {
 
 /// What a stream holds until it is dropped (its slot, its queue flow), told how the stream ended: "ok", an error
 /// kind's label, or (never told) the client went away.
-pub trait Ending: Send + Sync {
+pub(crate) trait Ending: Send + Sync {
     fn ended(&mut self, how: &'static str);
 }
 
@@ -64,7 +64,7 @@ impl Ending for () {
     fn ended(&mut self, _: &'static str) {}
 }
 
-pub type EventStream =
+pub(crate) type EventStream =
     Pin<Box<dyn Stream<Item = Result<StreamEvent, ServeError>> + Send + 'static>>;
 
 struct Deliverer {
@@ -81,7 +81,7 @@ struct Deliverer {
 /// The events of one stream: items in the reader's order, each window once its answer is ready. Ends after
 /// `Finished`, or with the reader's error, with `DrainTimeout` if the drain deadline passes first, or with
 /// `ReaderFailed` if the reader stopped without saying why (a bug), never with a silent OK.
-pub fn ordered(
+pub(crate) fn ordered(
     rx: mpsc::Receiver<Outgoing>,
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,

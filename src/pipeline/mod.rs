@@ -7,18 +7,18 @@
 //! [`deliver`] (window order). [`stream`] runs one stream through them.
 
 pub mod batch;
-pub mod budget;
+pub(crate) mod budget;
 pub mod cost;
-pub mod deliver;
+pub(crate) mod deliver;
 pub mod diagnosis;
 pub mod quality;
 pub mod resample;
 pub mod schedule;
 pub mod severity;
 pub mod spec;
-pub mod start;
-pub mod stream;
-pub mod window;
+pub(crate) mod start;
+pub(crate) mod stream;
+pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;

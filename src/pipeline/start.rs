@@ -30,14 +30,14 @@ pub struct PipelineSettings {
 }
 
 /// A running pipeline: the facade, and the queue and batcher that the server's lifecycle stops in order.
-pub struct Started {
+pub(crate) struct Started {
     pub pipeline: Arc<Pipeline>,
     pub scheduler: Arc<Scheduler>,
     pub batcher: Batcher,
 }
 
 /// Starts the batcher on the engine's sessions; the pipeline obeys `drain`, the batcher `stop_batcher`.
-pub fn start(
+pub(crate) fn start(
     model: Arc<LoadedModel>,
     engine: Engine,
     settings: PipelineSettings,

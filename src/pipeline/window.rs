@@ -5,7 +5,7 @@ use crate::pipeline::resample::StreamResampler;
 
 /// A window ready for the model, with where it came from in the client's stream.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Cut {
+pub(crate) struct Cut {
     /// 0, 1, 2, ... over the stream's life, across discontinuities.
     pub index: u64,
     /// Client sample indices of the window's first and last samples.
@@ -16,7 +16,7 @@ pub struct Cut {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub(crate) enum Event {
     Window(Cut),
     /// A chunk did not start where the last one ended; windowing restarted at `received`.
     Discontinuity {
@@ -28,7 +28,7 @@ pub enum Event {
 
 /// Sliding-window state of one stream. Windows are cut lazily, one per [`Framer::next_event`], so a chunk with
 /// a small hop never turns into a heap of window copies before backpressure can act.
-pub struct Framer {
+pub(crate) struct Framer {
     window: usize,
     hop: usize,
     channels: usize,
@@ -59,7 +59,7 @@ struct Deferred {
 
 impl Framer {
     /// `window` and `hop` are in model-rate frames; `resampler` is `None` when the stream is at the model's rate.
-    pub fn new(
+    pub(crate) fn new(
         window: usize,
         hop: usize,
         channels: usize,
@@ -84,13 +84,13 @@ impl Framer {
     }
 
     /// Whether the stream is resampled to the model's rate (its windows hold no client sample as sent).
-    pub fn resamples(&self) -> bool {
+    pub(crate) fn resamples(&self) -> bool {
         self.resampler.is_some()
     }
 
     /// Takes a chunk of interleaved frames starting at client index `first`. Drain [`Framer::next_event`] before
     /// pushing again.
-    pub fn push(&mut self, first: u64, frames: Vec<f32>) -> Result<(), String> {
+    pub(crate) fn push(&mut self, first: u64, frames: Vec<f32>) -> Result<(), String> {
         debug_assert!(
             self.deferred.is_none(),
             "push before the previous chunk's events were drained"
@@ -114,12 +114,12 @@ impl Framer {
     }
 
     /// The stream ended: flushes the resampler so its last samples can still complete a window.
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub(crate) fn finish(&mut self) -> Result<(), String> {
         self.flush_resampler()
     }
 
     /// The next window or discontinuity, in stream order; `None` when the input so far is used up.
-    pub fn next_event(&mut self) -> Result<Option<Event>, String> {
+    pub(crate) fn next_event(&mut self) -> Result<Option<Event>, String> {
         if let Some(cut) = self.cut_one() {
             return Ok(Some(Event::Window(cut)));
         }
@@ -140,12 +140,13 @@ impl Framer {
 
     /// Client index from which a reconnecting client gets the next window that was not cut yet; `None` before the
     /// first chunk.
-    pub fn resume_from(&self) -> Option<u64> {
+    pub(crate) fn resume_from(&self) -> Option<u64> {
         self.expected.map(|_| self.client_index(self.next_start))
     }
 
     /// Model-rate frames held (memory use is this plus at most one deferred chunk).
-    pub fn buffered_frames(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffered_frames(&self) -> usize {
         self.buf.len() / self.channels
     }
 

@@ -17,7 +17,7 @@ use crate::telemetry::metrics as m;
 
 /// Where the replica stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Serving {
+pub(crate) enum State {
     /// Models loading, listeners not yet serving.
     Starting,
     Serving,
@@ -29,30 +29,30 @@ pub enum Serving {
 
 /// The replica's serving state; clones share it.
 #[derive(Clone)]
-pub struct Health {
-    tx: Arc<watch::Sender<Serving>>,
+pub(crate) struct Health {
+    tx: Arc<watch::Sender<State>>,
     reporter: HealthReporter,
 }
 
 impl Health {
     /// Starting: NOT_SERVING to gRPC health, 0 in `drsn_serving`, not ready.
-    pub async fn starting() -> Self {
+    pub(crate) async fn starting() -> Self {
         let health = Self {
-            tx: Arc::new(watch::Sender::new(Serving::Starting)),
+            tx: Arc::new(watch::Sender::new(State::Starting)),
             reporter: HealthReporter::new(),
         };
-        health.publish(Serving::Starting).await;
+        health.publish(State::Starting).await;
         health
     }
 
     /// The gRPC health service (grpc.health.v1), answering from this state.
-    pub fn grpc_service(&self) -> HealthServer<HealthService> {
+    pub(crate) fn grpc_service(&self) -> HealthServer<HealthService> {
         HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
     }
 
     /// Follows the replica's life: every inference worker stopping (a lost device) leaves nothing to serve with;
     /// the drain is final.
-    pub fn follow(&self, draining: CancellationToken, workers_gone: CancellationToken) {
+    pub(crate) fn follow(&self, draining: CancellationToken, workers_gone: CancellationToken) {
         let health = self.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -60,24 +60,24 @@ impl Health {
                 () = workers_gone.cancelled() => {
                     if !draining.is_cancelled() {
                         tracing::error!("every inference worker has stopped: NOT_SERVING");
-                        health.set(Serving::WorkersGone).await;
+                        health.set(State::WorkersGone).await;
                     }
                     draining.cancelled().await;
                 }
             }
-            health.set(Serving::Draining).await;
+            health.set(State::Draining).await;
         });
     }
 
     /// Readiness for the APIs that answer it themselves (KServe V2's server and model ready).
-    pub fn ready(&self) -> Ready {
+    pub(crate) fn ready(&self) -> Ready {
         let tx = self.tx.clone();
-        Arc::new(move || *tx.borrow() == Serving::Serving)
+        Arc::new(move || *tx.borrow() == State::Serving)
     }
 
     /// `/healthz` (the process answers) and `/readyz` (SERVING: not draining, inference workers alive), for
     /// probes that cannot speak gRPC over TLS.
-    pub fn probes(&self) -> axum::Router {
+    pub(crate) fn probes(&self) -> axum::Router {
         use axum::http::StatusCode;
         let health = self.clone();
         axum::Router::new()
@@ -99,9 +99,9 @@ impl Health {
 
     /// Moves to `next` and says so to every view, unless the replica already drains (a drain is never undone, and
     /// its workers stopping is expected then).
-    pub async fn set(&self, next: Serving) {
+    pub(crate) async fn set(&self, next: State) {
         let changed = self.tx.send_if_modified(|now| {
-            if *now == next || *now == Serving::Draining {
+            if *now == next || *now == State::Draining {
                 return false;
             }
             *now = next;
@@ -112,8 +112,8 @@ impl Health {
         }
     }
 
-    async fn publish(&self, state: Serving) {
-        let serving = state == Serving::Serving;
+    async fn publish(&self, state: State) {
+        let serving = state == State::Serving;
         gauge!(m::SERVING).set(if serving { 1.0 } else { 0.0 });
         let status = if serving {
             ServingStatus::Serving
@@ -126,16 +126,17 @@ impl Health {
     }
 
     /// The state as it changes.
-    pub fn watch(&self) -> watch::Receiver<Serving> {
+    #[cfg(test)]
+    pub(crate) fn watch(&self) -> watch::Receiver<State> {
         self.tx.subscribe()
     }
 
-    pub fn now(&self) -> Serving {
+    pub(crate) fn now(&self) -> State {
         *self.tx.borrow()
     }
 
-    pub fn is_serving(&self) -> bool {
-        self.now() == Serving::Serving
+    pub(crate) fn is_serving(&self) -> bool {
+        self.now() == State::Serving
     }
 }
 
@@ -167,17 +168,17 @@ mod tests {
             "starting is not ready"
         );
         assert!(!v2_ready());
-        health.set(Serving::Serving).await;
+        health.set(State::Serving).await;
         assert_eq!(get(&mut router, "/readyz").await, 200);
         assert!(v2_ready());
-        health.set(Serving::WorkersGone).await;
+        health.set(State::WorkersGone).await;
         assert_eq!(
             get(&mut router, "/readyz").await,
             503,
             "no workers is not ready"
         );
         assert!(!v2_ready());
-        health.set(Serving::Draining).await;
+        health.set(State::Draining).await;
         assert_eq!(
             get(&mut router, "/readyz").await,
             503,
@@ -190,31 +191,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn following_the_replica_workers_gone_then_the_drain() {
         let health = Health::starting().await;
-        health.set(Serving::Serving).await;
+        health.set(State::Serving).await;
         let (draining, gone) = (CancellationToken::new(), CancellationToken::new());
         health.follow(draining.clone(), gone.clone());
         let mut watch = health.watch();
         gone.cancel();
         watch.changed().await.unwrap();
-        assert_eq!(*watch.borrow_and_update(), Serving::WorkersGone);
+        assert_eq!(*watch.borrow_and_update(), State::WorkersGone);
         draining.cancel();
         watch.changed().await.unwrap();
-        assert_eq!(*watch.borrow_and_update(), Serving::Draining);
+        assert_eq!(*watch.borrow_and_update(), State::Draining);
     }
 
     #[tokio::test]
     async fn a_drain_is_final_and_workers_stopping_during_it_change_nothing() {
         let health = Health::starting().await;
         let mut watch = health.watch();
-        assert_eq!(health.now(), Serving::Starting);
-        health.set(Serving::Serving).await;
+        assert_eq!(health.now(), State::Starting);
+        health.set(State::Serving).await;
         assert!(health.is_serving() && watch.has_changed().unwrap());
         watch.mark_unchanged();
-        health.set(Serving::WorkersGone).await;
-        assert_eq!(health.now(), Serving::WorkersGone);
-        health.set(Serving::Draining).await;
-        health.set(Serving::WorkersGone).await;
-        health.set(Serving::Serving).await;
-        assert_eq!(*watch.borrow_and_update(), Serving::Draining);
+        health.set(State::WorkersGone).await;
+        assert_eq!(health.now(), State::WorkersGone);
+        health.set(State::Draining).await;
+        health.set(State::WorkersGone).await;
+        health.set(State::Serving).await;
+        assert_eq!(*watch.borrow_and_update(), State::Draining);
     }
 }

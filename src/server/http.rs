@@ -27,7 +27,7 @@ use crate::server::net::{self, ConnIo, ConnLimits};
 use crate::server::tls::HANDSHAKE_TIMEOUT;
 use crate::telemetry::metrics as m;
 /// A connection, plain or TLS.
-pub enum HttpIo {
+pub(crate) enum HttpIo {
     Plain(ConnIo),
     Tls(Box<tokio_rustls::server::TlsStream<ConnIo>>),
 }
@@ -144,7 +144,7 @@ impl AsyncWrite for Watched {
 
 /// Serves `router` on `listener` until `stop` fires (requests in flight are answered, then connections close);
 /// connections as `limits` say, and each request must arrive within `read_timeout` of its first byte.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     tls: Option<Arc<rustls::ServerConfig>>,

@@ -17,7 +17,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the drain deadline, how long abandoned streams get for their final statuses to be written.
 const FINAL_WRITE: Duration = Duration::from_secs(1);
 
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     pub drain: Drain,
     pub stop_batcher: CancellationToken,
     pub stop_metrics: CancellationToken,
@@ -26,7 +26,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(drain_timeout: Duration) -> Self {
+    pub(crate) fn new(drain_timeout: Duration) -> Self {
         Self {
             drain: Drain::default(),
             stop_batcher: CancellationToken::new(),
@@ -37,7 +37,7 @@ impl Lifecycle {
     }
 
     /// SIGTERM: stop taking work; open streams get their queued windows, then a status with a resume point.
-    pub fn begin_drain(&self) {
+    pub(crate) fn begin_drain(&self) {
         // Logged here, not by a task woken by the cancellation: a drain with nothing to wait for can end the
         // process before such a task runs.
         if !self.drain.shutdown.is_cancelled() {
@@ -48,7 +48,7 @@ impl Lifecycle {
     }
 
     /// Runs the gRPC server to the end of the drain, then stops the batcher, the inference threads and metrics.
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
         scheduler: Arc<Scheduler>,
@@ -89,7 +89,7 @@ impl Lifecycle {
     }
 
     /// Waits until everything has stopped (after [`Lifecycle::begin_drain`]).
-    pub async fn stopped(mut self) {
+    pub(crate) async fn stopped(mut self) {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }

@@ -36,7 +36,7 @@ const AGE_CLOSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Where each listener is bound (port 0 in the settings becomes the port taken).
 #[derive(Debug, Clone, Copy)]
-pub struct Addrs {
+pub(crate) struct Addrs {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub metrics: SocketAddr,
@@ -44,20 +44,20 @@ pub struct Addrs {
 
 impl Addrs {
     /// The listeners that take API calls, by name.
-    pub fn api(&self) -> [(&'static str, SocketAddr); 2] {
+    pub(crate) fn api(&self) -> [(&'static str, SocketAddr); 2] {
         [("gRPC", self.grpc), ("V2 REST", self.http)]
     }
 }
 
 /// What the listeners serve.
-pub struct Served {
+pub(crate) struct Served {
     pub api: Api,
     pub health: HealthServer<HealthService>,
     /// `/metrics` and the probes.
     pub scrape: axum::Router,
 }
 
-pub struct Listeners {
+pub(crate) struct Listeners {
     grpc: TcpListener,
     http: TcpListener,
     metrics: TcpListener,
@@ -65,7 +65,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(config: &ServeConfig) -> Result<Self, StartupError> {
+    pub(crate) async fn bind(config: &ServeConfig) -> Result<Self, StartupError> {
         let network = &config.network;
         let (grpc, grpc_addr) = bind("gRPC", network.listen).await?;
         let (metrics, metrics_addr) = bind("metrics", network.metrics_listen).await?;
@@ -84,7 +84,7 @@ impl Listeners {
 
     /// Serves `/metrics` and REST on their own tasks (until metrics stop, last) and returns the gRPC server, which
     /// runs until the drain has ended its streams.
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         served: Served,
         security: &Security,

@@ -3,13 +3,13 @@
 //! drains them on SIGTERM/SIGINT.
 
 pub mod config;
-pub mod health;
-pub mod http;
-pub mod lifecycle;
-pub mod listeners;
-pub mod net;
-pub mod security;
-pub mod tls;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod lifecycle;
+pub(crate) mod listeners;
+pub(crate) mod net;
+pub(crate) mod security;
+pub(crate) mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use crate::error::{ErrorKind, StartupError};
 use crate::model::card::LoadedModel;
 use crate::pipeline::start;
 use crate::server::config::{Resolved, ServeConfig};
-use crate::server::health::{Health, Serving};
+use crate::server::health::{Health, State};
 use crate::server::lifecycle::Lifecycle;
 use crate::server::listeners::{Listeners, Served};
 use crate::server::security::Security;
@@ -100,7 +100,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         core.batcher.workers_gone.clone(),
     );
     lifecycle.run(grpc, core.scheduler, core.batcher);
-    health.set(Serving::Serving).await;
+    health.set(State::Serving).await;
     tracing::info!(grpc_addr = %addrs.grpc, metrics_addr = %addrs.metrics, http_addr = %addrs.http,
         tls = security.tls.is_some(), mutual_tls = security.mutual_tls(), tokens = security.tokens.len(),
         reflection = config.network.reflection, "SERVING");

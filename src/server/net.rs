@@ -22,7 +22,7 @@ use crate::telemetry::metrics as m;
 
 /// How a listener treats its connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// The `listener` label of the connection metrics: "grpc" or "metrics".
     pub listener: &'static str,
     pub max_connections: usize,
@@ -36,7 +36,7 @@ pub struct ConnLimits {
 
 /// The policy at the connection cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AtCapacity {
+pub(crate) enum AtCapacity {
     /// Close the newcomer (`reason="max_connections"`): what the API listeners do, so that held connections keep
     /// their work.
     Refuse,
@@ -85,7 +85,7 @@ impl Eviction {
     }
 }
 /// An accepted TCP connection: counted while open, closed when idle, carrying its [`ConnInfo`].
-pub struct ConnIo {
+pub(crate) struct ConnIo {
     inner: TcpStream,
     info: ConnInfo,
     idle: Duration,
@@ -176,7 +176,7 @@ impl AsyncWrite for ConnIo {
 
 impl ConnIo {
     /// The connection's facts, as requests on it carry them.
-    pub fn info(&self) -> &ConnInfo {
+    pub(crate) fn info(&self) -> &ConnInfo {
         &self.info
     }
 }
@@ -190,7 +190,7 @@ impl tonic::transport::server::Connected for ConnIo {
 }
 
 /// Accepts connections on `listener` until `stop` fires, handing them out through the returned channel.
-pub fn accept(
+pub(crate) fn accept(
     listener: TcpListener,
     limits: ConnLimits,
     stop: CancellationToken,

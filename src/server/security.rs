@@ -11,7 +11,7 @@ use crate::error::StartupError;
 use crate::server::config::ServeConfig;
 use crate::server::tls::TlsFiles;
 
-pub struct Security {
+pub(crate) struct Security {
     pub tokens: Tokens,
     pub tls: Option<TlsFiles>,
     /// Whether `/metrics` and the probes are served over TLS too.
@@ -19,7 +19,7 @@ pub struct Security {
 }
 
 impl Security {
-    pub fn load(config: &ServeConfig) -> Result<Self, StartupError> {
+    pub(crate) fn load(config: &ServeConfig) -> Result<Self, StartupError> {
         let settings = &config.security;
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => {
@@ -35,7 +35,7 @@ impl Security {
     }
 
     /// Warns for each listener reachable from other machines that takes calls without a token or without TLS.
-    pub fn warn_if_exposed(&self, listeners: &[(&'static str, SocketAddr)]) {
+    pub(crate) fn warn_if_exposed(&self, listeners: &[(&'static str, SocketAddr)]) {
         for &(listener, addr) in listeners {
             if addr.ip().is_loopback() {
                 continue;
@@ -50,7 +50,7 @@ impl Security {
     }
 
     /// TLS for the V2 REST listener: the gRPC listener's.
-    pub fn rest_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, StartupError> {
+    pub(crate) fn rest_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, StartupError> {
         self.tls
             .as_ref()
             .map(TlsFiles::rustls)
@@ -59,7 +59,7 @@ impl Security {
     }
 
     /// TLS for `/metrics` and the probes, when `--metrics-tls` asks for it.
-    pub fn metrics_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, StartupError> {
+    pub(crate) fn metrics_tls(&self) -> Result<Option<Arc<rustls::ServerConfig>>, StartupError> {
         if self.metrics_tls {
             self.rest_tls()
         } else {
@@ -67,7 +67,7 @@ impl Security {
         }
     }
 
-    pub fn mutual_tls(&self) -> bool {
+    pub(crate) fn mutual_tls(&self) -> bool {
         self.tls.as_ref().is_some_and(TlsFiles::mutual)
     }
 }

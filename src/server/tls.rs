@@ -13,11 +13,11 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::error::StartupError;
 
 /// Longest a client may take to complete its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The PEM files, read and checked once at start-up.
 #[derive(Clone)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
@@ -29,7 +29,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, StartupError> {
 }
 
 impl TlsFiles {
-    pub fn load(
+    pub(crate) fn load(
         cert: &Path,
         key: &Path,
         client_ca: Option<&PathBuf>,
@@ -52,12 +52,12 @@ impl TlsFiles {
         Ok(files)
     }
 
-    pub fn mutual(&self) -> bool {
+    pub(crate) fn mutual(&self) -> bool {
         self.client_ca.is_some()
     }
 
     /// For the gRPC listener.
-    pub fn tonic(&self) -> ServerTlsConfig {
+    pub(crate) fn tonic(&self) -> ServerTlsConfig {
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert, &self.key))
             .timeout(HANDSHAKE_TIMEOUT);
@@ -68,7 +68,7 @@ impl TlsFiles {
     }
 
     /// For `/metrics`.
-    pub fn rustls(&self) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub(crate) fn rustls(&self) -> Result<Arc<rustls::ServerConfig>, String> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert)
             .collect::<Result<_, _>>()
             .map_err(|e| format!("the certificate is not valid PEM: {e}"))?;

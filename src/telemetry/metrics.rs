@@ -13,48 +13,48 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const ACTIVE_STREAMS: &str = "drsn_active_streams";
-pub const STREAMS_OPENED: &str = "drsn_streams_opened_total";
-pub const STREAMS_ENDED: &str = "drsn_streams_ended_total";
-pub const REQUESTS: &str = "drsn_requests_total";
-pub const SAMPLES_RECEIVED: &str = "drsn_samples_received_total";
-pub const WINDOWS_DIAGNOSED: &str = "drsn_windows_diagnosed_total";
-pub const WINDOWS_FLAGGED: &str = "drsn_windows_flagged_total";
-pub const WINDOWS_UNCERTAIN: &str = "drsn_windows_uncertain_total";
-pub const WINDOWS_OUT_OF_DISTRIBUTION: &str = "drsn_windows_out_of_distribution_total";
-pub const PREDICTIONS: &str = "drsn_predictions_total";
-pub const NOISE_SCORE: &str = "drsn_noise_score";
-pub const DISCONTINUITIES: &str = "drsn_stream_discontinuities_total";
-pub const BATCH_SIZE: &str = "drsn_batch_size";
-pub const QUEUE_WAIT: &str = "drsn_queue_wait_seconds";
-pub const INFERENCE: &str = "drsn_inference_seconds";
-pub const WINDOW_LATENCY: &str = "drsn_window_latency_seconds";
-pub const ERRORS: &str = "drsn_errors_total";
-pub const QUEUE_DEPTH: &str = "drsn_queue_depth";
-pub const QUEUE_CAPACITY: &str = "drsn_queue_capacity";
-pub const QUEUE_CLIENTS: &str = "drsn_queue_clients";
-pub const STREAM_MEMORY: &str = "drsn_stream_memory_bytes";
-pub const REQUEST_MEMORY: &str = "drsn_request_memory_bytes";
-pub const REQUEST_MEMORY_CAPACITY: &str = "drsn_request_memory_capacity_bytes";
-pub const CONNECTIONS: &str = "drsn_connections";
-pub const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
-pub const MODEL_INFO: &str = "drsn_model_info";
-pub const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
-pub const SERVING: &str = "drsn_serving";
-pub const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
-pub const MACHINES: &str = "drsn_machines";
-pub const CONDITION_CHANGES: &str = "drsn_condition_changes_total";
-pub const MACHINES_NOT_EXPORTED: &str = "drsn_machines_not_exported";
+pub(crate) const ACTIVE_STREAMS: &str = "drsn_active_streams";
+pub(crate) const STREAMS_OPENED: &str = "drsn_streams_opened_total";
+pub(crate) const STREAMS_ENDED: &str = "drsn_streams_ended_total";
+pub(crate) const REQUESTS: &str = "drsn_requests_total";
+pub(crate) const SAMPLES_RECEIVED: &str = "drsn_samples_received_total";
+pub(crate) const WINDOWS_DIAGNOSED: &str = "drsn_windows_diagnosed_total";
+pub(crate) const WINDOWS_FLAGGED: &str = "drsn_windows_flagged_total";
+pub(crate) const WINDOWS_UNCERTAIN: &str = "drsn_windows_uncertain_total";
+pub(crate) const WINDOWS_OUT_OF_DISTRIBUTION: &str = "drsn_windows_out_of_distribution_total";
+pub(crate) const PREDICTIONS: &str = "drsn_predictions_total";
+pub(crate) const NOISE_SCORE: &str = "drsn_noise_score";
+pub(crate) const DISCONTINUITIES: &str = "drsn_stream_discontinuities_total";
+pub(crate) const BATCH_SIZE: &str = "drsn_batch_size";
+pub(crate) const QUEUE_WAIT: &str = "drsn_queue_wait_seconds";
+pub(crate) const INFERENCE: &str = "drsn_inference_seconds";
+pub(crate) const WINDOW_LATENCY: &str = "drsn_window_latency_seconds";
+pub(crate) const ERRORS: &str = "drsn_errors_total";
+pub(crate) const QUEUE_DEPTH: &str = "drsn_queue_depth";
+pub(crate) const QUEUE_CAPACITY: &str = "drsn_queue_capacity";
+pub(crate) const QUEUE_CLIENTS: &str = "drsn_queue_clients";
+pub(crate) const STREAM_MEMORY: &str = "drsn_stream_memory_bytes";
+pub(crate) const REQUEST_MEMORY: &str = "drsn_request_memory_bytes";
+pub(crate) const REQUEST_MEMORY_CAPACITY: &str = "drsn_request_memory_capacity_bytes";
+pub(crate) const CONNECTIONS: &str = "drsn_connections";
+pub(crate) const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
+pub(crate) const MODEL_INFO: &str = "drsn_model_info";
+pub(crate) const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
+pub(crate) const SERVING: &str = "drsn_serving";
+pub(crate) const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
+pub(crate) const MACHINES: &str = "drsn_machines";
+pub(crate) const CONDITION_CHANGES: &str = "drsn_condition_changes_total";
+pub(crate) const MACHINES_NOT_EXPORTED: &str = "drsn_machines_not_exported";
 // Per machine, only with --machine-metrics (rendered from the condition registry at each scrape, so a machine
 // that leaves the replica leaves /metrics with it).
-pub const MACHINE_CONDITION: &str = "drsn_machine_condition";
-pub const MACHINE_INFO: &str = "drsn_machine_info";
-pub const MACHINE_CLASS_SHARE: &str = "drsn_machine_class_share";
-pub const MACHINE_VELOCITY: &str = "drsn_machine_velocity_rms_mm_per_second";
-pub const MACHINE_SINCE: &str = "drsn_machine_condition_since_timestamp_seconds";
+pub(crate) const MACHINE_CONDITION: &str = "drsn_machine_condition";
+pub(crate) const MACHINE_INFO: &str = "drsn_machine_info";
+pub(crate) const MACHINE_CLASS_SHARE: &str = "drsn_machine_class_share";
+pub(crate) const MACHINE_VELOCITY: &str = "drsn_machine_velocity_rms_mm_per_second";
+pub(crate) const MACHINE_SINCE: &str = "drsn_machine_condition_since_timestamp_seconds";
 
 /// Why a window came back without a class (the `reason` label of [`WINDOWS_FLAGGED`]).
-pub const FLAG_REASONS: &[&str] = &[
+pub(crate) const FLAG_REASONS: &[&str] = &[
     "flat",
     "clipped",
     "out_of_range",
@@ -63,13 +63,13 @@ pub const FLAG_REASONS: &[&str] = &[
     "shed",
 ];
 /// Why the server closed a connection (the `reason` label of [`CONNECTIONS_CLOSED`]).
-pub const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "slow", "evicted"];
+pub(crate) const CLOSE_REASONS: &[&str] = &["max_connections", "idle", "slow", "evicted"];
 /// Log lines clients can cause, each with its own budget (the `site` label of [`LOG_LINES_SUPPRESSED`]).
-pub const LOG_SITES: &[&str] = &["stream_opened", "request_failed"];
+pub(crate) const LOG_SITES: &[&str] = &["stream_opened", "request_failed"];
 /// The APIs windows arrive on: drsn.v1 streams and unary calls, and the Open Inference Protocol (KServe V2).
-pub const APIS: &[&str] = &["stream", "unary", "v2"];
+pub(crate) const APIS: &[&str] = &["stream", "unary", "v2"];
 /// A sensor's or machine's condition (the `condition` label of [`MACHINES`], `to` of [`CONDITION_CHANGES`]).
-pub const CONDITIONS: &[&str] = &["normal", "fault", "sensor_fault", "unknown"];
+pub(crate) const CONDITIONS: &[&str] = &["normal", "fault", "sensor_fault", "unknown"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -83,7 +83,7 @@ const SCORE_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// Installs the process-wide recorder once (later calls reuse it) and describes every metric.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub(crate) fn install() -> Result<PrometheusHandle, String> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -108,7 +108,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// Creates the counters that dashboards and alerts read at zero, so rates work from the first window: windows by
 /// API, flags by reason, predictions by class, errors by reason and the code each maps to.
-pub fn zero_series(
+pub(crate) fn zero_series(
     classes: &[String],
     error_codes: &[(&'static str, &'static str)],
     endings: &[&'static str],
@@ -306,12 +306,12 @@ fn describe() {
 }
 
 /// Counts a request that ended with an error; `code` is the status the API answered with.
-pub fn record_error(reason: &'static str, code: &'static str) {
+pub(crate) fn record_error(reason: &'static str, code: &'static str) {
     counter!(ERRORS, "reason" => reason, "code" => code).increment(1);
 }
 
 /// Records a delivered window that got a class.
-pub fn record_classified(
+pub(crate) fn record_classified(
     api: &'static str,
     label: &str,
     uncertain: bool,
@@ -334,16 +334,16 @@ pub fn record_classified(
 }
 
 /// Records a delivered window that came back without a class.
-pub fn record_flagged(api: &'static str, reason: &'static str, latency: Duration) {
+pub(crate) fn record_flagged(api: &'static str, reason: &'static str, latency: Duration) {
     counter!(WINDOWS_FLAGGED, "api" => api, "reason" => reason).increment(1);
     histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
 }
 
 /// Series rendered at each scrape from state the recorder does not hold (the per-machine series).
-pub type Extra = std::sync::Arc<dyn Fn(&mut String) + Send + Sync>;
+pub(crate) type Extra = std::sync::Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// `GET /metrics`: the exposition of the process-wide recorder, then `extra`'s series.
-pub fn router(handle: PrometheusHandle, extra: Option<Extra>) -> axum::Router {
+pub(crate) fn router(handle: PrometheusHandle, extra: Option<Extra>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -364,7 +364,7 @@ pub fn router(handle: PrometheusHandle, extra: Option<Extra>) -> axum::Router {
 }
 
 /// Drains the recorder's histogram buffers every few seconds, so memory stays flat when nobody scrapes.
-pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
+pub(crate) async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -375,10 +375,10 @@ pub async fn upkeep(handle: PrometheusHandle, stop: tokio_util::sync::Cancellati
 }
 
 /// Counts open streams; the gauge goes down when the guard is dropped, however the stream ends.
-pub struct StreamGauge(());
+pub(crate) struct StreamGauge(());
 
 impl StreamGauge {
-    pub fn open() -> Self {
+    pub(crate) fn open() -> Self {
         gauge!(ACTIVE_STREAMS).increment(1.0);
         StreamGauge(())
     }

@@ -1,4 +1,4 @@
 //! Telemetry: every metric name and the recorder, and logging set-up. No protocol, no transport.
 
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;

@@ -15,16 +15,16 @@ use drsn_serve::pipeline::resample::StreamResampler;
 use drsn_serve::server::config::ServeConfig;
 use drsn_serve::server::{self, Running};
 
-pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub(crate) const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Metrics are process-wide: a test that asserts on gauges or exact counts holds this, so that in-process servers
 /// of other tests in the same binary do not move them meanwhile.
-pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+pub(crate) async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SERIAL.lock().await
 }
 
-pub fn model_card() -> PathBuf {
+pub(crate) fn model_card() -> PathBuf {
     Path::new(ROOT).join("models/drsn_cw_cwru.json")
 }
 
@@ -34,33 +34,33 @@ fn card() -> serde_json::Value {
 }
 
 /// The shipped model's window, in samples at its rate.
-pub fn window() -> usize {
+pub(crate) fn window() -> usize {
     card()["input"]["window"].as_u64().expect("input.window") as usize
 }
 
 /// The shipped model's default hop.
-pub fn hop() -> usize {
+pub(crate) fn hop() -> usize {
     card()["default_hop"].as_u64().expect("default_hop") as usize
 }
 
 /// The shipped model's version.
-pub fn model_version() -> String {
+pub(crate) fn model_version() -> String {
     card()["version"].as_str().expect("version").to_owned()
 }
 
 /// The shipped model's shrinkage units (the width of its `shrinkage` output).
-pub fn units() -> usize {
+pub(crate) fn units() -> usize {
     card()["shrinkage_units"].as_u64().expect("shrinkage_units") as usize
 }
 
 /// Windows a stream of `n` samples holds at window `w` and hop `h`.
-pub fn windows_in(n: usize, w: usize, h: usize) -> usize {
+pub(crate) fn windows_in(n: usize, w: usize, h: usize) -> usize {
     if n < w { 0 } else { (n - w) / h + 1 }
 }
 
 /// Server settings for tests: loopback, ephemeral ports, the shipped model on CPU. `extra` are CLI flags, and
 /// override these defaults.
-pub fn config(extra: &[&str]) -> ServeConfig {
+pub(crate) fn config(extra: &[&str]) -> ServeConfig {
     let card = model_card();
     let mut args = vec![
         "serve".to_owned(),
@@ -81,7 +81,7 @@ pub fn config(extra: &[&str]) -> ServeConfig {
     <ServeConfig as clap::Parser>::try_parse_from(args).expect("test flags parse")
 }
 
-pub async fn start(extra: &[&str]) -> TestServer {
+pub(crate) async fn start(extra: &[&str]) -> TestServer {
     TestServer(Some(
         server::start(config(extra)).await.expect("server starts"),
     ))
@@ -89,10 +89,10 @@ pub async fn start(extra: &[&str]) -> TestServer {
 
 /// A server started in-process for one test. `stop` drains it and waits until it has stopped; dropped without
 /// that (a test that failed), it still begins the drain, so nothing outlives the test's runtime by intent.
-pub struct TestServer(Option<Running>);
+pub(crate) struct TestServer(Option<Running>);
 
 impl TestServer {
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(running) = self.0.take() {
             running.shutdown();
             running.stopped().await;
@@ -115,12 +115,12 @@ impl Drop for TestServer {
     }
 }
 
-pub fn addr(running: &Running) -> String {
+pub(crate) fn addr(running: &Running) -> String {
     format!("http://{}", running.grpc_addr)
 }
 
 /// The CWRU data: `DRSN_CWRU_DIR`, else `../shared/data/cwru`; `None` when neither exists.
-pub fn cwru_dir() -> Option<PathBuf> {
+pub(crate) fn cwru_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("DRSN_CWRU_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join("../shared/data/cwru"));
@@ -130,7 +130,7 @@ pub fn cwru_dir() -> Option<PathBuf> {
 /// One 0 hp recording per class at the model's 12 kHz: (class label, samples). The whole file's test segment (its
 /// last 20%, which the model never trained on) from the CWRU data when present, else the committed 16,384-sample
 /// excerpts. The healthy baseline was recorded at 48 kHz: it is brought to 12 kHz by the server's own resampler.
-pub fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
+pub(crate) fn recordings() -> Vec<(String, Arc<Vec<f32>>)> {
     let (dir, test_segment) = match cwru_dir() {
         Some(d) => (d.join("0HP"), true),
         None => {
@@ -178,7 +178,7 @@ const MODEL_RATE_HZ: usize = 12_000;
 
 /// The rate a CWRU file was recorded at: 48 kHz for a healthy baseline (`normal_*`), else the 12 kHz of the fault
 /// files (the data folder's README).
-pub fn source_rate_hz(name: &str) -> Option<usize> {
+pub(crate) fn source_rate_hz(name: &str) -> Option<usize> {
     name.ends_with(".mat")
         .then_some(if name.starts_with("normal") {
             48_000
@@ -188,7 +188,7 @@ pub fn source_rate_hz(name: &str) -> Option<usize> {
 }
 
 /// samples at `rate` Hz brought to the model's 12 kHz by the server's stream resampler.
-pub fn to_model_rate(samples: &[f32], rate: usize) -> Vec<f32> {
+pub(crate) fn to_model_rate(samples: &[f32], rate: usize) -> Vec<f32> {
     let mut rs = StreamResampler::new(rate, MODEL_RATE_HZ, 1).expect("a supported ratio");
     let mut out = Vec::with_capacity(samples.len() * MODEL_RATE_HZ / rate + 64);
     rs.push(samples, &mut out).expect("resample");
@@ -197,7 +197,7 @@ pub fn to_model_rate(samples: &[f32], rate: usize) -> Vec<f32> {
 }
 
 /// The class label a CWRU file name stands for.
-pub fn label_of(name: &str) -> String {
+pub(crate) fn label_of(name: &str) -> String {
     if name.starts_with("normal") {
         return "normal".into();
     }
@@ -213,7 +213,7 @@ pub fn label_of(name: &str) -> String {
 }
 
 /// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`: memory now, and at its peak).
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     status
@@ -224,12 +224,12 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Fetches the Prometheus exposition from a running server.
-pub async fn scrape(running: &Running) -> String {
+pub(crate) async fn scrape(running: &Running) -> String {
     scrape_at(running.metrics_addr).await
 }
 
 /// Fetches the Prometheus exposition from a metrics address.
-pub async fn scrape_at(metrics: std::net::SocketAddr) -> String {
+pub(crate) async fn scrape_at(metrics: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(metrics)
         .await
@@ -248,7 +248,7 @@ pub async fn scrape_at(metrics: std::net::SocketAddr) -> String {
 }
 
 /// Value of the sample `name` (with exactly these labels, e.g. `{api="stream"}` or empty) in an exposition.
-pub fn metric(exposition: &str, series: &str) -> Option<f64> {
+pub(crate) fn metric(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|rest| rest.strip_prefix(' '))
@@ -257,7 +257,7 @@ pub fn metric(exposition: &str, series: &str) -> Option<f64> {
 }
 
 /// An `open` message for a mono stream.
-pub fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
+pub(crate) fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
     StreamDiagnoseRequest {
         message: Some(Message::Open(StreamOpen {
             machine_id: "m".into(),
@@ -272,7 +272,7 @@ pub fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
 }
 
 /// A chunk carried as packed floats.
-pub fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
+pub(crate) fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
     let samples = sample_chunk::Samples::Values(FloatSamples { values });
     StreamDiagnoseRequest {
         message: Some(Message::Chunk(SampleChunk {
@@ -283,7 +283,7 @@ pub fn chunk(first: u64, values: Vec<f32>) -> StreamDiagnoseRequest {
 }
 
 /// A chunk carried as little-endian f32 bytes.
-pub fn chunk_bytes(first: u64, values: &[f32]) -> StreamDiagnoseRequest {
+pub(crate) fn chunk_bytes(first: u64, values: &[f32]) -> StreamDiagnoseRequest {
     let samples =
         sample_chunk::Samples::F32le(values.iter().flat_map(|v| v.to_le_bytes()).collect());
     StreamDiagnoseRequest {
@@ -295,7 +295,7 @@ pub fn chunk_bytes(first: u64, values: &[f32]) -> StreamDiagnoseRequest {
 }
 
 /// Starts a StreamDiagnose call whose requests come from `rx`.
-pub async fn call(
+pub(crate) async fn call(
     addr: String,
     rx: tokio::sync::mpsc::Receiver<StreamDiagnoseRequest>,
 ) -> Result<tonic::Streaming<StreamDiagnoseResponse>, tonic::Status> {
@@ -307,7 +307,7 @@ pub async fn call(
 }
 
 /// The `drsn-serve serve` binary running in its own process on ephemeral ports; killed and reaped on drop.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: std::process::Child,
     /// `http://host:port` of its gRPC listener.
     pub addr: String,
@@ -322,11 +322,11 @@ pub struct ServerProcess {
 }
 
 /// Log lines a [`ServerProcess`] keeps for tests to read.
-pub const KEPT_LOG_LINES: usize = 1000;
+pub(crate) const KEPT_LOG_LINES: usize = 1000;
 
 impl ServerProcess {
     /// Starts the binary with `extra` flags and waits until it logs SERVING.
-    pub fn spawn(extra: &[&str]) -> Self {
+    pub(crate) fn spawn(extra: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
             .args([

@@ -7,7 +7,7 @@ use crate::condition::machines::{MachineChange, MachineView, Revision, SensorVie
 use crate::error::ServeError;
 use crate::pipeline::severity::Zone;
 
-pub fn condition(c: Condition) -> proto::Condition {
+pub(crate) fn condition(c: Condition) -> proto::Condition {
     match c {
         Condition::Normal => proto::Condition::Normal,
         Condition::Fault => proto::Condition::Fault,
@@ -28,7 +28,7 @@ fn condition_from(value: i32) -> Result<Condition, ServeError> {
     }
 }
 
-pub fn zone(z: Option<Zone>) -> VibrationZone {
+pub(crate) fn zone(z: Option<Zone>) -> VibrationZone {
     match z {
         None => VibrationZone::Unspecified,
         Some(Zone::A) => VibrationZone::A,
@@ -67,7 +67,7 @@ fn class_name(c: Option<usize>, classes: &[String]) -> String {
 }
 
 /// A sensor's condition as an event (or the condition a stream opens in, with `change` absent).
-pub fn sensor_condition(
+pub(crate) fn sensor_condition(
     ids: (&str, &str),
     now: &Snapshot,
     change: Option<(&Change, &State)>,
@@ -105,7 +105,7 @@ fn reason(r: Reason) -> ConditionReason {
     }
 }
 
-pub fn carry(s: &State) -> ConditionCarry {
+pub(crate) fn carry(s: &State) -> ConditionCarry {
     let (pending, pending_class, pending_since) = match s.pending {
         Some((c, k, since)) => (condition(c), k.map(|k| k as u32), since),
         None => (proto::Condition::Unspecified, None, 0),
@@ -129,7 +129,7 @@ pub fn carry(s: &State) -> ConditionCarry {
 }
 
 /// The state a resumed stream sent back; the condition stage checks it against the model.
-pub fn carry_from(c: ConditionCarry) -> Result<State, ServeError> {
+pub(crate) fn carry_from(c: ConditionCarry) -> Result<State, ServeError> {
     let pending = match c.pending {
         0 => None,
         p => Some((
@@ -171,7 +171,7 @@ fn sensor(v: &SensorView, classes: &[String]) -> proto::SensorState {
     }
 }
 
-pub fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCondition {
+pub(crate) fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCondition {
     proto::MachineCondition {
         machine_id: v.machine_id.clone(),
         condition: condition(v.condition) as i32,
@@ -184,7 +184,7 @@ pub fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCondition {
     }
 }
 
-pub fn list(
+pub(crate) fn list(
     revision: u64,
     machines: &[MachineView],
     classes: &[String],
@@ -195,7 +195,7 @@ pub fn list(
     }
 }
 
-pub fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEvent {
+pub(crate) fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEvent {
     use proto::machine_event::Event;
     let event = match &r.change {
         MachineChange::Changed(v) => Event::Changed(machine(v, classes)),
@@ -207,7 +207,7 @@ pub fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEvent {
     }
 }
 
-pub fn snapshot_event(
+pub(crate) fn snapshot_event(
     revision: u64,
     machines: &[MachineView],
     classes: &[String],

@@ -12,7 +12,7 @@ use crate::pipeline::quality::Flag;
 use crate::pipeline::spec::{Detail, StreamSpec};
 
 /// Builds results: model facts every result repeats, and how much detail the client asked for.
-pub struct Encoder {
+pub(crate) struct Encoder {
     pub model_name: String,
     pub model_version: String,
     pub classes: Vec<String>,
@@ -21,7 +21,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(model: &LoadedModel) -> Self {
+    pub(crate) fn new(model: &LoadedModel) -> Self {
         Self {
             model_name: model.card.name.clone(),
             model_version: model.card.version.clone(),
@@ -30,7 +30,7 @@ impl Encoder {
         }
     }
 
-    pub fn event(&self, event: StreamEvent, detail: Detail) -> StreamDiagnoseResponse {
+    pub(crate) fn event(&self, event: StreamEvent, detail: Detail) -> StreamDiagnoseResponse {
         let event = match event {
             StreamEvent::Window(w) => Event::Window(self.window(w, detail)),
             StreamEvent::Discontinuity(d) => Event::Discontinuity(proto::Discontinuity {
@@ -42,7 +42,7 @@ impl Encoder {
         StreamDiagnoseResponse { event: Some(event) }
     }
 
-    pub fn window(&self, w: WindowDiagnosis, detail: Detail) -> WindowResult {
+    pub(crate) fn window(&self, w: WindowDiagnosis, detail: Detail) -> WindowResult {
         let full = detail == Detail::Full;
         let mut r = WindowResult {
             window_index: w.place.index,
@@ -103,7 +103,7 @@ impl Encoder {
         r
     }
 
-    pub fn opened(&self, model: &LoadedModel, spec: &StreamSpec) -> StreamDiagnoseResponse {
+    pub(crate) fn opened(&self, model: &LoadedModel, spec: &StreamSpec) -> StreamDiagnoseResponse {
         let card = &model.card;
         StreamDiagnoseResponse {
             event: Some(Event::Opened(proto::StreamOpened {

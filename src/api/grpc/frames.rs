@@ -27,11 +27,11 @@ use crate::pipeline::budget::{RequestBudget, Reservation};
 
 /// The limit of every method that is neither a stream nor a unary call with samples (metadata, health): names
 /// and ids only.
-pub const SMALL_MESSAGE: usize = 64 << 10;
+pub(crate) const SMALL_MESSAGE: usize = 64 << 10;
 
 /// The message limits of the two gRPC services, from the settings.
 #[derive(Debug, Clone, Copy)]
-pub struct MessageLimits {
+pub(crate) struct MessageLimits {
     /// StreamDiagnose: one chunk.
     pub stream: usize,
     /// Diagnose and ModelInfer: `--max-unary-windows` windows.
@@ -39,7 +39,7 @@ pub struct MessageLimits {
 }
 
 impl MessageLimits {
-    pub fn new(pipeline: &Pipeline) -> Self {
+    pub(crate) fn new(pipeline: &Pipeline) -> Self {
         let model = pipeline.model();
         Self {
             stream: pipeline.limits().stream_message(model),
@@ -49,13 +49,13 @@ impl MessageLimits {
     }
 
     /// The largest message of any method: tonic's own limit, behind these.
-    pub fn largest(&self) -> usize {
+    pub(crate) fn largest(&self) -> usize {
         self.stream.max(self.unary).max(SMALL_MESSAGE)
     }
 }
 
 /// drsn.v1 `Diagnosis` behind its limits: streams to one chunk, Diagnose budgeted and its windows counted.
-pub fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Duration) -> Frames<S> {
+pub(crate) fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Duration) -> Frames<S> {
     let limits = MessageLimits::new(pipeline);
     let max_windows = pipeline.admission().max_unary_windows;
     let scan: Scan =
@@ -82,7 +82,7 @@ pub fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Duration) -> 
 
 /// V2 `GRPCInferenceService` behind its limits: ModelInfer budgeted and checked on the wire (`outputs`: how many
 /// outputs the model has).
-pub fn inference<S>(
+pub(crate) fn inference<S>(
     service: S,
     pipeline: &Pipeline,
     outputs: usize,
@@ -105,11 +105,11 @@ pub fn inference<S>(
 }
 
 /// A check of a whole unary message before it is decoded; the error is an answer already counted.
-pub type Scan = Arc<dyn Fn(&[u8]) -> Result<(), Status> + Send + Sync>;
+pub(crate) type Scan = Arc<dyn Fn(&[u8]) -> Result<(), Status> + Send + Sync>;
 
 /// The limit of one method (by its path, `/package.Service/Method`).
 #[derive(Clone)]
-pub struct Method {
+pub(crate) struct Method {
     pub path: &'static str,
     /// The largest message, in bytes.
     pub limit: usize,
@@ -128,13 +128,13 @@ struct Rules {
 
 /// The layer around one gRPC service.
 #[derive(Clone)]
-pub struct Frames<S> {
+pub(crate) struct Frames<S> {
     inner: S,
     rules: Arc<Rules>,
 }
 
 impl<S> Frames<S> {
-    pub fn new(
+    pub(crate) fn new(
         inner: S,
         methods: Vec<Method>,
         other: usize,

@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, ServeError};
 use crate::telemetry::logging::LogBudget;
 use crate::telemetry::metrics;
 
-pub fn code(kind: ErrorKind) -> Code {
+pub(crate) fn code(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::InvalidInput => Code::InvalidArgument,
         ErrorKind::Unauthenticated => Code::Unauthenticated,
@@ -20,7 +20,7 @@ pub fn code(kind: ErrorKind) -> Code {
 }
 
 /// The status a client gets for `err`; counted by reason and code, logged (server faults as errors).
-pub fn status(err: ServeError) -> Status {
+pub(crate) fn status(err: ServeError) -> Status {
     let code = code(err.kind());
     metrics::record_error(err.reason(), code_name(code));
     static FAILED: LogBudget = LogBudget::new("request_failed");
@@ -35,7 +35,7 @@ pub fn status(err: ServeError) -> Status {
 }
 
 /// Every (reason, code) pair this API can answer with, for the zero series.
-pub fn error_series() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn error_series() -> Vec<(&'static str, &'static str)> {
     let mut pairs: Vec<_> = ServeError::examples()
         .iter()
         .map(|e| (e.reason(), code_name(code(e.kind()))))
@@ -47,7 +47,7 @@ pub fn error_series() -> Vec<(&'static str, &'static str)> {
 }
 
 /// Classifies an error tonic reported while reading a client's messages.
-pub fn from_transport(status: &Status) -> ServeError {
+pub(crate) fn from_transport(status: &Status) -> ServeError {
     let text = status.message().to_owned();
     match status.code() {
         Code::OutOfRange | Code::ResourceExhausted => ServeError::MessageTooLarge(text),
@@ -56,7 +56,7 @@ pub fn from_transport(status: &Status) -> ServeError {
     }
 }
 
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

@@ -14,7 +14,7 @@ use crate::api::grpc::status::code_name;
 use crate::telemetry::metrics;
 
 #[derive(Debug, Clone)]
-pub struct TransportErrors<S>(pub S);
+pub(crate) struct TransportErrors<S>(pub S);
 
 impl<S: NamedService> NamedService for TransportErrors<S> {
     const NAME: &'static str = S::NAME;

@@ -16,7 +16,7 @@ impl From<Malformed> for ServeError {
 
 /// A field's value, as the wire carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Value<'a> {
+pub(crate) enum Value<'a> {
     Varint(u64),
     Fixed64,
     /// Length-delimited: bytes, a string, a message or a packed repeated field.
@@ -30,13 +30,13 @@ pub enum Value<'a> {
 const MAX_DEPTH: usize = 100;
 
 /// The fields of one message, in wire order: `(number, value)`; a malformed field ends the iteration.
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     buf: &'a [u8],
     failed: bool,
 }
 
 impl<'a> Fields<'a> {
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, failed: false }
     }
 
@@ -129,7 +129,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// How many elements a repeated scalar field's occurrence holds: a packed run of varints, or one element.
-pub fn varints(value: Value<'_>) -> usize {
+pub(crate) fn varints(value: Value<'_>) -> usize {
     match value {
         Value::Len(bytes) => bytes.iter().filter(|b| **b < 0x80).count(),
         _ => 1,
@@ -137,7 +137,7 @@ pub fn varints(value: Value<'_>) -> usize {
 }
 
 /// How many times field `number` occurs in `buf` (every occurrence of a repeated field is one element).
-pub fn count(buf: &[u8], number: u32) -> Result<usize, Malformed> {
+pub(crate) fn count(buf: &[u8], number: u32) -> Result<usize, Malformed> {
     let mut n = 0;
     for field in Fields::new(buf) {
         if field?.0 == number {
@@ -148,7 +148,7 @@ pub fn count(buf: &[u8], number: u32) -> Result<usize, Malformed> {
 }
 
 /// drsn.v1 `DiagnoseRequest`: at most `max_windows` windows, counted before any is decoded.
-pub fn check_diagnose(buf: &[u8], max_windows: usize) -> Result<(), ServeError> {
+pub(crate) fn check_diagnose(buf: &[u8], max_windows: usize) -> Result<(), ServeError> {
     let got = count(buf, 1)?;
     if got > max_windows {
         return Err(ServeError::TooManyWindows {

@@ -18,19 +18,19 @@ use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
 use crate::error::{ServeError, quote};
 
 /// The methods a probe calls without a token.
-pub const OPEN_METHODS: &[&str] = &[
+pub(crate) const OPEN_METHODS: &[&str] = &[
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
 ];
 
 /// The path of ModelInfer, the one V2 call that carries samples.
-pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 #[derive(Clone)]
-pub struct InferenceService(pub Arc<V2>);
+pub(crate) struct InferenceService(pub Arc<V2>);
 
 /// The status for a V2 error, counted.
-pub fn status(err: V2Error) -> Status {
+pub(crate) fn status(err: V2Error) -> Status {
     let code = err.kind().map_or(Code::NotFound, code);
     err.record(code_name(code));
     if code == Code::Internal {
@@ -195,16 +195,16 @@ fn input_tensor(r: &mut pb::ModelInferRequest) -> Result<Tensor, V2Error> {
 }
 
 /// Most entries of one `parameters` map.
-pub const MAX_PARAMETERS: usize = 64;
+pub(crate) const MAX_PARAMETERS: usize = 64;
 /// Most dimensions of the input's shape.
-pub const MAX_DIMS: usize = 8;
+pub(crate) const MAX_DIMS: usize = 8;
 
 /// Checks an encoded ModelInferRequest on the wire, before prost decodes it, for what the model could never take:
 /// more than one input or raw_input_contents, more outputs than the model has, typed contents other than FP32,
 /// more than [`MAX_PARAMETERS`] parameters in a map, a shape of more than [`MAX_DIMS`] dimensions. Each repeated
 /// element would otherwise become a heap object from as little as two bytes; every occurrence of a singular message
 /// field is scanned, as prost merges them.
-pub fn check_infer(buf: &[u8], max_outputs: usize) -> Result<(), V2Error> {
+pub(crate) fn check_infer(buf: &[u8], max_outputs: usize) -> Result<(), V2Error> {
     let refuse = |text: String| Err(V2Error::Tensor(text));
     let (mut inputs, mut outputs, mut raws, mut parameters) = (0, 0, 0, 0);
     let mut dims = 0;

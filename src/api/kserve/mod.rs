@@ -9,10 +9,10 @@
 //! `ok`, `uncertain`, `invalid_signal:<reason>`, `shed`). A window without a class has an empty label and zeros in
 //! its numeric rows: read `status` before them.
 
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod proto;
-pub mod rest;
-pub mod tensor;
+pub(crate) mod rest;
+pub(crate) mod tensor;
 
 use std::sync::Arc;
 

@@ -44,7 +44,7 @@ struct Ctx {
 }
 
 /// The V2 REST routes; `max_body` bounds a request's body, `max_values` its tensor's values.
-pub fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize, max_values: usize) -> Router {
+pub(crate) fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize, max_values: usize) -> Router {
     Router::new()
         .route(
             "/v2/health/live",
@@ -866,7 +866,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 /// Reads a request body of at most `max` bytes by `deadline`; `expected` (its Content-Length) sizes the buffer. A
 /// slow body is counted (`drsn_connections_closed_total{reason="slow"}`): answer it and the connection closes, since
 /// the rest of the body is never read.
-pub async fn read_body(
+pub(crate) async fn read_body(
     body: Body,
     expected: Option<usize>,
     max: usize,

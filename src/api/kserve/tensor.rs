@@ -38,7 +38,7 @@ impl Tensor {
 }
 
 /// Elements a shape holds, if every dimension is known and non-negative.
-pub fn elements(shape: &[i64]) -> Option<usize> {
+pub(crate) fn elements(shape: &[i64]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, &d| {
         usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
     })
@@ -48,7 +48,7 @@ pub fn elements(shape: &[i64]) -> Option<usize> {
 const SHOWN_DIMS: usize = 8;
 
 /// A client's shape as an error quotes it: at most [`SHOWN_DIMS`] dimensions.
-pub fn shape_text(shape: &[i64]) -> String {
+pub(crate) fn shape_text(shape: &[i64]) -> String {
     if shape.len() <= SHOWN_DIMS {
         return format!("{shape:?}");
     }
@@ -76,7 +76,7 @@ fn values_of(name: &str, shape: &[i64]) -> Result<usize, V2Error> {
 }
 
 /// Float elements from raw little-endian bytes, for a tensor of `shape`.
-pub fn f32_from_raw(name: &str, shape: &[i64], bytes: &[u8]) -> Result<Vec<f32>, V2Error> {
+pub(crate) fn f32_from_raw(name: &str, shape: &[i64], bytes: &[u8]) -> Result<Vec<f32>, V2Error> {
     let want = values_of(name, shape)?;
     if bytes.len() != want * 4 {
         return Err(V2Error::Tensor(format!(
@@ -95,7 +95,7 @@ pub fn f32_from_raw(name: &str, shape: &[i64], bytes: &[u8]) -> Result<Vec<f32>,
 
 /// The windows in the model's input tensor: name, datatype and shape `[N, channels, window]` (N >= 1) must match
 /// `meta`; samples must be finite. Windows come out as interleaved frames, as the pipeline takes them.
-pub fn windows(
+pub(crate) fn windows(
     input: Tensor,
     meta: &TensorMeta,
     channels: usize,
