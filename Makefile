@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 REQS := models/training/requirements.txt
 DEPLOY_REQS := deploy/tests/requirements.txt
 V2_REQS := tests/v2/requirements.txt
+CLIENT_REQS := clients/python/requirements-dev.txt
 # The ONNX Runtime release, pinned (with its hash) in one place; the build, the image and the tests read it there.
 ORT_VERSION := $(shell sed -n 's/^onnxruntime==\([0-9.]*\).*/\1/p' deploy/ort/onnxruntime-cpu.txt)
 ORT_LIB := libonnxruntime.so.$(ORT_VERSION)
@@ -16,7 +17,7 @@ export DRSN_SERVE_BIN := $(abspath $(BIN))
 # Where pip fetches the ONNX Runtime wheel for: the library inside serves any Python, or none.
 WHEEL_TARGET := --only-binary=:all: --no-deps --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
 
-.PHONY: help serve test lint pytest rust-test v2-test bench-v2 deploy-test deploy-gen image-test local-stack build dist bench soak ort ort-gpu \
+.PHONY: help serve test lint pytest rust-test v2-test client-test bench-v2 deploy-test deploy-gen image-test local-stack build dist bench soak ort ort-gpu \
 	reproduce study venv condition-study
 
 help:
@@ -78,10 +79,10 @@ soak: ort
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: $(REQS) $(DEPLOY_REQS) $(V2_REQS)
+$(VENV)/.installed: $(REQS) $(DEPLOY_REQS) $(V2_REQS) $(CLIENT_REQS) clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r $(REQS) -r $(DEPLOY_REQS) -r $(V2_REQS)
+	$(PY) -m pip install --quiet -r $(REQS) -r $(DEPLOY_REQS) -r $(V2_REQS) -r $(CLIENT_REQS)
 	touch $@
 
 lint: venv
@@ -91,6 +92,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check deploy
 	$(VENV)/bin/ruff check --line-length 120 tests/v2
 	$(VENV)/bin/ruff format --check --line-length 120 tests/v2
+	cd clients/python && ../../$(VENV)/bin/ruff check . && ../../$(VENV)/bin/ruff format --check .
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
@@ -103,6 +105,10 @@ rust-test: ort
 # After rust-test: the Open Inference Protocol conformance tests run the unmodified tritonclient against the binary.
 v2-test: venv ort build
 	$(PY) -m pytest -q tests/v2
+
+# The gateway client library (clients/python) against real servers: drained, killed, aged out and restarted replicas.
+client-test: venv ort build
+	$(PY) -m pytest -q clients/python/tests
 
 # After rust-test: the live checks run the release binary with .ort/ (build is a no-op by then).
 deploy-test: venv ort build
@@ -121,7 +127,7 @@ image-test: venv ort build
 local-stack: ort build
 	bash deploy/local-stack.sh $(ARGS)
 
-test: lint pytest rust-test v2-test deploy-test
+test: lint pytest rust-test v2-test client-test deploy-test
 
 reproduce: venv
 	cd models/training && ../../$(PY) -m drsntrain reproduce

@@ -205,6 +205,21 @@ pub enum ServeError {
 }
 
 impl ServeError {
+    /// Where the stream this error ended goes on: `Some(Some(n))` from sample n, `Some(None)` from its start (none
+    /// of it was received); `None` when it should not be resumed as it was (bad input, limits).
+    pub fn resume(&self) -> Option<Option<u64>> {
+        match self {
+            Self::ShuttingDown { resume }
+            | Self::ConnectionAged { resume }
+            | Self::IdleTimeout { resume, .. } => Some(resume.0),
+            Self::DrainTimeout { resume_from }
+            | Self::Resample { resume_from, .. }
+            | Self::Inference { resume_from, .. }
+            | Self::ReaderFailed { resume_from } => Some(Some(*resume_from)),
+            _ => None,
+        }
+    }
+
     /// A short, bounded label for the errors metric.
     pub fn reason(&self) -> &'static str {
         match self {

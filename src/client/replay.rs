@@ -17,7 +17,7 @@ use crate::api::grpc::proto::{
     SensorCondition, StreamDiagnoseRequest, StreamOpen, StreamOpened, VibrationZone, WindowResult,
     WindowStatus,
 };
-use crate::api::grpc::service::CONDITION_TRAILER;
+use crate::api::grpc::service::{CONDITION_TRAILER, RESUME_TRAILER};
 use crate::client::connect::{Client, ConnectArgs};
 use crate::client::recording::{ReadOptions, read_recording};
 use crate::client::samples::{Wire, WireChoice};
@@ -249,6 +249,17 @@ pub fn resume_point(status: &Status) -> Option<Option<u64>> {
     if status.code() != tonic::Code::Unavailable {
         return None;
     }
+    if let Some(at) = status
+        .metadata()
+        .get(RESUME_TRAILER)
+        .and_then(|v| v.to_str().ok())
+    {
+        return match at {
+            "start" => Some(None),
+            n => n.parse().ok().map(Some),
+        };
+    }
+    // A server from before the trailer: the message says it.
     let text = status.message();
     let Some(at) = text.find("resume from sample ") else {
         return text.contains("send the stream again").then_some(None);

@@ -63,9 +63,20 @@ impl DiagnosisService {
 /// The trailer a stream's ending status carries its condition state in: send it back as `resume_condition`.
 pub const CONDITION_TRAILER: &str = "drsn-condition-bin";
 
-/// The status a stream ends with, carrying the condition state to resume with.
+/// The trailer that says where an ended stream goes on, for clients to read rather than parse the message: the
+/// first sample index to send on a new stream, or `start` (none of the stream was received).
+pub const RESUME_TRAILER: &str = "drsn-resume-from";
+
+/// The status a stream ends with, carrying where to resume and the condition state to resume with.
 fn ending(end: Ending) -> Status {
+    let resume = end.error.resume();
     let mut status = status::status(end.error);
+    if let Some(at) = resume {
+        let text = at.map_or_else(|| "start".to_owned(), |n| n.to_string());
+        if let Ok(value) = text.parse() {
+            status.metadata_mut().insert(RESUME_TRAILER, value);
+        }
+    }
     let bytes = prost::Message::encode_to_vec(&condition::carry(&end.carry));
     status.metadata_mut().insert_bin(
         CONDITION_TRAILER,
