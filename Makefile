@@ -93,6 +93,8 @@ lint: venv
 	$(VENV)/bin/ruff check --line-length 120 tests/v2
 	$(VENV)/bin/ruff format --check --line-length 120 tests/v2
 	cd clients/python && ../../$(VENV)/bin/ruff check . && ../../$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --line-length 120 examples
+	$(VENV)/bin/ruff format --check --line-length 120 examples
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
 
@@ -106,7 +108,8 @@ rust-test: ort
 v2-test: venv ort build
 	$(PY) -m pytest -q tests/v2
 
-# The gateway client library (clients/python) against real servers: drained, killed, aged out and restarted replicas.
+# The gateway client library (clients/python) against real servers: drained, killed, aged out and restarted replicas;
+# and the examples that use it.
 client-test: venv ort build
 	$(PY) -m pytest -q clients/python/tests
 

@@ -1,0 +1,56 @@
+"""The examples run against a real server: the DAQ gateway with a 16-bit WAV (sent as codes) and with a CSV."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from drsn_client import Client, Window
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "python"
+SAMPLES = 60_000
+
+
+def run(*args: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "daq_gateway.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def labels(lines: list[str]) -> list[str]:
+    return [line.rsplit(": ", 1)[1] for line in lines if line.startswith("window ")]
+
+
+def test_the_daq_gateway_streams_a_csv_and_a_16_bit_wav(tmp_path, recording, lone_server):
+    samples = recording[:SAMPLES]
+    direct = []
+    with Client(lone_server.addr).stream("m", "s", 12_000.0) as stream:
+        stream.send(samples)
+        stream.close()
+        direct = [e.label for e in stream if isinstance(e, Window)]
+    assert len(direct) == (SAMPLES - 8192) // 4096 + 1
+
+    csv = tmp_path / "pump.csv"
+    np.savetxt(csv, samples, fmt="%.9g")
+    lines = run(str(csv), "--rate", "12000", "--addr", lone_server.addr, "--speed", "50")
+    assert labels(lines) == direct and lines[-1].startswith("done: resumed 0")
+
+    full_scale = float(np.abs(samples).max()) * 1.1
+    codes = np.round(samples / full_scale * 32767).astype("<i2")
+    wav = tmp_path / "pump.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(12_000)
+        w.writeframes(codes.tobytes())
+    lines = run(str(wav), "--scale", str(full_scale), "--addr", lone_server.addr, "--speed", "50")
+    # 16-bit codes of the same signal: the same windows, the classes of a signal quantised to 16 bits.
+    got = labels(lines)
+    assert len(got) == len(direct)
+    assert sum(a == b for a, b in zip(got, direct)) >= len(direct) - 1
