@@ -95,7 +95,12 @@ async fn a_quiet_stream_is_closed_with_a_resume_point() {
     );
     // And the trailer says it for programs.
     assert_eq!(
-        status.metadata().get("drsn-resume-from").unwrap().to_str().unwrap(),
+        status
+            .metadata()
+            .get("drsn-resume-from")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         h.to_string()
     );
     assert!(started.elapsed() < Duration::from_secs(5));

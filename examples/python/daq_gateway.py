@@ -11,9 +11,9 @@ import argparse
 import threading
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
-
 from drsn_client import Adc, Client, ConditionChange, Window
 
 BLOCK_S = 0.1  # a DAQ block
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--token-file")
     args = p.parse_args()
     samples, rate, adc = read(args.recording, args.rate, args.scale)
-    token = open(args.token_file).read().strip() if args.token_file else None
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
     client = Client(args.addr, token=token)
     with client.stream(args.machine_id, args.sensor_id, rate, adc=adc) as stream:
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+
 from drsn_client import Client, Window
 from drsn_client import aio as drsn_aio
 

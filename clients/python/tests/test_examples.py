@@ -17,7 +17,11 @@ SAMPLES = 60_000
 
 def run(*args: str) -> list[str]:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "daq_gateway.py"), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(EXAMPLES / "daq_gateway.py"), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
