@@ -1,4 +1,5 @@
-"""The examples run against a real server: the DAQ gateway with a 16-bit WAV (sent as codes) and with a CSV."""
+"""The examples run against a real server: the DAQ gateway with a 16-bit WAV (sent as codes) and with a CSV, and the
+multi-sensor gateway with three sensors of two machines over one connection."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "python"
 SAMPLES = 60_000
 
 
-def run(*args: str) -> list[str]:
+def run(*args: str, example: str = "daq_gateway.py") -> list[str]:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / "daq_gateway.py"), *args],
+        [sys.executable, str(EXAMPLES / example), *args],
         check=False,
         capture_output=True,
         text=True,
@@ -58,3 +59,21 @@ def test_the_daq_gateway_streams_a_csv_and_a_16_bit_wav(tmp_path, recording, lon
     got = labels(lines)
     assert len(got) == len(direct)
     assert sum(a == b for a, b in zip(got, direct)) >= len(direct) - 1
+
+
+def test_the_multi_sensor_gateway_streams_every_sensor_of_every_machine(tmp_path, recording, lone_server):
+    specs, counts = [], {}
+    for n, (ids, length) in enumerate(
+        [("pump-7:drive-end", 30_000), ("pump-7:fan-end", 40_000), ("fan-2:bearing", 50_000)]
+    ):
+        csv = tmp_path / f"{n}.csv"
+        np.savetxt(csv, recording[n * 20_000 : n * 20_000 + length], fmt="%.9g")
+        specs.append(f"{ids}={csv}")
+        counts[ids.replace(":", "/")] = (length - 8192) // 4096 + 1
+    lines = run(
+        *specs, "--rate", "12000", "--addr", lone_server.addr, "--speed", "50", example="multi_sensor_gateway.py"
+    )
+    for sensor, count in counts.items():
+        indices = [int(x.split("window ")[1].split(":")[0]) for x in lines if x.startswith(f"{sensor} window ")]
+        assert indices == list(range(count)), sensor
+        assert f"{sensor} done: 0 resume(s)" in lines

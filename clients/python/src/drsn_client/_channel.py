@@ -1,6 +1,6 @@
 """How a connection to a replica is made, for both clients: TLS or mutual TLS, the bearer token, and channel options
-(keepalive that finds a dead replica, a connection of its own per channel so that a new call may reach a new replica,
-gRPC's own retries off: the stream resumes itself)."""
+(keepalive that finds a dead replica, quick reconnection to a replica that comes back, gRPC's own retries off: the
+stream resumes itself)."""
 
 from __future__ import annotations
 
@@ -47,8 +47,13 @@ class ChannelConfig:
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.enable_retries", 0),
-            # Without this, channels to one address share one connection: a "new" connection would be the old one.
+            # A client's connection is its own (not shared with other clients in the process).
             ("grpc.use_local_subchannel_pool", 1),
+            # A replica that comes back (a restart on the same address) is reconnected to within a second or so,
+            # not after gRPC's default backoff of up to two minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         if server_name and self.tls is not None:
             options.append(("grpc.ssl_target_name_override", server_name))

@@ -29,6 +29,9 @@ RETRYABLE = frozenset(
     }
 )
 
+# Endings that mean the connection is done (a drain, its maximum age, a replica gone): the next call needs a new one.
+RETIRE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+
 DETAIL = {"compact": pb.RESULT_DETAIL_COMPACT, "full": pb.RESULT_DETAIL_FULL}
 
 

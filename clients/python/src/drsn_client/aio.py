@@ -13,7 +13,7 @@ import grpc
 import grpc.aio
 
 from drsn_client._channel import ChannelConfig, Tls
-from drsn_client._core import Adc, Backoff, BufferFull, Event, Sensor, Stats, StreamError, StreamState, Targets
+from drsn_client._core import RETIRE, Adc, Backoff, BufferFull, Event, Sensor, Stats, StreamError, StreamState, Targets
 from drsn_client._proto import diagnosis_pb2_grpc as rpc
 
 log = logging.getLogger("drsn_client")
@@ -35,13 +35,39 @@ class Client:
         self.targets = Targets(addresses)
         self.config = ChannelConfig(tls, token)
         self.backoff = (backoff_base, backoff_cap)
+        # One connection per replica address, shared by every stream of this client (a gateway's sensors go over
+        # one connection); a stream that has to move takes the next address.
+        self._channels: dict = {}
 
     def channel(self) -> tuple[grpc.aio.Channel, str]:
         address, server_name = self.targets.next()
-        options = self.config.options(server_name)
-        if self.config.tls is None:
-            return grpc.aio.insecure_channel(address, options), address
-        return grpc.aio.secure_channel(address, self.config.tls.credentials(), options), address
+        channel = self._channels.get(address)
+        if channel is None:
+            options = self.config.options(server_name)
+            if self.config.tls is None:
+                channel = grpc.aio.insecure_channel(address, options)
+            else:
+                channel = grpc.aio.secure_channel(address, self.config.tls.credentials(), options)
+            self._channels[address] = channel
+        return channel, address
+
+    async def close(self) -> None:
+        """Closes the connections (streams still open on them end)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def retire(self, address: str, channel) -> None:
+        """A connection the server is done with (draining, aged, gone): the next stream to this address gets a new
+        one. Streams still on the old one end on their own; it is closed once none holds it."""
+        if self._channels.get(address) is channel:
+            del self._channels[address]
 
     def stream(
         self,
@@ -167,10 +193,11 @@ class SensorStream:
                     async with self._cond:
                         self._active = None
                         self._cond.notify_all()
-                    await channel.close()
                 async with self._cond:
                     end = self.state.on_end(code, details, trailers)
                     delivered = self.state.call_delivered
+                if code in RETIRE:
+                    self.client.retire(address, channel)
                 if end.done:
                     break
                 if end.error is not None:
