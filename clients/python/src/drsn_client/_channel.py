@@ -4,10 +4,14 @@ stream resumes itself)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from drsn_client._core import Adc, Sensor, Targets
 
 # A ping this often finds a replica that vanished without closing the connection; no answer in the timeout breaks it.
 KEEPALIVE_MS = 20_000
@@ -61,3 +65,73 @@ class ChannelConfig:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+class Replicas:
+    """What both clients share: the addresses to try in turn, one connection per address shared by every stream of
+    the client (a gateway's sensors go over one connection), and how a stream is described. A subclass says how a
+    channel is made (`_open`) and what a stream is (`_stream`)."""
+
+    _stream: type
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        token: str | None = None,
+        tls: Tls | None = None,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 10.0,
+    ):
+        self.targets = Targets(addresses)
+        self.config = ChannelConfig(tls, token)
+        self.backoff = (backoff_base, backoff_cap)
+        self._channels: dict = {}
+        self._lock = threading.Lock()
+
+    def _open(self, address: str, options: list, credentials: grpc.ChannelCredentials | None):
+        raise NotImplementedError
+
+    def channel(self):
+        """The next address, and the connection to it (made on first use)."""
+        with self._lock:
+            address, server_name = self.targets.next()
+            channel = self._channels.get(address)
+            if channel is None:
+                credentials = self.config.tls.credentials() if self.config.tls is not None else None
+                channel = self._open(address, self.config.options(server_name), credentials)
+                self._channels[address] = channel
+            return channel, address
+
+    def retire(self, address: str, channel) -> None:
+        """A connection the server is done with (draining, aged, gone): the next stream to this address gets a new
+        one. Streams still on the old one end on their own; it is closed once none holds it."""
+        with self._lock:
+            if self._channels.get(address) is channel:
+                del self._channels[address]
+
+    def _take_channels(self) -> list:
+        with self._lock:
+            channels, self._channels = list(self._channels.values()), {}
+        return channels
+
+    def stream(
+        self,
+        machine_id: str,
+        sensor_id: str,
+        sample_rate_hz: float,
+        *,
+        channels: int = 1,
+        hop: int = 0,
+        detail: str = "compact",
+        adc: Adc | None = None,
+        first_sample_index: int = 0,
+        max_buffered_seconds: float = 60.0,
+        on_resume=None,
+    ):
+        """A sensor's stream. It holds up to `max_buffered_seconds` of samples the server has not answered for;
+        `on_resume(stats, address)` is called before each new call after the first."""
+        sensor = Sensor(
+            machine_id, sensor_id, sample_rate_hz, channels, hop, detail, adc=adc, first_sample_index=first_sample_index
+        )
+        return self._stream(self, sensor, max(1, int(max_buffered_seconds * sample_rate_hz)), on_resume)

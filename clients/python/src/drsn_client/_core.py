@@ -3,6 +3,7 @@ answered, where a new call starts, which windows were already delivered, how a c
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ import grpc
 import numpy as np
 
 from drsn_client._proto import diagnosis_pb2 as pb
+
+log = logging.getLogger("drsn_client")
 
 # The trailers a stream's ending status carries: where to go on (a sample index, or `start`), and the sensor's
 # condition state to send back as `resume_condition`.
@@ -353,6 +356,24 @@ class StreamState:
         # Never before what is held (released samples were answered for), never past what was sent.
         self.resume_at = min(max(resume, self.held_from()), self.next_index)
         return End(retry=True, resume_at=self.resume_at)
+
+    def plan_retry(self, code: grpc.StatusCode, end: End, address: str, backoff: Backoff) -> tuple[float, bool]:
+        """After a call that ended to be resumed: how long to wait before the next one (backoff, reset once a call
+        has delivered), logged; and whether to wait for new samples first (a stream the server closed as idle)."""
+        if self.call_delivered:
+            backoff.reset()
+        delay = backoff.next()
+        s = self.sensor
+        log.info(
+            "stream %s/%s ended with %s on %s; resuming from sample %d in %.2fs",
+            s.machine_id,
+            s.sensor_id,
+            code.name,
+            address,
+            end.resume_at,
+            delay,
+        )
+        return delay, code == grpc.StatusCode.DEADLINE_EXCEEDED
 
     def finished(self) -> bool:
         """Nothing more to do: the gateway closed, and no call is needed for what remains."""

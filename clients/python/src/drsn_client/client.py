@@ -4,63 +4,32 @@ order. gRPC runs the calls on its own threads; one driver thread per stream open
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Self
 
 import grpc
 
-from drsn_client._channel import ChannelConfig, Tls
-from drsn_client._core import RETIRE, Adc, Backoff, BufferFull, Event, Sensor, Stats, StreamError, StreamState, Targets
+from drsn_client._channel import Replicas, Tls
+from drsn_client._core import RETIRE, Adc, Backoff, BufferFull, Event, Sensor, Stats, StreamError, StreamState
 from drsn_client._proto import diagnosis_pb2_grpc as rpc
 
-log = logging.getLogger("drsn_client")
 _DONE = object()
 
 
-class Client:
-    """Replicas to stream to: a list of `host:port` (tried in turn) or a DNS name standing for several."""
+class Client(Replicas):
+    """Replicas to stream to: a list of `host:port` (tried in turn) or a DNS name standing for several. `stream(...)`
+    opens a sensor's stream (use it with `with`)."""
 
-    def __init__(
-        self,
-        addresses: str | Sequence[str],
-        *,
-        token: str | None = None,
-        tls: Tls | None = None,
-        backoff_base: float = 0.1,
-        backoff_cap: float = 10.0,
-    ):
-        self.targets = Targets(addresses)
-        self.config = ChannelConfig(tls, token)
-        self.backoff = (backoff_base, backoff_cap)
-        # One connection per replica address, shared by every stream of this client (a gateway's sensors go over
-        # one connection); a stream that has to move takes the next address.
-        self._channels: dict = {}
-        self._lock = threading.Lock()
-
-    def channel(self) -> tuple[grpc.Channel, str]:
-        with self._lock:
-            return self._channel()
-
-    def _channel(self) -> tuple[grpc.Channel, str]:
-        address, server_name = self.targets.next()
-        channel = self._channels.get(address)
-        if channel is None:
-            options = self.config.options(server_name)
-            if self.config.tls is None:
-                channel = grpc.insecure_channel(address, options)
-            else:
-                channel = grpc.secure_channel(address, self.config.tls.credentials(), options)
-            self._channels[address] = channel
-        return channel, address
+    def _open(self, address, options, credentials) -> grpc.Channel:
+        if credentials is None:
+            return grpc.insecure_channel(address, options)
+        return grpc.secure_channel(address, credentials, options)
 
     def close(self) -> None:
         """Closes the connections (streams still open on them end)."""
-        with self._lock:
-            channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
+        for channel in self._take_channels():
             channel.close()
 
     def __enter__(self) -> Self:
@@ -68,34 +37,6 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def retire(self, address: str, channel) -> None:
-        """A connection the server is done with (draining, aged, gone): the next stream to this address gets a new
-        one. Streams still on the old one end on their own; it is closed once none holds it."""
-        with self._lock:
-            if self._channels.get(address) is channel:
-                del self._channels[address]
-
-    def stream(
-        self,
-        machine_id: str,
-        sensor_id: str,
-        sample_rate_hz: float,
-        *,
-        channels: int = 1,
-        hop: int = 0,
-        detail: str = "compact",
-        adc: Adc | None = None,
-        first_sample_index: int = 0,
-        max_buffered_seconds: float = 60.0,
-        on_resume=None,
-    ) -> SensorStream:
-        """A sensor's stream (open it with `with`). It holds up to `max_buffered_seconds` of samples the server has
-        not answered for; `on_resume(stats, address)` is called before each new call after the first."""
-        sensor = Sensor(
-            machine_id, sensor_id, sample_rate_hz, channels, hop, detail, adc=adc, first_sample_index=first_sample_index
-        )
-        return SensorStream(self, sensor, max(1, int(max_buffered_seconds * sample_rate_hz)), on_resume)
 
 
 class SensorStream:
@@ -218,7 +159,6 @@ class SensorStream:
                     self._active = None
                     self._cond.notify_all()
                     end = self.state.on_end(code, details, trailers)
-                    delivered = self.state.call_delivered
                 if code in RETIRE:
                     self.client.retire(address, channel)
                 if end.done:
@@ -226,19 +166,7 @@ class SensorStream:
                 if end.error is not None:
                     self._fail(end.error)
                     return
-                if delivered:
-                    backoff.reset()
-                delay = backoff.next()
-                log.info(
-                    "stream %s/%s ended with %s on %s; resuming from sample %d in %.2fs",
-                    self.state.sensor.machine_id,
-                    self.state.sensor.sensor_id,
-                    code.name,
-                    address,
-                    end.resume_at,
-                    delay,
-                )
-                wait_for_samples = code == grpc.StatusCode.DEADLINE_EXCEEDED
+                delay, wait_for_samples = self.state.plan_retry(code, end, address, backoff)
                 if self._cancelled.wait(delay):
                     return
             self._put(_DONE)
@@ -285,3 +213,5 @@ class SensorStream:
 
 
 __all__ = ["Adc", "BufferFull", "Client", "SensorStream", "StreamError", "Tls"]
+
+Client._stream = SensorStream
