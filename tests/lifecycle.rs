@@ -304,3 +304,50 @@ async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_
     assert_eq!(starts, expected);
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_stream_hands_over_and_its_unanswered_windows_are_computed_again() {
+    let a = common::ServerProcess::spawn(&["--workers", "1"]);
+    let b = common::ServerProcess::spawn(&["--workers", "1"]);
+    let (_, samples) = common::recordings().remove(6);
+    let (w, h) = (common::window() as u64, common::hop() as u64);
+    // Seven windows at real-time pace (about 2.7 s): the kill lands mid-stream.
+    let frames = w + 6 * h;
+    let target = |addr: &str| drsn_serve::client::connect::ConnectArgs {
+        addr: addr.to_owned(),
+        ..Default::default()
+    };
+    let reference = replay::stream_resuming(
+        &[target(&b.addr)],
+        samples.clone(),
+        StreamPlan::new(12_000.0, frames),
+        0,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut plan = StreamPlan::new(12_000.0, frames);
+    plan.realtime = true;
+    let targets = [target(&a.addr), target(&b.addr)];
+    let victim = std::sync::Mutex::new(Some(a));
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let out = replay::stream_resuming(&targets, samples, plan, 5, |_| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            // SIGKILL (dropping the process kills it): no drain, no status, no resume point.
+            drop(victim.lock().unwrap().take());
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.is_none(), "{:?}", out.status);
+    assert!(out.resumed >= 1, "the stream never moved");
+    let key = |o: &replay::StreamOutcome| -> Vec<(u64, String)> {
+        o.windows
+            .iter()
+            .map(|r| (r.first_sample_index, r.label.clone()))
+            .collect()
+    };
+    // Every window once, in order, with the class an uninterrupted run gives it.
+    assert_eq!(key(&out), key(&reference));
+    assert_eq!(out.windows.len() as u64, (frames - w) / h + 1);
+}

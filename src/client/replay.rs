@@ -95,6 +95,8 @@ pub struct StreamOutcome {
     pub condition: Option<SensorCondition>,
     /// The latest condition state the server gave (a change's carry, or the ending status's trailer).
     pub carry: Option<ConditionCarry>,
+    /// The first sample index of the last window delivered: a stream broken without a resume point goes on after it.
+    pub last_window_start: Option<u64>,
 }
 
 /// What a window's result amounts to, for counting: its class, or why it has none.
@@ -175,6 +177,7 @@ pub async fn stream_samples(
                         out.latencies_us.push(t.elapsed().as_micros() as u64);
                     }
                     on_window(&w);
+                    out.last_window_start = Some(w.first_sample_index);
                     out.window_count += 1;
                     *out.class_counts.entry(outcome(&w)).or_default() += 1;
                     out.out_of_distribution += u64::from(w.out_of_distribution);
@@ -274,10 +277,49 @@ pub fn resume_point(status: &Status) -> Option<Option<u64>> {
     )
 }
 
-/// Streams like [`stream_samples`], and when the server ends the stream with UNAVAILABLE and a resume point (a
-/// drain, a connection at its maximum age), connects again to the next of `targets` (round-robin: a new
-/// connection, which may reach another replica) and carries on from that sample, as a gateway should. At most
-/// `retries` resumptions.
+/// Client samples from one window's start to the next: the model-rate hop at the stream's rate.
+fn client_hop(opened: &StreamOpened, sample_rate_hz: f64) -> u64 {
+    let ratio = sample_rate_hz / opened.model_sample_rate_hz.max(f64::MIN_POSITIVE);
+    ((f64::from(opened.hop) * ratio).round() as u64).max(1)
+}
+
+/// Where to go on after `status`: the point the server named; after a broken connection or a failed replica
+/// (UNAVAILABLE, INTERNAL or UNKNOWN without one), the window after the last one delivered, so that the windows
+/// the replica never answered are computed again elsewhere; `None` for an ending that resending cannot fix.
+fn next_start(status: &Status, plan: &StreamPlan, out: &StreamOutcome) -> Option<u64> {
+    if let Some(named) = resume_point(status) {
+        return Some(named.unwrap_or(plan.start));
+    }
+    if !matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Internal | tonic::Code::Unknown
+    ) {
+        return None;
+    }
+    let after_last = out
+        .opened
+        .as_ref()
+        .zip(out.last_window_start)
+        .map(|(o, first)| first + client_hop(o, plan.sample_rate_hz));
+    Some(after_last.unwrap_or(plan.start).max(plan.start))
+}
+
+/// Jittered exponential backoff before attempt `n` (from 1): a delay drawn from [0, min(5 s, 50 ms x 2^n)].
+fn backoff(n: usize) -> Duration {
+    let ceiling = Duration::from_millis(50)
+        .saturating_mul(1 << n.min(7))
+        .min(Duration::from_secs(5));
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    ceiling.mul_f64(f64::from(jitter % 1000) / 1000.0)
+}
+
+/// Streams like [`stream_samples`], and goes on when the stream ends early as a gateway should: when the server
+/// ends it with a resume point (a drain, a connection at its maximum age), when the connection breaks or a replica
+/// dies (from the window after the last one delivered), and when a replica cannot be reached. Each attempt takes the
+/// next of `targets` (round-robin: a new connection, which may reach another replica) after a jittered backoff. At
+/// most `retries` attempts after the first.
 pub async fn stream_resuming(
     targets: &[ConnectArgs],
     samples: Arc<Vec<f32>>,
@@ -287,11 +329,20 @@ pub async fn stream_resuming(
 ) -> Result<StreamOutcome, Status> {
     let mut total = StreamOutcome::default();
     for attempt in 0..=retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
         let target = &targets[attempt % targets.len().max(1)];
-        let client = crate::client::connect::connect_with(target)
-            .await
-            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        let client = match crate::client::connect::connect_with(target).await {
+            Ok(client) => client,
+            Err(e) if attempt < retries => {
+                tracing::warn!(addr = %target.addr, error = %format!("{e:#}"), "cannot reach the server; trying the next");
+                continue;
+            }
+            Err(e) => return Err(Status::unavailable(format!("{e:#}"))),
+        };
         let out = stream_samples(client, samples.clone(), plan.clone(), &on_window).await?;
+        let next = out.status.as_ref().and_then(|s| next_start(s, &plan, &out));
         total.opened = total.opened.or(out.opened);
         total.windows.extend(out.windows);
         total.window_count += out.window_count;
@@ -305,10 +356,14 @@ pub async fn stream_resuming(
         total.conditions.extend(out.conditions);
         total.condition = out.condition.or(total.condition.take());
         total.carry = out.carry.or(total.carry.take());
-        match out.status.as_ref().and_then(resume_point) {
-            Some(from) if attempt < retries && from.is_none_or(|n| n < plan.frames) => {
-                tracing::warn!(?from, "the server asked to resume elsewhere; reconnecting");
-                plan.start = from.unwrap_or(plan.start);
+        total.last_window_start = out.last_window_start.or(total.last_window_start);
+        match next {
+            Some(from) if attempt < retries && from < plan.frames => {
+                tracing::warn!(
+                    from,
+                    "the stream ended early; resuming on the next connection"
+                );
+                plan.start = from;
                 // The sensor's condition goes on where the last stream left it: no new alarm, none cleared.
                 plan.resume_condition = total.carry.clone();
                 total.resumed += 1;
@@ -330,11 +385,12 @@ pub struct ReplayArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Other replicas to resume on when a server ends a stream with UNAVAILABLE and a resume point (draining,
-    /// connection age); repeatable. Without it, the stream resumes on a new connection to --addr.
+    /// Other replicas to resume on when a stream ends early (a drain or connection age with a resume point, a
+    /// broken connection, a replica that died or cannot be reached); repeatable. Without it, the stream resumes on
+    /// a new connection to --addr.
     #[arg(long = "fallback-addr")]
     pub fallback_addrs: Vec<String>,
-    /// How many times one stream may resume after UNAVAILABLE (0: never).
+    /// How many times one stream may go on after ending early, each after a jittered backoff (0: never).
     #[arg(long, default_value_t = 3)]
     pub resume: usize,
     /// Sample rate of the recordings (default: the .wav header, else 12000).
