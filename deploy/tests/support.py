@@ -315,7 +315,7 @@ def help_listen_env_names() -> frozenset[str]:
 def exported_metrics() -> dict[str, str]:
     """Metric name -> kind (counter, gauge, histogram), from src/telemetry/metrics.rs."""
     text = METRICS_RS.read_text()
-    consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "(drsn_[a-z0-9_]+)";', text))
+    consts = dict(re.findall(r'pub(?:\(crate\))? const ([A-Z_]+): &str = "(drsn_[a-z0-9_]+)";', text))
     kinds = {}
     for kind, const in re.findall(r"describe_(counter|gauge|histogram)!\(\s*([A-Z_]+)", text):
         kinds[consts[const]] = kind
