@@ -331,7 +331,11 @@ mod tests {
         let mut card: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
         edit(&mut card);
-        let dir = std::env::temp_dir().join(format!("drsn-card-{tag}-{}", std::process::id()));
+        // A folder of its own per call: tests run in parallel, and two may edit under the same tag.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("drsn-card-{tag}-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         // An absolute path: the card names its model relative to itself, and joining keeps an absolute one.
         card["onnx"] = shipped
