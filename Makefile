@@ -95,14 +95,14 @@ lint: venv
 	cd clients/python && ../../$(VENV)/bin/ruff check . && ../../$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check --line-length 120 examples
 	$(VENV)/bin/ruff format --check --line-length 120 examples
-	cargo fmt --check
-	cargo clippy --release --locked --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 pytest: venv
 	cd models/training && ../../$(PY) -m pytest -q
 
 rust-test: ort
-	cargo test --release --locked
+	cargo test --release --locked --workspace
 
 # After rust-test: the Open Inference Protocol conformance tests run the unmodified tritonclient against the binary.
 v2-test: venv ort build

@@ -328,9 +328,11 @@ async fn a_stream_moved_to_another_server_goes_on_in_fault_without_a_new_onset()
         .map(|v| <ConditionCarry as prost::Message>::decode(v.to_bytes().unwrap()).unwrap())
         .expect("the ending status carries the condition");
     assert_eq!(carry.condition, Condition::Fault as i32);
-    let resume_from = drsn_serve::client::replay::resume_point(&status)
-        .flatten()
-        .unwrap() as usize;
+    let Some(drsn_client::resume::Named::At(resume_from)) = drsn_client::resume::named(&status)
+    else {
+        panic!("a drained stream names where to go on: {status:?}");
+    };
+    let resume_from = resume_from as usize;
 
     // On server B the sensor opens in FAULT and stays there: no onset, no clear.
     let (mut moved, start) =

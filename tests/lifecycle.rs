@@ -286,13 +286,10 @@ async fn an_aged_connection_ends_its_streams_with_a_resume_point_and_the_client_
     let (_, samples) = common::recordings().remove(6);
     // Three ages of signal at real-time pace: the connection reaches its age mid-stream.
     let frames = 3 * age_ms * 12;
-    let target = drsn_serve::client::connect::ConnectArgs {
-        addr,
-        ..Default::default()
-    };
+    let targets = drsn_client::Targets::plain([addr]).unwrap();
     let mut plan = StreamPlan::new(12_000.0, frames);
     plan.realtime = true;
-    let out = replay::stream_resuming(&[target], samples, plan, 10, |_| {})
+    let out = replay::stream_resuming(&targets, samples, plan, 10, |_| {})
         .await
         .unwrap();
     assert!(out.status.is_none(), "{:?}", out.status);
@@ -313,12 +310,9 @@ async fn a_replica_killed_mid_stream_hands_over_and_its_unanswered_windows_are_c
     let (w, h) = (common::window() as u64, common::hop() as u64);
     // Seven windows at real-time pace (about 2.7 s): the kill lands mid-stream.
     let frames = w + 6 * h;
-    let target = |addr: &str| drsn_serve::client::connect::ConnectArgs {
-        addr: addr.to_owned(),
-        ..Default::default()
-    };
+    let target = |addrs: &[&String]| drsn_client::Targets::plain(addrs.to_vec()).unwrap();
     let reference = replay::stream_resuming(
-        &[target(&b.addr)],
+        &target(&[&b.addr]),
         samples.clone(),
         StreamPlan::new(12_000.0, frames),
         0,
@@ -328,7 +322,7 @@ async fn a_replica_killed_mid_stream_hands_over_and_its_unanswered_windows_are_c
     .unwrap();
     let mut plan = StreamPlan::new(12_000.0, frames);
     plan.realtime = true;
-    let targets = [target(&a.addr), target(&b.addr)];
+    let targets = target(&[&a.addr, &b.addr]);
     let victim = std::sync::Mutex::new(Some(a));
     let seen = std::sync::atomic::AtomicUsize::new(0);
     let out = replay::stream_resuming(&targets, samples, plan, 5, |_| {

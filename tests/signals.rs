@@ -8,11 +8,11 @@ mod common;
 
 use std::sync::Arc;
 
+use drsn_client::samples::{Wire, WireChoice};
 use drsn_serve::api::grpc::proto::{
     DiagnoseRequest, FloatSamples, InvalidReason, Window, WindowResult, WindowStatus, window,
 };
 use drsn_serve::client::replay::{self, StreamPlan};
-use drsn_serve::client::samples::{Wire, WireChoice};
 
 /// Streams `samples` at `rate` with the default hop; returns every window result, checking the stream ended OK.
 async fn stream(

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::client::recording::{ReadOptions, read_recording};
 use crate::client::replay::{self, StreamPlan, percentile};
-use crate::client::samples::{Wire, WireChoice};
 use crate::engine::open::Engine;
 use crate::model::card::LoadedModel;
 use crate::server;
 use crate::server::config::ServeConfig;
+use drsn_client::samples::{Wire, WireChoice};
 
 /// The rate of the CWRU recordings every benchmark streams (the server resamples them if its model's differs).
 pub const RECORDING_RATE_HZ: f64 = 12_000.0;

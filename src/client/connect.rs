@@ -1,14 +1,9 @@
-//! Connecting to a server as a gateway would: plain or TLS (with a private CA and a client certificate for mutual
-//! TLS), a bearer token on every call, and HTTP/2 settings tuned for many small replies.
+//! The command line's way to name a server (address, TLS files, token), turned into the client crate's targets
+//! (drsn-client does the connecting: TLS, mutual TLS, the token, HTTP/2 settings).
 
 use std::path::PathBuf;
 
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-use crate::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use drsn_client::{Target, Targets};
 
 /// How to reach the server; shared by `replay` and `bench`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -36,24 +31,49 @@ pub struct ConnectArgs {
     pub token: Option<String>,
 }
 
-/// Adds `authorization: Bearer <token>` to every call, when a token is set.
-#[derive(Clone, Default)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+pub use drsn_client::connect::Client;
 
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
+impl ConnectArgs {
+    /// The client crate's target: the files read, the token trimmed.
+    pub fn target(&self) -> anyhow::Result<Target> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
+        };
+        let mut target = Target::new(self.addr.clone());
+        if let Some(ca) = &self.tls_ca {
+            target = target.with_ca(read(ca, "CA certificate")?);
         }
-        Ok(request)
+        if let (Some(cert), Some(key)) = (&self.tls_client_cert, &self.tls_client_key) {
+            target =
+                target.with_identity(read(cert, "client certificate")?, read(key, "client key")?);
+        }
+        target.server_name = self.tls_server_name.clone();
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => Some(
+                String::from_utf8(read(path, "token file")?)
+                    .map_err(|_| anyhow::anyhow!("the token is not UTF-8"))?,
+            ),
+            (None, t) => t.clone(),
+        };
+        Ok(match token {
+            Some(t) => target.with_token(t),
+            None => target,
+        })
+    }
+
+    /// This address and `others`, each with the same TLS and token: the replicas a stream may resume on.
+    pub fn targets(&self, others: &[String]) -> anyhow::Result<Targets> {
+        let first = self.target()?;
+        let mut all = vec![first.clone()];
+        for addr in others {
+            let mut other = first.clone();
+            other.addr = Target::new(addr.clone()).addr;
+            all.push(other);
+        }
+        Ok(Targets::new(all)?)
     }
 }
-
-/// A drsn.v1 client: cheap to clone, one connection shared by every clone.
-pub type Client = DiagnosisClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects to a plain-text server at `addr`, without a token (tests, local use).
 pub async fn connect(addr: &str) -> anyhow::Result<Client> {
@@ -66,68 +86,5 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
 
 /// Connects as `args` say.
 pub async fn connect_with(args: &ConnectArgs) -> anyhow::Result<Client> {
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read the {what} {}: {e}", p.display()))
-    };
-    let mut endpoint = Endpoint::from_shared(args.addr.clone())?
-        .tcp_nodelay(true)
-        // Large fixed windows (h2's adaptive window made servers close connections under many small replies).
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(16 << 20));
-    if args.tls_ca.is_some() || args.tls_client_cert.is_some() || args.addr.starts_with("https://")
-    {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.tls_ca {
-            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
-        }
-        if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
-            tls = tls.identity(Identity::from_pem(
-                read(cert, "client certificate")?,
-                read(key, "client key")?,
-            ));
-        }
-        if let Some(name) = &args.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    let token = match (&args.token_file, &args.token) {
-        (Some(path), _) => Some(read(path, "token file")?),
-        (None, Some(t)) => Some(t.clone().into_bytes()),
-        (None, None) => None,
-    };
-    let bearer = match token {
-        Some(t) => {
-            let t = String::from_utf8(t).map_err(|_| anyhow::anyhow!("the token is not UTF-8"))?;
-            let value = format!("Bearer {}", t.trim()).parse().map_err(|_| {
-                anyhow::anyhow!("the token holds characters not allowed in a header")
-            })?;
-            Bearer(Some(value))
-        }
-        None => Bearer(None),
-    };
-    let channel = endpoint.connect().await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot connect to {}: {}; is `drsn-serve serve` running there (and TLS set on both ends or neither)?",
-            args.addr,
-            causes(&e)
-        )
-    })?;
-    Ok(DiagnosisClient::with_interceptor(channel, bearer))
-}
-
-/// An error and its causes on one line: transport errors say little until their sources ("invalid peer
-/// certificate: Expired").
-fn causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = e.source();
-    }
-    text
+    Ok(drsn_client::connect::connect(&args.target()?).await?)
 }

@@ -327,12 +327,17 @@ pub(crate) const KEPT_LOG_LINES: usize = 1000;
 impl ServerProcess {
     /// Starts the binary with `extra` flags and waits until it logs SERVING.
     pub(crate) fn spawn(extra: &[&str]) -> Self {
+        Self::spawn_at("127.0.0.1:0", extra)
+    }
+
+    /// As [`spawn`](Self::spawn), its gRPC listener on `grpc_addr` (a server restarted on the same address).
+    pub(crate) fn spawn_at(grpc_addr: &str, extra: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
             .args([
                 "serve",
                 "--grpc-addr",
-                "127.0.0.1:0",
+                grpc_addr,
                 "--metrics-addr",
                 "127.0.0.1:0",
                 "--http-listen",
@@ -385,6 +390,18 @@ impl ServerProcess {
             log_bytes,
             log,
         }
+    }
+}
+
+impl ServerProcess {
+    /// SIGTERM, as Kubernetes stops a pod: the server drains and exits; its exit status.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM was not delivered");
+        self.child.wait().expect("the server exits")
     }
 }
 

@@ -1,5 +1,8 @@
-//! Types and service stubs generated from `proto/drsn/v1/diagnosis.proto`.
+//! drsn.v1: the messages and the client stub are the client crate's (`drsn_client::proto`, from the same
+//! `proto/drsn/v1/diagnosis.proto`); the server stub generated here is over those types.
 #![allow(clippy::all, missing_docs, unused_qualifications)]
+
+pub use drsn_client::proto::*;
 
 tonic::include_proto!("drsn.v1");
 

@@ -60,12 +60,9 @@ impl DiagnosisService {
     }
 }
 
-/// The trailer a stream's ending status carries its condition state in: send it back as `resume_condition`.
-pub const CONDITION_TRAILER: &str = "drsn-condition-bin";
-
-/// The trailer that says where an ended stream goes on, for clients to read rather than parse the message: the
-/// first sample index to send on a new stream, or `start` (none of the stream was received).
-pub const RESUME_TRAILER: &str = "drsn-resume-from";
+// The trailers a stream's ending status carries (where to go on; the condition state to resume with): named in the
+// wire contract, which clients read them by.
+pub use drsn_client::proto::{CONDITION_TRAILER, RESUME_TRAILER};
 
 /// The status a stream ends with, carrying where to resume and the condition state to resume with.
 fn ending(end: Ending) -> Status {

@@ -2,3 +2,6 @@
 #![allow(clippy::all, missing_docs, unused_qualifications)]
 
 tonic::include_proto!("inference");
+
+/// The encoded descriptors, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kserve_descriptor");

@@ -1,7 +1,7 @@
 //! How a client puts one stream's samples on the wire: f32le, or integer codes (i16le, i32le) with the scale that
 //! turns them back into the card's unit.
 
-use crate::api::grpc::proto::{IntegerSamples, sample_chunk};
+use crate::proto::{IntegerSamples, sample_chunk};
 
 /// The encoding of a stream's chunks.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,8 +14,9 @@ pub enum Wire {
     I32 { scale: f32, bits: u32 },
 }
 
-/// What `--wire` asks for.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which encoding to use for a recording (`replay --wire`).
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WireChoice {
     /// Integer recordings (PCM WAV) as their own codes, i16le up to 16 bits and i32le above; float ones as f32le.
     #[default]
