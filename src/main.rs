@@ -1,7 +1,9 @@
-//! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bench` the service.
+//! The `drsn-serve` command: `serve` the model, `replay` recordings to a server, `bridge` MQTT sensors to the
+//! replicas, `bench` the service.
 
 use clap::{Parser, Subcommand};
 use drsn_serve::bench;
+use drsn_serve::bridge;
 use drsn_serve::client::{condition_study, replay};
 use drsn_serve::server::{self, config::LogFormat, config::ServeConfig};
 use drsn_serve::telemetry::logging;
@@ -31,10 +33,25 @@ enum Command {
     Serve(ServeConfig),
     /// Stream recordings to a server and print each window's diagnosis.
     Replay(replay::ReplayArgs),
+    /// Carry sensors from another protocol to the replicas and their results back.
+    #[command(subcommand)]
+    Bridge(Bridge),
     /// Measure raw ONNX Runtime and end-to-end service throughput side by side.
     Bench(bench::BenchArgs),
     /// The machine-condition settings on the leave-one-load-out folds: the decision table behind the defaults.
     ConditionStudy(condition_study::StudyArgs),
+}
+
+#[derive(Subcommand)]
+enum Bridge {
+    /// Raw-waveform topics of an MQTT broker in; per-window results and condition changes out (README "MQTT").
+    Mqtt {
+        #[command(flatten)]
+        args: bridge::mqtt::MqttArgs,
+        /// Log lines as JSON.
+        #[arg(long, value_enum, env = "DRSN_LOG_FORMAT", default_value = "text")]
+        log_format: LogFormat,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +81,10 @@ fn main() -> std::process::ExitCode {
                 });
                 running.stopped().await;
                 Ok(0)
+            }
+            Command::Bridge(Bridge::Mqtt { args, log_format }) => {
+                logging::init(log_format == LogFormat::Json, "info");
+                bridge::mqtt::run(args).await
             }
             Command::Replay(args) => {
                 logging::init(false, "warn");

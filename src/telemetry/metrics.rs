@@ -52,6 +52,24 @@ pub(crate) const MACHINE_INFO: &str = "drsn_machine_info";
 pub(crate) const MACHINE_CLASS_SHARE: &str = "drsn_machine_class_share";
 pub(crate) const MACHINE_VELOCITY: &str = "drsn_machine_velocity_rms_mm_per_second";
 pub(crate) const MACHINE_SINCE: &str = "drsn_machine_condition_since_timestamp_seconds";
+// The MQTT bridge's own (`drsn-serve bridge mqtt`: its process, its /metrics).
+pub(crate) const BRIDGE_MESSAGES: &str = "drsn_bridge_messages_total";
+pub(crate) const BRIDGE_SENSORS: &str = "drsn_bridge_sensors";
+pub(crate) const BRIDGE_WINDOWS: &str = "drsn_bridge_windows_published_total";
+pub(crate) const BRIDGE_CONDITIONS: &str = "drsn_bridge_conditions_published_total";
+pub(crate) const BRIDGE_RESTARTS: &str = "drsn_bridge_stream_restarts_total";
+pub(crate) const BRIDGE_RESUMES: &str = "drsn_bridge_stream_resumes_total";
+pub(crate) const BRIDGE_CONNECTIONS: &str = "drsn_bridge_mqtt_connections_total";
+pub(crate) const BRIDGE_DISCONNECTS: &str = "drsn_bridge_mqtt_disconnects_total";
+/// What became of a raw message (the `outcome` label of [`BRIDGE_MESSAGES`]).
+pub(crate) const BRIDGE_OUTCOMES: &[&str] = &[
+    "taken",
+    "duplicate",
+    "malformed",
+    "topic",
+    "backlog",
+    "sensor_limit",
+];
 
 /// Why a window came back without a class (the `reason` label of [`WINDOWS_FLAGGED`]).
 pub(crate) const FLAG_REASONS: &[&str] = &[
@@ -159,6 +177,33 @@ pub(crate) fn zero_series(
 }
 
 fn describe() {
+    describe_counter!(
+        BRIDGE_MESSAGES,
+        "MQTT bridge: raw messages by outcome (taken; duplicate: a redelivered overlap; malformed; topic: not a raw \
+         topic; backlog: the sensor's stream was not keeping up; sensor_limit: over --max-sensors)."
+    );
+    describe_gauge!(BRIDGE_SENSORS, "MQTT bridge: sensors with an open stream.");
+    describe_counter!(BRIDGE_WINDOWS, "MQTT bridge: window results published.");
+    describe_counter!(
+        BRIDGE_CONDITIONS,
+        "MQTT bridge: condition changes published (retained)."
+    );
+    describe_counter!(
+        BRIDGE_RESTARTS,
+        "MQTT bridge: sensor streams started anew (samples missing, or the rate, channels or encoding changed)."
+    );
+    describe_counter!(
+        BRIDGE_RESUMES,
+        "MQTT bridge: streams resumed on a replica after a drain, an aged connection or a lost replica."
+    );
+    describe_counter!(
+        BRIDGE_CONNECTIONS,
+        "MQTT bridge: connections made to the broker."
+    );
+    describe_counter!(
+        BRIDGE_DISCONNECTS,
+        "MQTT bridge: broker connections lost or refused."
+    );
     describe_gauge!(
         MACHINES,
         "Machines with a stream on this replica (or recently ended), by condition: the worst of their sensors'."
