@@ -1,6 +1,6 @@
 //! drsn-serve: real-time machine-fault diagnosis from streamed vibration.
 //!
-//! The data path, one folder per stage, imports pointing one way (`bench -> client -> server -> api -> condition ->
+//! The data path, one folder per stage, imports pointing one way (`bench, bridge -> client -> server -> api -> condition ->
 //! pipeline -> engine -> model`): [`model`] (the card) → [`engine`] (ONNX Runtime) → [`pipeline`] (windows, resampling,
 //! batching, in-order delivery, vibration severity) → [`condition`] (each sensor's debounced condition, the
 //! machines of this replica) → [`api`] (drsn.v1 over gRPC, KServe V2) → [`server`] (settings, start-up, drain). [`telemetry`] names
