@@ -10,27 +10,22 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use drsn_client::sensor::{self, Adc};
-use drsn_client::{Event, Sensor, Target, Targets};
+use drsn_client::{Event, Sensor, Target, Targets, sensor, sensor::Adc};
 
-/// A DAQ block, in seconds.
 const BLOCK_S: f64 = 0.1;
 
 #[derive(Parser)]
 struct Args {
     recording: String,
-    /// A replica (repeat for several).
-    #[arg(long = "addr", required = true)]
+    #[arg(long = "addr", required = true, help = "a replica (repeat for several)")]
     addrs: Vec<String>,
     #[arg(long, default_value = "machine-1")]
     machine_id: String,
     #[arg(long, default_value = "drive-end")]
     sensor_id: String,
-    /// Samples per second of a CSV.
-    #[arg(long)]
+    #[arg(long, help = "samples per second of a CSV")]
     rate: Option<f64>,
-    /// A WAV's full scale in input units.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, help = "a WAV's full scale in input units")]
     scale: f32,
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
@@ -38,92 +33,67 @@ struct Args {
     token_file: Option<String>,
 }
 
-enum Recording {
+/// What the DAQ delivers every [`BLOCK_S`]: converter codes, or values.
+enum Block {
     Codes(Vec<i16>),
     Values(Vec<f32>),
 }
 
-fn read(args: &Args) -> Result<(Recording, f64), Box<dyn std::error::Error>> {
+fn read(args: &Args) -> Result<(Vec<Block>, f64), Box<dyn std::error::Error>> {
+    let block = |rate: f64| ((rate * BLOCK_S) as usize).max(1);
     if args.recording.ends_with(".wav") {
         let mut wav = hound::WavReader::open(&args.recording)?;
-        let spec = wav.spec();
+        let (spec, rate) = (wav.spec(), f64::from(wav.spec().sample_rate));
         if spec.bits_per_sample != 16 || spec.channels != 1 {
             return Err("this example reads mono 16-bit WAV".into());
         }
-        let codes = wav.samples::<i16>().collect::<Result<_, _>>()?;
-        return Ok((Recording::Codes(codes), f64::from(spec.sample_rate)));
+        let codes: Vec<i16> = wav.samples().collect::<Result<_, _>>()?;
+        return Ok((codes.chunks(block(rate)).map(|c| Block::Codes(c.to_vec())).collect(), rate));
     }
     let rate = args.rate.ok_or("a CSV needs --rate")?;
     let text = std::fs::read_to_string(&args.recording)?;
-    let values = text
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    Ok((Recording::Values(values), rate))
+    let values: Vec<f32> = text.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
+    Ok((values.chunks(block(rate)).map(|v| Block::Values(v.to_vec())).collect(), rate))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let (recording, rate) = read(&args)?;
-    let token = args
-        .token_file
-        .as_ref()
-        .map(std::fs::read_to_string)
-        .transpose()?;
-    let targets = Targets::new(args.addrs.iter().map(|a| match &token {
-        Some(t) => Target::new(a).with_token(t.trim()),
-        None => Target::new(a),
-    }))?;
+    let (blocks, rate) = read(&args)?;
+    let token = args.token_file.as_ref().map(std::fs::read_to_string).transpose()?;
+    let target = |addr: &String| token.as_ref().map_or(Target::new(addr), |t| Target::new(addr).with_token(t.trim()));
+    let targets = Targets::new(args.addrs.iter().map(target))?;
     let mut sensor = Sensor::new(&args.machine_id, &args.sensor_id, rate);
-    if let Recording::Codes(_) = recording {
-        sensor.adc = Some(Adc {
-            scale: args.scale / 32768.0,
-            offset: 0.0,
-            bits: 16,
-        });
+    if let Some(Block::Codes(_)) = blocks.first() {
+        sensor.adc = Some(Adc { scale: args.scale / 32768.0, offset: 0.0, bits: 16 });
     }
     let (samples, mut results) = sensor::open(targets, sensor, Default::default())?;
-    let (block, speed) = (((rate * BLOCK_S) as usize).max(1), args.speed);
+    let speed = args.speed;
     tokio::spawn(async move {
         let start = Instant::now();
-        let len = match &recording {
-            Recording::Codes(c) => c.len(),
-            Recording::Values(v) => v.len(),
-        };
-        for at in (0..len).step_by(block) {
+        for (n, block) in blocks.into_iter().enumerate() {
             // Blocks come when the DAQ has them: at the recording's rate (times --speed).
-            tokio::time::sleep_until(
-                (start + Duration::from_secs_f64(at as f64 / rate / speed)).into(),
-            )
-            .await;
-            let end = (at + block).min(len);
-            let sent = match &recording {
-                Recording::Codes(c) => samples.send_codes(&c[at..end]).await,
-                Recording::Values(v) => samples.send(&v[at..end]).await,
-            };
-            if sent.is_err() {
+            let due = start + Duration::from_secs_f64(n as f64 * BLOCK_S / speed);
+            tokio::time::sleep_until(due.into()).await;
+            let Ok(()) = (match block {
+                Block::Codes(c) => samples.send_codes(&c).await,
+                Block::Values(v) => samples.send(&v).await,
+            }) else {
                 break; // the stream ended: its results say why
-            }
+            };
         }
     });
     while let Some(event) = results.next().await {
         match event? {
             Event::Window { index, result: r } => {
                 let label = if r.label.is_empty() { "-" } else { &r.label };
-                println!(
-                    "window {index} samples {}-{}: {label}",
-                    r.first_sample_index, r.last_sample_index
-                );
+                println!("window {index} samples {}-{}: {label}", r.first_sample_index, r.last_sample_index);
             }
             Event::Condition(c) => println!("condition: {}", c.summary),
             Event::Gap(_) => {}
         }
     }
     let s = results.stats();
-    println!(
-        "done: resumed {} time(s), {} samples sent again",
-        s.resumes, s.samples_resent
-    );
+    println!("done: resumed {} time(s), {} samples sent again", s.resumes, s.samples_resent);
     Ok(())
 }

@@ -50,17 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let targets = Targets::plain(args.addrs.clone())?;
     let mut streams = tokio::task::JoinSet::new();
     for spec in &args.sensors {
-        let (ids, path) = spec
-            .split_once('=')
-            .ok_or("a sensor is MACHINE:SENSOR=recording.csv")?;
-        let (machine, sensor_id) = ids
-            .split_once(':')
-            .ok_or("a sensor is MACHINE:SENSOR=recording.csv")?;
+        let (ids, path) = spec.split_once('=').ok_or("a sensor is MACHINE:SENSOR=recording.csv")?;
+        let (machine, sensor_id) = ids.split_once(':').ok_or("a sensor is MACHINE:SENSOR=recording.csv")?;
         let text = std::fs::read_to_string(path)?;
-        let values: Vec<f32> = text
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()?;
+        let values: Vec<f32> = text.split_whitespace().map(str::parse).collect::<Result<_, _>>()?;
         let sensor = Sensor::new(machine, sensor_id, args.rate);
         let (samples, mut results) = sensor::open(targets.clone(), sensor, Default::default())?;
         tokio::spawn(acquire(samples, values, args.rate, args.speed));
@@ -69,11 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while let Some(event) = results.next().await {
                 match event? {
                     Event::Window { index, result } => {
-                        let label = if result.label.is_empty() {
-                            "-"
-                        } else {
-                            &result.label
-                        };
+                        let label = if result.label.is_empty() { "-" } else { &result.label };
                         println!("{name} window {index}: {label}");
                     }
                     Event::Condition(c) => println!("{name} condition: {}", c.summary),
