@@ -61,6 +61,7 @@ pub(crate) const BRIDGE_RESTARTS: &str = "drsn_bridge_stream_restarts_total";
 pub(crate) const BRIDGE_RESUMES: &str = "drsn_bridge_stream_resumes_total";
 pub(crate) const BRIDGE_CONNECTIONS: &str = "drsn_bridge_mqtt_connections_total";
 pub(crate) const BRIDGE_DISCONNECTS: &str = "drsn_bridge_mqtt_disconnects_total";
+pub(crate) const BRIDGE_CONNECTED: &str = "drsn_bridge_mqtt_connected";
 /// What became of a raw message (the `outcome` label of [`BRIDGE_MESSAGES`]).
 pub(crate) const BRIDGE_OUTCOMES: &[&str] = &[
     "taken",
@@ -203,6 +204,10 @@ fn describe() {
     describe_counter!(
         BRIDGE_DISCONNECTS,
         "MQTT bridge: broker connections lost or refused."
+    );
+    describe_gauge!(
+        BRIDGE_CONNECTED,
+        "MQTT bridge: 1 while connected to the broker, else 0."
     );
     describe_gauge!(
         MACHINES,

@@ -225,6 +225,10 @@ pub fn open(
             "the sample rate must be a positive number of Hz".into(),
         ));
     }
+    // Indices stay far from overflowing in every sum the stream makes: 2^62 is centuries of samples at any rate.
+    if sensor.first_sample_index > 1 << 62 {
+        return Err(Error::Config("first_sample_index is above 2^62".into()));
+    }
     if sensor.adc.is_some_and(|a| !(2..=16).contains(&a.bits)) {
         return Err(Error::Config(
             "16-bit codes come from a converter of 2 to 16 bits".into(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics::counter;
+use metrics::{counter, gauge};
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
 };
@@ -61,7 +61,8 @@ pub struct MqttArgs {
     /// {prefix}/error/…, {prefix}/bridge/status (retained: online, offline).
     #[arg(long, env = "DRSN_MQTT_TOPIC_PREFIX", default_value = "drsn")]
     pub topic_prefix: String,
-    /// Largest raw message taken; the broker is told the bridge reads no more.
+    /// Largest raw message taken (larger ones are refused on the sensor's error topic; beyond 8 times this, the
+    /// connection itself breaks on it).
     #[arg(long, env = "DRSN_MQTT_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
     pub max_payload_bytes: usize,
     /// Most sensors streamed at once; a new sensor beyond it is refused on its error topic.
@@ -71,6 +72,9 @@ pub struct MqttArgs {
     /// keeping up) and the next one starts a new stream after the gap.
     #[arg(long, env = "DRSN_MQTT_SENSOR_QUEUE", default_value_t = 64)]
     pub sensor_queue: usize,
+    /// Payload bytes all sensors' queues may hold together; beyond, messages are refused as a backlog.
+    #[arg(long, env = "DRSN_MQTT_MAX_QUEUED_BYTES", default_value_t = 256 << 20)]
+    pub max_queued_bytes: usize,
     /// A sensor silent this long has its stream finished.
     #[arg(long, env = "DRSN_MQTT_SENSOR_IDLE", value_parser = humantime::parse_duration, default_value = "10m")]
     pub sensor_idle: Duration,
@@ -83,6 +87,7 @@ pub struct MqttArgs {
 /// publishes the results of those taken, and disconnects.
 pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
     let handle = m::install().map_err(|e| anyhow::anyhow!("cannot record metrics: {e}"))?;
+    gauge!(m::BRIDGE_CONNECTED).set(0.0);
     for outcome in m::BRIDGE_OUTCOMES {
         counter!(m::BRIDGE_MESSAGES, "outcome" => *outcome).absolute(0);
     }
@@ -109,7 +114,12 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         options: drsn_client::Options::default(),
         idle: args.sensor_idle,
     });
-    let mut feeds = Feeds::new(shared.clone(), args.max_sensors, args.sensor_queue);
+    let mut feeds = Feeds::new(
+        shared.clone(),
+        args.max_sensors,
+        args.sensor_queue,
+        args.max_queued_bytes,
+    );
     let filter = format!("{}/raw/+/+", args.topic_prefix);
     let mut backoff = drsn_client::resume::Backoff::default();
     let stop = crate::server::termination_signal();
@@ -123,6 +133,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 counter!(m::BRIDGE_CONNECTIONS).increment(1);
+                gauge!(m::BRIDGE_CONNECTED).set(1.0);
                 tracing::info!(
                     session_present = ack.session_present,
                     "connected to the broker; subscribing to {filter}"
@@ -145,18 +156,28 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
                     );
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(message))) => take(&mut feeds, &shared, &message),
+            Ok(Event::Incoming(Packet::Publish(message))) => {
+                take(&mut feeds, &shared, &message, args.max_payload_bytes);
+                // Acknowledged once taken or refused for good: a message read but not yet decided on (the bridge
+                // closing, or killed) is not acknowledged, and the broker delivers it again to the session.
+                let _ = mqtt.try_ack(&message);
+            }
             Ok(_) => {}
             Err(err) => {
                 // rumqttc dials again on the next poll; wait a jittered, growing while before it does.
                 counter!(m::BRIDGE_DISCONNECTS).increment(1);
+                gauge!(m::BRIDGE_CONNECTED).set(0.0);
                 tracing::warn!("the broker connection is down: {err}");
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::select! {
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
             }
         }
     }
+    // Still subscribed: the broker keeps what comes next for the session (a bridge that unsubscribed would have
+    // nothing queued for it when it comes back). Messages read from here on are not acknowledged.
     tracing::info!("closing: no more messages taken; publishing the results of those taken");
-    let _ = mqtt.unsubscribe(filter).await;
     let closing = async {
         feeds.finish().await;
         let _ = mqtt
@@ -186,13 +207,24 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
 }
 
 /// One message from the broker: decoded and handed to its sensor's stream, or refused on its error topic.
-fn take(feeds: &mut Feeds, shared: &Shared, message: &rumqttc::Publish) {
+fn take(feeds: &mut Feeds, shared: &Shared, message: &rumqttc::Publish, max_payload: usize) {
     let Some((machine, sensor)) = payload::sensor_of(&shared.prefix, &message.topic) else {
         counter!(m::BRIDGE_MESSAGES, "outcome" => "topic").increment(1);
         tracing::warn!(topic = %message.topic, "not a raw topic ({}/raw/MACHINE/SENSOR): ignored", shared.prefix);
         return;
     };
-    let refused = match payload::decode(&message.payload) {
+    let decoded = if message.retain {
+        // A retained raw message is an old one replayed on every subscribe, at an index long past.
+        Err("retained: raw messages must be published without the retain flag".to_owned())
+    } else if message.payload.len() > max_payload {
+        Err(format!(
+            "{} bytes: more than --max-payload-bytes ({max_payload})",
+            message.payload.len()
+        ))
+    } else {
+        payload::decode(&message.payload)
+    };
+    let refused = match decoded {
         Err(why) => format!("payload refused: {why}"),
         Ok(raw) => match feeds.offer(machine, sensor, raw) {
             Ok(()) => {
@@ -242,8 +274,14 @@ fn mqtt_options(args: &MqttArgs, status: &str) -> anyhow::Result<MqttOptions> {
     let mut options = MqttOptions::new(&args.mqtt_client_id, host.trim_matches(['[', ']']), port);
     options
         .set_clean_session(false)
+        .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(args.max_payload_bytes + 1024, 256 * 1024)
+        // MQTT 3.1.1 cannot tell a broker a limit, and a packet over this one breaks the connection (and comes
+        // again after it): headroom above --max-payload-bytes, which `take` refuses by name.
+        .set_max_packet_size(
+            args.max_payload_bytes.saturating_mul(8).max(1 << 20),
+            256 * 1024,
+        )
         .set_last_will(LastWill::new(status, "offline", QoS::AtLeastOnce, true));
     if let Some(user) = &args.mqtt_username {
         let password = match &args.mqtt_password_file {

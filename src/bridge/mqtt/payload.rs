@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 pub const HEADER_BYTES: usize = 32;
 const MAGIC: &[u8; 4] = b"DRSN";
 const VERSION: u8 = 1;
+/// The highest first_sample_index taken: 2^62, centuries of samples at any rate.
+pub const MAX_SAMPLE_INDEX: u64 = 1 << 62;
 
 /// The samples of one raw message.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,14 @@ impl Raw {
             Samples::I16 { codes, .. } => codes.len(),
         };
         (n / usize::from(self.channels.max(1))) as u64
+    }
+
+    /// Payload bytes of the samples (what a queue holds).
+    pub fn bytes(&self) -> usize {
+        match &self.samples {
+            Samples::F32(v) => v.len() * 4,
+            Samples::I16 { codes, .. } => codes.len() * 2,
+        }
     }
 
     /// What a stream must be opened anew for when it changes: rate, channels, encoding and its scale.
@@ -100,6 +110,12 @@ pub fn decode(payload: &[u8]) -> Result<Raw, String> {
     let sample_rate_hz = f64::from_le_bytes(long(16));
     if channels == 0 {
         return Err("channels is 0".into());
+    }
+    // Room to count on: sample indices stay far from overflowing in every sum the stream makes.
+    if first_sample_index > MAX_SAMPLE_INDEX {
+        return Err(format!(
+            "first_sample_index {first_sample_index} is above {MAX_SAMPLE_INDEX}"
+        ));
     }
     if !(sample_rate_hz.is_finite() && sample_rate_hz > 0.0) {
         return Err(format!(
@@ -299,6 +315,8 @@ mod tests {
         zero_rate[16..24].copy_from_slice(&0f64.to_le_bytes());
         let mut encoding = good.clone();
         encoding[5] = 9;
+        let mut far = good.clone();
+        far[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut frames = encode(&raw(Samples::F32(vec![1.0, 2.0, 3.0])));
         frames[6] = 2;
         for (payload, says) in [
@@ -308,6 +326,7 @@ mod tests {
             (&zero_rate[..], "positive"),
             (&encoding[..], "encoding 9"),
             (&frames[..], "whole frames"),
+            (&far[..], "above"),
         ] {
             let err = decode(payload).unwrap_err();
             assert!(err.contains(says), "{err}");

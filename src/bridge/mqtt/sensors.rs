@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use drsn_client::sensor::{self, Adc, Results, SampleSender};
@@ -51,25 +52,42 @@ pub(crate) struct Feeds {
     tasks: tokio::task::JoinSet<()>,
     max_sensors: usize,
     queue: usize,
+    /// Payload bytes in every sensor's queue together, and their ceiling.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Feeds {
-    pub(crate) fn new(shared: Arc<Shared>, max_sensors: usize, queue: usize) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        max_sensors: usize,
+        queue: usize,
+        max_queued: usize,
+    ) -> Self {
         Self {
             shared,
             queues: HashMap::new(),
             tasks: tokio::task::JoinSet::new(),
             max_sensors: max_sensors.max(1),
             queue: queue.max(1),
+            queued: Arc::default(),
+            max_queued,
         }
     }
 
     /// Hands `raw` to its sensor's stream, starting one for a sensor not heard from (or gone idle).
     pub(crate) fn offer(&mut self, machine: &str, sensor: &str, raw: Raw) -> Result<(), Refused> {
         let key = (machine.to_owned(), sensor.to_owned());
+        let bytes = raw.bytes();
+        if self.queued.load(Ordering::Relaxed) + bytes > self.max_queued {
+            return Err(Refused::Backlog);
+        }
         let raw = match self.queues.get(&key) {
             Some(queue) => match queue.try_send(raw) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.queued.fetch_add(bytes, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(Refused::Backlog),
                 // The sensor's task ended (idle): a new one takes over.
                 Err(mpsc::error::TrySendError::Closed(raw)) => raw,
@@ -84,9 +102,12 @@ impl Feeds {
         let (tx, rx) = mpsc::channel(self.queue);
         // A new queue has room for its first message.
         let _ = tx.try_send(raw);
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
         self.queues.insert(key.clone(), tx);
         gauge!(m::BRIDGE_SENSORS).set(self.queues.len() as f64);
-        self.tasks.spawn(run(self.shared.clone(), key.0, key.1, rx));
+        let queued = self.queued.clone();
+        self.tasks
+            .spawn(run(self.shared.clone(), key.0, key.1, rx, queued));
         Ok(())
     }
 
@@ -111,9 +132,17 @@ struct Current {
 /// held this long, or this many, for the missing one before the bridge calls it a gap.
 const REORDER_WAIT: Duration = Duration::from_secs(2);
 const REORDER_HOLD: usize = 16;
+/// How many messages back a redelivery may reach; further back, the sensor is counting again.
+const REDELIVERY_HORIZON: u64 = 256;
 
 /// One sensor's task: its messages into streams, until its queue closes or it goes idle.
-async fn run(shared: Arc<Shared>, machine: String, sensor: String, mut queue: mpsc::Receiver<Raw>) {
+async fn run(
+    shared: Arc<Shared>,
+    machine: String,
+    sensor: String,
+    mut queue: mpsc::Receiver<Raw>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut task = SensorTask {
         shared,
         machine,
@@ -128,7 +157,10 @@ async fn run(shared: Arc<Shared>, machine: String, sensor: String, mut queue: mp
             (t + REORDER_WAIT).saturating_duration_since(tokio::time::Instant::now())
         });
         let raw = match tokio::time::timeout(wait, queue.recv()).await {
-            Ok(Some(raw)) => Some(raw),
+            Ok(Some(raw)) => {
+                queued.fetch_sub(raw.bytes(), Ordering::Relaxed);
+                Some(raw)
+            }
             Ok(None) => break,
             // Waited long enough for the missing message: a gap.
             Err(_) if !early.is_empty() => None,
@@ -160,6 +192,16 @@ async fn run(shared: Arc<Shared>, machine: String, sensor: String, mut queue: mp
         }
         if early.is_empty() {
             since = None;
+        }
+    }
+    // Gone idle: what was offered meanwhile is streamed before the end (a message after this starts a new task).
+    queue.close();
+    while let Ok(raw) = queue.try_recv() {
+        queued.fetch_sub(raw.bytes(), Ordering::Relaxed);
+        if task.is_ahead(&raw) {
+            early.insert(raw.first_sample_index, raw);
+        } else {
+            task.step(raw).await;
         }
     }
     for (_, raw) in std::mem::take(&mut early) {
@@ -196,7 +238,11 @@ impl SensorTask {
                 raw.first_sample_index,
                 raw.first_sample_index + raw.frames(),
             );
-            let restart = raw.shape() != c.shape || first > c.next;
+            // Far behind what was sent (more than a queue and a reorder hold of such messages): a sensor that
+            // counts again from a lower index, not a redelivery.
+            let horizon = raw.frames().max(1).saturating_mul(REDELIVERY_HORIZON);
+            let recounted = c.next.saturating_sub(first) > horizon;
+            let restart = raw.shape() != c.shape || first > c.next || recounted;
             if !restart && end <= c.next {
                 // A redelivery (QoS 1 after a reconnect): sent already.
                 counter!(m::BRIDGE_MESSAGES, "outcome" => "duplicate").increment(1);
@@ -205,6 +251,8 @@ impl SensorTask {
             if restart {
                 let why = if raw.shape() != c.shape {
                     "the rate, channels or encoding changed".to_owned()
+                } else if recounted {
+                    format!("the sensor counts again from {first} (after {})", c.next)
                 } else {
                     format!("samples {}..{first} never arrived", c.next)
                 };
@@ -236,11 +284,18 @@ impl SensorTask {
             Samples::F32(values) => c.samples.send(values).await,
             Samples::I16 { codes, .. } => c.samples.send_codes(codes).await,
         };
-        if sent.is_err() {
+        match sent {
+            Ok(()) => {}
+            // More frames at once than the stream holds: refused by name, the stream goes on after a gap.
+            Err(err @ drsn_client::Error::Config(_)) => {
+                notify(shared, machine, sensor, &err.to_string()).await
+            }
             // The stream ended for a reason resending cannot fix; its publisher said why. The next message opens
             // a new one.
-            if let Some(old) = self.current.take() {
-                self.published += finish(old).await;
+            Err(_) => {
+                if let Some(old) = self.current.take() {
+                    self.published += finish(old).await;
+                }
             }
         }
     }
