@@ -135,6 +135,15 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// SIGTERM, as Kubernetes stops a pod; the bridge's exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -409,4 +418,80 @@ async fn a_broker_restarted_mid_stream_loses_no_window_at_qos_1() {
     // It came back by itself and subscribed again.
     bridge.wait_for("connected to the broker", 2);
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_restarted_mid_stream_hands_its_sensors_over_without_losing_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start(port, dir.path());
+    let server = ServerProcess::spawn(&["--workers", "1"]);
+    let mut first = Bridge::start(&server.addr, port, "bridge-d");
+    let plant = Plant::connect(port, "plant-d").await;
+    let (floats, ints) = (signal(20_000), signal(90_000));
+    let want_floats = direct(&server.addr, &floats, false).await;
+    let want_ints = direct(&server.addr, &ints, true).await;
+    let chunks: Vec<usize> = (0..floats.len()).step_by(CHUNK / 2).collect();
+    let mut second = None;
+    for (n, &at) in chunks.iter().enumerate() {
+        if n == chunks.len() / 3 {
+            // A rolling update: the bridge drains and exits; messages published meanwhile wait at the broker for
+            // its session; the next bridge (the same client id) goes on from the tails the first one left.
+            assert!(
+                first.terminate().success(),
+                "the bridge did not close cleanly"
+            );
+        }
+        if n == chunks.len() / 2 {
+            second = Some(Bridge::start(&server.addr, port, "bridge-d"));
+        }
+        let end = (at + CHUNK / 2).min(floats.len());
+        plant
+            .publish("pump-7", "de", &raw(at, &floats[at..end], false))
+            .await;
+        plant
+            .publish("fan-2", "accel", &raw(at, &ints[at..end], true))
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = second.unwrap();
+    for (sensor, want) in [("pump-7/de", &want_floats), ("fan-2/accel", &want_ints)] {
+        let topic = format!("drsn/result/{sensor}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // By first sample: `window_index` starts again with the second bridge.
+        let mut by_first: BTreeMap<u64, String> = BTreeMap::new();
+        while by_first.len() < want.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{topic}: {} of {} windows; the second bridge logged:\n{}",
+                by_first.len(),
+                want.len(),
+                second.log.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for v in plant.on(&topic) {
+                let label = v["label"].as_str().unwrap_or("").to_owned();
+                let first = v["first_sample_index"].as_u64().unwrap();
+                if let Some(seen) = by_first.insert(first, label.clone()) {
+                    assert_eq!(
+                        seen, label,
+                        "window at {first} published twice, differently"
+                    );
+                }
+            }
+        }
+        let hop = common::hop() as u64;
+        let firsts: Vec<u64> = by_first.keys().copied().collect();
+        assert_eq!(
+            firsts,
+            (0..want.len() as u64).map(|k| k * hop).collect::<Vec<_>>(),
+            "{sensor}"
+        );
+        assert_eq!(
+            by_first.into_values().collect::<Vec<_>>(),
+            *want,
+            "{sensor}"
+        );
+    }
+    second.wait_for("going on from the previous bridge's tail", 2);
 }

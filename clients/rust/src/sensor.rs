@@ -141,6 +141,23 @@ pub struct SampleSender {
 pub struct Results {
     events: mpsc::Receiver<Result<Event, Error>>,
     stats: Arc<Mutex<Stats>>,
+    tail: Arc<Mutex<Option<Tail>>>,
+}
+
+/// Samples given to a stream that no delivered window covers, from where its next window would start: what a
+/// successor stream of the same sensor starts with so that no window is lost (a bridge handing its sensors to
+/// the next one). Known once [`Results::next`] has returned `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tail {
+    pub first_sample_index: u64,
+    pub samples: TailSamples,
+}
+
+/// A [`Tail`]'s samples, as they were given: floats or 16-bit codes, interleaved frames.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailSamples {
+    F32(Vec<f32>),
+    I16(Vec<i16>),
 }
 
 impl SampleSender {
@@ -208,6 +225,11 @@ impl Results {
     pub fn stats(&self) -> Stats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Once the stream is done: the samples no window covers (see [`Tail`]); `None` before, or when there are none.
+    pub fn tail(&self) -> Option<Tail> {
+        self.tail.lock().ok()?.clone()
+    }
 }
 
 /// Opens a resuming stream for `sensor` over `targets` (dialled when the first samples arrive), on the current
@@ -248,6 +270,7 @@ pub fn open(
         stats: stats.clone(),
     };
     let state = State::new(sensor, options.chunk_frames.max(1));
+    let tail: Arc<Mutex<Option<Tail>>> = Arc::default();
     tokio::spawn(drive(
         targets,
         state,
@@ -255,13 +278,14 @@ pub fn open(
         input,
         events,
         room,
-        stats.clone(),
+        (stats.clone(), tail.clone()),
     ));
     Ok((
         sender,
         Results {
             events: events_rx,
             stats,
+            tail,
         },
     ))
 }
@@ -351,6 +375,40 @@ impl State {
         self.held.push_back((self.next_index, block));
         self.held_frames += frames;
         self.next_index += frames as u64;
+    }
+
+    /// The held samples from where the next window would start.
+    fn tail(&self) -> Option<Tail> {
+        let next_window = match (self.last_first, self.hop_frames) {
+            (Some(last), Some(hop)) => last + hop,
+            _ => self.held_from(),
+        };
+        let from = next_window.max(self.held_from());
+        if from >= self.next_index {
+            return None;
+        }
+        let ch = self.channels();
+        let mut samples = match self.held.front()? {
+            (_, Block::F32(_)) => TailSamples::F32(Vec::new()),
+            (_, Block::I16(_)) => TailSamples::I16(Vec::new()),
+        };
+        for (first, block) in &self.held {
+            let frames = (block.len() / ch) as u64;
+            if first + frames <= from {
+                continue;
+            }
+            let skip = from.saturating_sub(*first) as usize * ch;
+            match (&mut samples, block.slice(skip, block.len())) {
+                (TailSamples::F32(out), Block::F32(v)) => out.extend(v),
+                (TailSamples::I16(out), Block::I16(v)) => out.extend(v),
+                // A stream sends one kind of sample (send or send_codes, fixed by the sensor's adc).
+                _ => return None,
+            }
+        }
+        Some(Tail {
+            first_sample_index: from,
+            samples,
+        })
     }
 
     fn held_from(&self) -> u64 {
@@ -552,7 +610,7 @@ async fn drive(
     mut input: mpsc::Receiver<Block>,
     events: mpsc::Sender<Result<Event, Error>>,
     room: Arc<Semaphore>,
-    stats: Arc<Mutex<Stats>>,
+    (stats, tail): (Arc<Mutex<Stats>>, Arc<Mutex<Option<Tail>>>),
 ) {
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
     let mut fruitless = 0u32;
@@ -621,6 +679,10 @@ async fn drive(
                 }
             }
         }
+    }
+    // Before `events` closes: the gateway reads the tail once the results end.
+    if let Ok(mut t) = tail.lock() {
+        *t = state.tail();
     }
     // Senders waiting for room learn the stream has ended.
     room.close();
@@ -790,6 +852,35 @@ mod tests {
         assert_eq!(stats.windows_repeated, 1);
         let (event, _) = s.on_response(window(16), &mut stats);
         assert!(matches!(event, Some(Event::Window { index: 1, .. })));
+    }
+
+    #[test]
+    fn the_tail_is_what_no_window_covers_from_the_next_window_on() {
+        let mut stats = Stats::default();
+        let mut s = state(4);
+        // Before any window, every sample given is the tail.
+        s.append(Block::F32((0..10).map(|v| v as f32).collect()));
+        assert_eq!(
+            s.tail(),
+            Some(Tail {
+                first_sample_index: 0,
+                samples: TailSamples::F32((0..10).map(|v| v as f32).collect())
+            })
+        );
+        s.append(Block::F32((10..20).map(|v| v as f32).collect()));
+        s.on_response(opened(4), &mut stats);
+        s.on_response(window(8), &mut stats);
+        // The last window started at 8: the next starts at 12, across the two blocks.
+        let tail = s.tail().unwrap();
+        assert_eq!(tail.first_sample_index, 12);
+        assert_eq!(
+            tail.samples,
+            TailSamples::F32((12..20).map(|v| v as f32).collect())
+        );
+        // Every sample covered: no tail.
+        s.on_response(window(16), &mut stats);
+        s.release_before(20);
+        assert_eq!(s.tail(), None);
     }
 
     #[test]

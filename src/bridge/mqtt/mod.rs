@@ -105,7 +105,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
     }
     let targets = args.connect.targets(&args.fallback_addrs)?;
     let status = format!("{}/bridge/status", args.topic_prefix);
-    let options = mqtt_options(&args, &status)?;
+    let options = mqtt_options(&args, Some(&status))?;
     let (mqtt, mut events) = AsyncClient::new(options, MQTT_REQUESTS);
     let shared = Arc::new(Shared {
         targets,
@@ -113,6 +113,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         prefix: args.topic_prefix.clone(),
         options: drsn_client::Options::default(),
         idle: args.sensor_idle,
+        closing: Default::default(),
     });
     let mut feeds = Feeds::new(
         shared.clone(),
@@ -120,6 +121,16 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         args.sensor_queue,
         args.max_queued_bytes,
     );
+    // Each sensor's stream starts with the tail the previous bridge left, before this bridge's session delivers
+    // what was queued for it.
+    let mut handed_over = Vec::new();
+    for (machine, sensor, raw) in read_tails(&args).await {
+        tracing::info!(%machine, %sensor, from = raw.first_sample_index, "going on from the previous bridge's tail");
+        if let Err(refused) = feeds.offer(&machine, &sensor, raw) {
+            tracing::warn!(%machine, %sensor, "the previous bridge's tail was refused: {}", refused.as_str());
+        }
+        handed_over.push(payload::tail_topic(&args.topic_prefix, &machine, &sensor));
+    }
     let filter = format!("{}/raw/+/+", args.topic_prefix);
     let mut backoff = drsn_client::resume::Backoff::default();
     let stop = crate::server::termination_signal();
@@ -140,9 +151,16 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
                 );
                 // From a task: the request queue may be full of results while this loop must go on polling.
                 let (mqtt, filter, status) = (mqtt.clone(), filter.clone(), status.clone());
+                let taken = std::mem::take(&mut handed_over);
                 tokio::spawn(async move {
                     let _ = mqtt.subscribe(filter, QoS::AtLeastOnce).await;
                     let _ = mqtt.publish(status, QoS::AtLeastOnce, true, "online").await;
+                    // The tails taken: cleared, so that a later start does not go back to them.
+                    for topic in taken {
+                        let _ = mqtt
+                            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                            .await;
+                    }
                 });
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -252,7 +270,64 @@ fn take(feeds: &mut Feeds, shared: &Shared, message: &rumqttc::Publish, max_payl
         .try_publish(topic, QoS::AtLeastOnce, false, body.to_string());
 }
 
-fn mqtt_options(args: &MqttArgs, status: &str) -> anyhow::Result<MqttOptions> {
+/// How long a starting bridge reads the previous one's tails: until none came for [`TAIL_QUIET`], at most
+/// [`TAIL_WAIT`] (a broker that cannot be reached: none, and the windows across the handover are lost).
+const TAIL_QUIET: Duration = Duration::from_millis(500);
+const TAIL_WAIT: Duration = Duration::from_secs(5);
+
+/// The tails a closing bridge left (retained on `{prefix}/tail/+/+`), read with a short session of its own.
+async fn read_tails(args: &MqttArgs) -> Vec<(String, String, payload::Raw)> {
+    let mut tails = Vec::new();
+    let Ok(mut options) = mqtt_options(args, None) else {
+        return tails;
+    };
+    options
+        .set_client_id(format!("{}-handover", args.mqtt_client_id))
+        .set_clean_session(true)
+        .set_manual_acks(false);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let filter = format!("{}/tail/+/+", args.topic_prefix);
+    let give_up = tokio::time::Instant::now() + TAIL_WAIT;
+    let mut quiet = give_up;
+    loop {
+        let event = match tokio::time::timeout_at(quiet.min(give_up), events.poll()).await {
+            Err(_) => break,
+            Ok(Err(err)) => {
+                tracing::warn!("cannot read the previous bridge's tails: {err}");
+                break;
+            }
+            Ok(Ok(event)) => event,
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+            }
+            Event::Incoming(Packet::SubAck(_)) => quiet = tokio::time::Instant::now() + TAIL_QUIET,
+            Event::Incoming(Packet::Publish(p)) => {
+                quiet = tokio::time::Instant::now() + TAIL_QUIET;
+                let Some((machine, sensor)) = payload::ids_of(&args.topic_prefix, "tail", &p.topic)
+                else {
+                    continue;
+                };
+                if p.payload.is_empty() {
+                    continue; // cleared
+                }
+                match payload::decode(&p.payload) {
+                    Ok(raw) => tails.push((machine.to_owned(), sensor.to_owned(), raw)),
+                    Err(why) => {
+                        tracing::warn!(topic = %p.topic, "a tail that cannot be read: {why}")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(TAIL_QUIET, async { while events.poll().await.is_ok() {} }).await;
+    tails
+}
+
+fn mqtt_options(args: &MqttArgs, status: Option<&str>) -> anyhow::Result<MqttOptions> {
     let (tls, rest) = if let Some(rest) = args.mqtt_url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = args.mqtt_url.strip_prefix("mqtt://") {
@@ -280,9 +355,12 @@ fn mqtt_options(args: &MqttArgs, status: &str) -> anyhow::Result<MqttOptions> {
         // again after it): headroom above --max-payload-bytes, which `take` refuses by name.
         .set_max_packet_size(
             args.max_payload_bytes.saturating_mul(8).max(1 << 20),
-            256 * 1024,
-        )
-        .set_last_will(LastWill::new(status, "offline", QoS::AtLeastOnce, true));
+            // Results are small; a sensor's tail at hand-over is under a window of its samples.
+            16 << 20,
+        );
+    if let Some(status) = status {
+        options.set_last_will(LastWill::new(status, "offline", QoS::AtLeastOnce, true));
+    }
     if let Some(user) = &args.mqtt_username {
         let password = match &args.mqtt_password_file {
             Some(p) => std::fs::read_to_string(p)

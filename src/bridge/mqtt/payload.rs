@@ -211,7 +211,16 @@ pub fn encode(raw: &Raw) -> Vec<u8> {
 
 /// The machine and sensor a raw topic names: `{prefix}/raw/{machine_id}/{sensor_id}`.
 pub fn sensor_of<'t>(prefix: &str, topic: &'t str) -> Option<(&'t str, &'t str)> {
-    let rest = topic.strip_prefix(prefix)?.strip_prefix("/raw/")?;
+    ids_of(prefix, "raw", topic)
+}
+
+/// The machine and sensor of `{prefix}/{kind}/{machine_id}/{sensor_id}`.
+pub fn ids_of<'t>(prefix: &str, kind: &str, topic: &'t str) -> Option<(&'t str, &'t str)> {
+    let rest = topic
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?
+        .strip_prefix(kind)?
+        .strip_prefix('/')?;
     let (machine, sensor) = rest.split_once('/')?;
     (!machine.is_empty() && !sensor.is_empty() && !sensor.contains('/'))
         .then_some((machine, sensor))
@@ -223,6 +232,11 @@ pub fn result_topic(prefix: &str, machine: &str, sensor: &str) -> String {
 }
 pub fn condition_topic(prefix: &str, machine: &str, sensor: &str) -> String {
     format!("{prefix}/condition/{machine}/{sensor}")
+}
+/// A closing bridge's samples of a sensor that no window covers yet (retained; a raw payload): the next bridge
+/// starts there.
+pub fn tail_topic(prefix: &str, machine: &str, sensor: &str) -> String {
+    format!("{prefix}/tail/{machine}/{sensor}")
 }
 pub fn error_topic(prefix: &str, machine: &str, sensor: &str) -> String {
     format!("{prefix}/error/{machine}/{sensor}")

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use drsn_client::sensor::{self, Adc, Results, SampleSender};
+use drsn_client::sensor::{self, Adc, Results, SampleSender, Tail, TailSamples};
 use drsn_client::{Event, Options, Sensor, Targets};
 use metrics::{counter, gauge};
 
@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) options: Options,
     /// A sensor silent this long has its stream finished (its results flushed) and its task ended.
     pub(crate) idle: Duration,
+    /// The bridge is closing: each sensor hands its tail to the next bridge.
+    pub(crate) closing: AtomicBool,
 }
 
 /// Why a message was not taken.
@@ -113,6 +115,7 @@ impl Feeds {
 
     /// Takes no more messages and waits until every sensor's results are published.
     pub(crate) async fn finish(mut self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
         self.queues.clear();
         while self.tasks.join_next().await.is_some() {}
         gauge!(m::BRIDGE_SENSORS).set(0.0);
@@ -125,7 +128,11 @@ struct Current {
     /// The frame index the next message should start at.
     next: u64,
     samples: SampleSender,
-    publisher: JoinHandle<u64>,
+    publisher: JoinHandle<(u64, Option<Tail>)>,
+    /// The rate, channels and codes' scale and offset of its messages: what its tail is published with.
+    rate: f64,
+    channels: u16,
+    adc: Option<(f32, f32)>,
 }
 
 /// Messages that came ahead of one still missing (a QoS 1 retransmission after a reconnect can reorder them) are
@@ -208,7 +215,11 @@ async fn run(
         task.step(raw).await;
     }
     if let Some(old) = task.current.take() {
-        finish(old).await;
+        let (rate, channels, adc) = (old.rate, old.channels, old.adc);
+        let (_, tail) = finish(old).await;
+        if task.shared.closing.load(Ordering::Relaxed) {
+            hand_over(&task, tail, rate, channels, adc).await;
+        }
     }
 }
 
@@ -261,7 +272,7 @@ impl SensorTask {
                 let note = format!("a new stream from sample {first}: {why}");
                 notify(shared, machine, sensor, &note).await;
                 if let Some(old) = self.current.take() {
-                    self.published += finish(old).await;
+                    self.published += finish(old).await.0;
                 }
             } else if first < c.next {
                 raw = raw.skip(c.next - first);
@@ -294,7 +305,7 @@ impl SensorTask {
             // a new one.
             Err(_) => {
                 if let Some(old) = self.current.take() {
-                    self.published += finish(old).await;
+                    self.published += finish(old).await.0;
                 }
             }
         }
@@ -330,15 +341,56 @@ fn open(
     Ok(Current {
         shape: raw.shape(),
         next: raw.first_sample_index,
+        rate: raw.sample_rate_hz,
+        channels: raw.channels,
+        adc: match raw.samples {
+            Samples::I16 { scale, offset, .. } => Some((scale, offset)),
+            Samples::F32(_) => None,
+        },
         samples,
         publisher,
     })
 }
 
 /// Ends a stream once its samples are answered; the windows it published.
-async fn finish(current: Current) -> u64 {
+async fn finish(current: Current) -> (u64, Option<Tail>) {
     current.samples.finish();
-    current.publisher.await.unwrap_or(0)
+    current.publisher.await.unwrap_or((0, None))
+}
+
+/// Publishes a closing bridge's tail of a sensor (retained, QoS 1): the samples no window covers, from where the
+/// next window starts. The next bridge starts the sensor's stream with them, so that the windows across the
+/// handover are computed; no tail clears an older one.
+async fn hand_over(
+    task: &SensorTask,
+    tail: Option<Tail>,
+    rate: f64,
+    channels: u16,
+    adc: Option<(f32, f32)>,
+) {
+    let topic = payload::tail_topic(&task.shared.prefix, &task.machine, &task.sensor);
+    let body = match tail {
+        None => Vec::new(),
+        Some(tail) => payload::encode(&Raw {
+            channels,
+            first_sample_index: tail.first_sample_index,
+            sample_rate_hz: rate,
+            samples: match (tail.samples, adc) {
+                (TailSamples::I16(codes), Some((scale, offset))) => Samples::I16 {
+                    codes,
+                    scale,
+                    offset,
+                },
+                (TailSamples::F32(values), _) => Samples::F32(values),
+                (TailSamples::I16(_), None) => return,
+            },
+        }),
+    };
+    let _ = task
+        .shared
+        .mqtt
+        .publish(topic, QoS::AtLeastOnce, true, body)
+        .await;
 }
 
 /// Publishes a stream's results (QoS 1) and condition changes (QoS 1, retained); the windows it published.
@@ -348,7 +400,7 @@ async fn publish(
     sensor: String,
     mut results: Results,
     base: u64,
-) -> u64 {
+) -> (u64, Option<Tail>) {
     let windows = payload::result_topic(&shared.prefix, &machine, &sensor);
     let conditions = payload::condition_topic(&shared.prefix, &machine, &sensor);
     let mut count = 0;
@@ -385,7 +437,7 @@ async fn publish(
     }
     let stats = results.stats();
     counter!(m::BRIDGE_RESUMES).increment(stats.resumes);
-    count
+    (count, results.tail())
 }
 
 /// Says on the sensor's error topic why its samples were not (all) diagnosed.
