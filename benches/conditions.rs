@@ -72,9 +72,9 @@ fn main() {
         }
         best[2] = best[2].min(t.elapsed().as_secs_f64());
 
-        let registry = Registry::new(classes.clone(), Duration::from_secs(60), 16);
+        let registry = Registry::new(Duration::from_secs(60), 16);
         let mut d = new();
-        let handle = registry.attach("machine", "sensor", d.snapshot());
+        let handle = registry.attach("machine", "sensor", classes.clone(), d.snapshot());
         let t = Instant::now();
         for i in 0..windows {
             d.observe(obs(i), 0);

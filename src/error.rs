@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The server is going away or lost its workers: resume on another replica.
     Unavailable,
+    /// The request names something this server does not have (a model, a model version).
+    NotFound,
     /// The server failed: not the client's fault.
     Internal,
 }
@@ -47,17 +49,19 @@ impl ErrorKind {
             Self::Timeout => "timeout",
             Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
+            Self::NotFound => "not_found",
             Self::Internal => "internal",
         }
     }
 
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         Self::InvalidInput,
         Self::Unauthenticated,
         Self::Exhausted,
         Self::Timeout,
         Self::Cancelled,
         Self::Unavailable,
+        Self::NotFound,
         Self::Internal,
     ];
 }
@@ -119,6 +123,9 @@ pub enum ServeError {
     PartialFrame { count: usize, channels: usize },
     #[error("a chunk of {frames} frames is over the limit of {max}; send smaller chunks")]
     ChunkTooLarge { frames: usize, max: usize },
+    /// `asked`: the model (and version) the request named, quoted client text; `served`: what is served here.
+    #[error("model {asked} is not served here; served: {served}")]
+    ModelNotFound { asked: String, served: String },
     #[error("{place} is {value}; samples must be finite")]
     NonFinite { place: String, value: f32 },
     #[error("chunk at sample {first} with {frames} frames runs past the largest sample index")]
@@ -238,6 +245,7 @@ impl ServeError {
             Self::Misaligned { .. } | Self::PartialFrame { .. } => "partial_frame",
             Self::IntegerSamples { .. } => "integer_samples",
             Self::ChunkTooLarge { .. } => "chunk_too_large",
+            Self::ModelNotFound { .. } => "model_not_found",
             Self::NonFinite { .. } => "non_finite",
             Self::IndexOverflow { .. } => "index_overflow",
             Self::WindowLength { .. } => "window_length",
@@ -275,6 +283,7 @@ impl ServeError {
             | Self::IdleTimeout { .. }
             | Self::RequestReadTimeout { .. } => ErrorKind::Timeout,
             Self::ClientGone(_) => ErrorKind::Cancelled,
+            Self::ModelNotFound { .. } => ErrorKind::NotFound,
             Self::ShuttingDown { .. }
             | Self::DrainTimeout { .. }
             | Self::ConnectionAged { .. }
@@ -325,6 +334,10 @@ impl ServeError {
                 problem: String::new(),
             },
             ChunkTooLarge { frames: 0, max: 0 },
+            ModelNotFound {
+                asked: String::new(),
+                served: String::new(),
+            },
             NonFinite {
                 place: String::new(),
                 value: 0.0,
@@ -507,6 +520,6 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 39);
+        assert_eq!(unique.len(), 40);
     }
 }

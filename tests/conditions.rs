@@ -137,17 +137,7 @@ async fn next_change(
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: impl AsRef<str>) -> (u16, serde_json::Value) {
-    let path = path.as_ref();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, serde_json::from_str(body).unwrap())
+    common::http(addr, "GET", path.as_ref(), "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,7 +150,7 @@ async fn streams_per_connection_and_connections_are_capped() {
     let refused = match third {
         Err(_) => true,
         Ok(mut c) => c
-            .get_model(drsn_serve::api::grpc::proto::GetModelRequest {})
+            .get_model(drsn_serve::api::grpc::proto::GetModelRequest::default())
             .await
             .is_err(),
     };
@@ -311,7 +311,7 @@ async fn a_client_resetting_streams_in_a_loop_is_disconnected() {
         .await
         .unwrap();
     client
-        .get_model(drsn_serve::api::grpc::proto::GetModelRequest {})
+        .get_model(drsn_serve::api::grpc::proto::GetModelRequest::default())
         .await
         .unwrap();
     running.stop().await;

@@ -28,6 +28,7 @@ async fn memory_is_given_back_after_a_burst_of_large_requests() {
             })
             .collect(),
         detail: 0,
+        ..Default::default()
     };
     let burst = |rounds: usize| {
         let client = client.clone();

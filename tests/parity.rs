@@ -123,6 +123,7 @@ async fn diagnose_over_grpc_matches_golden() {
         .diagnose(DiagnoseRequest {
             windows,
             detail: ResultDetail::Full as i32,
+            ..Default::default()
         })
         .await
         .unwrap()

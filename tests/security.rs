@@ -97,7 +97,7 @@ async fn get_model(args: &ConnectArgs) -> Result<(), tonic::Status> {
     let mut client = connect_with(args)
         .await
         .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
-    client.get_model(GetModelRequest {}).await.map(drop)
+    client.get_model(GetModelRequest::default()).await.map(drop)
 }
 
 async fn health(addr: &str, ca: &Path) -> Result<i32, String> {

@@ -336,6 +336,7 @@ async fn unary_calls_flag_windows_one_by_one() {
                 win(good),
             ],
             detail: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -147,6 +147,7 @@ async fn mixed_clients_for_a_while_leak_nothing() {
                     .diagnose(DiagnoseRequest {
                         windows: vec![win(real[..w].to_vec()), win(vec![0.0; w])],
                         detail: 0,
+                        ..Default::default()
                     })
                     .await;
                 let _ = deaf.await;

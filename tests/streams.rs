@@ -361,7 +361,10 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
             },
         )),
     };
-    let req = |windows| drsn_serve::api::grpc::proto::DiagnoseRequest { windows, detail: 0 };
+    let req = |windows| drsn_serve::api::grpc::proto::DiagnoseRequest {
+        windows,
+        ..Default::default()
+    };
     let w = common::window();
     let e = client
         .diagnose(req(vec![win(w), win(100)]))
@@ -422,7 +425,7 @@ async fn unary_refuses_bad_windows_and_a_full_queue() {
         .into_inner();
     assert_eq!(ok.results.len(), 3);
     let info = client
-        .get_model(drsn_serve::api::grpc::proto::GetModelRequest {})
+        .get_model(drsn_serve::api::grpc::proto::GetModelRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -90,8 +90,7 @@ async fn list(State(ctx): State<Ctx>, headers: HeaderMap, RawQuery(query): RawQu
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": e })),
     }
     let (revision, machines) = ctx.registry.list();
-    let classes = ctx.registry.classes();
-    let machines: Vec<Value> = machines.iter().map(|m| machine(m, classes)).collect();
+    let machines: Vec<Value> = machines.iter().map(machine).collect();
     reply(
         StatusCode::OK,
         json!({"revision": revision, "machines": machines}),
@@ -106,7 +105,7 @@ async fn one(State(ctx): State<Ctx>, headers: HeaderMap, Path(id): Path<String>)
     match machines.iter().find(|m| m.machine_id == id) {
         Some(m) => reply(
             StatusCode::OK,
-            json!({"revision": revision, "machine": machine(m, ctx.registry.classes())}),
+            json!({"revision": revision, "machine": machine(m)}),
         ),
         None => reply(
             StatusCode::NOT_FOUND,
@@ -118,7 +117,7 @@ async fn one(State(ctx): State<Ctx>, headers: HeaderMap, Path(id): Path<String>)
     }
 }
 
-fn machine(m: &MachineView, classes: &[String]) -> Value {
+fn machine(m: &MachineView) -> Value {
     json!({
         "machine_id": m.machine_id,
         "condition": m.condition.label(),
@@ -127,12 +126,12 @@ fn machine(m: &MachineView, classes: &[String]) -> Value {
         "zone": m.zone.map(|z| z.name()),
         "velocity_rms_mm_s": m.velocity_mm_s,
         "since_unix_ms": m.since_unix_ms,
-        "sensors": m.sensors.iter().map(|s| sensor(s, classes)).collect::<Vec<_>>(),
+        "sensors": m.sensors.iter().map(sensor).collect::<Vec<_>>(),
     })
 }
 
-fn sensor(v: &SensorView, classes: &[String]) -> Value {
-    let s: &Snapshot = &v.snapshot;
+fn sensor(v: &SensorView) -> Value {
+    let (s, classes): (&Snapshot, &[String]) = (&v.snapshot, &v.classes);
     let shares: serde_json::Map<String, Value> = classes
         .iter()
         .zip(&s.shares)

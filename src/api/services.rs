@@ -1,4 +1,4 @@
-//! The API built from the pipeline: drsn.v1 and KServe V2 over gRPC (each behind its message framing, the token
+//! The API built from the served models: drsn.v1 and KServe V2 over gRPC (each behind its message framing, the token
 //! and the transport error mapping), optional reflection, and the REST routes (V2 and the machines as JSON).
 
 use std::sync::Arc;
@@ -13,12 +13,12 @@ use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
 use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
 use crate::api::grpc::transport_errors::TransportErrors;
 use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
-use crate::api::kserve::{self, Ready, V2};
+use crate::api::kserve::{self, Ready, V2Models};
 use crate::api::machines;
 use crate::condition::Conditions;
 use crate::engine::device::Placement;
 use crate::error::StartupError;
-use crate::pipeline::Pipeline;
+use crate::pipeline::models::Models;
 
 /// A V2 REST body may hold this many bytes of JSON per sample (a float's text and its separator), plus this much
 /// for the rest of the request.
@@ -48,7 +48,7 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn build(
-        pipeline: &Arc<Pipeline>,
+        models: &Arc<Models>,
         conditions: &Arc<Conditions>,
         placement: Placement,
         settings: ApiSettings,
@@ -61,28 +61,23 @@ impl Api {
             ready,
         } = settings;
         // Each method's message limit is enforced from the framing (`frames`); tonic's own limit is the largest.
-        let messages = frames::MessageLimits::new(pipeline);
-        let v2 = Arc::new(V2::new(pipeline.clone(), ready));
+        let messages = frames::MessageLimits::new(models);
+        let v2 = Arc::new(V2Models::new(models.clone(), ready));
         let inference = GrpcInferenceServiceServer::new(kserve::grpc::InferenceService(v2.clone()))
             .max_decoding_message_size(messages.largest());
         let inference = TransportErrors(tokens.guard(
-            frames::inference(
-                inference,
-                pipeline,
-                v2.outputs().len(),
-                request_read_timeout,
-            ),
+            frames::inference(inference, models, v2.max_outputs(), request_read_timeout),
             kserve::grpc::OPEN_METHODS,
         ));
         let diagnosis = DiagnosisServer::new(DiagnosisService::new(
-            pipeline.clone(),
+            models.clone(),
             conditions.clone(),
             placement,
             stream_timeouts,
         ))
         .max_decoding_message_size(messages.largest());
         let diagnosis = TransportErrors(tokens.guard(
-            frames::diagnosis(diagnosis, pipeline, request_read_timeout),
+            frames::diagnosis(diagnosis, models, request_read_timeout),
             &[],
         ));
         let mut grpc = Routes::default()
@@ -97,7 +92,12 @@ impl Api {
                 .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
             grpc = grpc.add_service(InterceptedService::new(service, tokens.interceptor()));
         }
-        let max_values = pipeline.model().window_values() * pipeline.admission().max_unary_windows;
+        let max_window = models
+            .all()
+            .map(|p| p.model().window_values())
+            .max()
+            .unwrap_or(0);
+        let max_values = max_window * models.gate().admission().max_unary_windows;
         let rest = kserve::rest::router(
             v2,
             tokens.clone(),

@@ -73,6 +73,12 @@ pub struct ReplayArgs {
     /// recording with 6 dB of headroom.
     #[arg(long, value_enum, default_value_t = WireChoice::Auto)]
     pub wire: WireChoice,
+    /// The model to stream to, of those the server serves (default: its default model).
+    #[arg(long = "model")]
+    pub model: Option<String>,
+    /// The model's version (default: the newest the server has).
+    #[arg(long)]
+    pub model_version: Option<String>,
 }
 
 fn window_line(sensor: &str, w: &WindowResult, json: bool) -> String {
@@ -182,6 +188,8 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<i32> {
             plan.realtime = args.realtime;
             plan.keep_windows = false;
             plan.wire = wire;
+            plan.model = args.model.clone().unwrap_or_default();
+            plan.model_version = args.model_version.clone().unwrap_or_default();
             let (json, quiet, label) = (args.json, args.quiet || bar, plan.sensor_id.clone());
             let progress = progress.clone();
             let targets = targets.clone();

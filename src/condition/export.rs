@@ -26,7 +26,6 @@ pub(crate) fn render(registry: &Registry, cap: usize, out: &mut String) {
     let left_out = machines.len().saturating_sub(cap);
     gauge!(m::MACHINES_NOT_EXPORTED).set(left_out as f64);
     machines.truncate(cap);
-    let classes = registry.classes();
     header(
         out,
         m::MACHINE_CONDITION,
@@ -67,10 +66,10 @@ pub(crate) fn render(registry: &Registry, cap: usize, out: &mut String) {
         "Each class's share of the current evidence of the sensor setting the machine's condition.",
     );
     for v in &machines {
-        let Some(shares) = setting_sensor(v).map(|s| &s.snapshot.shares) else {
+        let Some(s) = setting_sensor(v) else {
             continue;
         };
-        for (class, share) in classes.iter().zip(shares) {
+        for (class, share) in s.classes.iter().zip(&s.snapshot.shares) {
             let _ = writeln!(
                 out,
                 "{}{{machine_id=\"{}\",class=\"{}\"}} {share}",
@@ -150,13 +149,20 @@ mod tests {
 
     #[tokio::test]
     async fn the_worst_machines_are_exported_first_up_to_the_cap() {
-        let r = Registry::new(
-            Arc::new(vec!["normal".into(), "outer".into()]),
-            Duration::from_secs(1),
-            16,
+        let r = Registry::new(Duration::from_secs(1), 16);
+        let classes = Arc::new(vec!["normal".into(), "outer".into()]);
+        let _a = r.attach(
+            "a-healthy",
+            "s",
+            classes.clone(),
+            snapshot(Condition::Normal, None),
         );
-        let _a = r.attach("a-healthy", "s", snapshot(Condition::Normal, None));
-        let _b = r.attach("b \"quoted\"", "DE", snapshot(Condition::Fault, Some(1)));
+        let _b = r.attach(
+            "b \"quoted\"",
+            "DE",
+            classes,
+            snapshot(Condition::Fault, Some(1)),
+        );
         let mut out = String::new();
         render(&r, 1, &mut out);
         assert!(out.contains(r#"drsn_machine_info{machine_id="b \"quoted\"",condition="fault",sensor_id="DE",class="outer",zone="C"} 1"#), "{out}");

@@ -18,6 +18,8 @@ use crate::telemetry::metrics as m;
 pub struct SensorView {
     pub sensor_id: String,
     pub snapshot: Snapshot,
+    /// The classes of the model its stream is served by, which `snapshot`'s class indices and shares refer to.
+    pub classes: Arc<Vec<String>>,
     /// Its stream is open on this replica; `false`: its data stopped (it is UNKNOWN) at `snapshot.since_unix_ms`.
     pub streaming: bool,
 }
@@ -39,9 +41,9 @@ pub struct MachineView {
 
 impl MachineView {
     /// The worst sensor (condition, then zone): the one a machine's condition names.
-    fn of(machine_id: &str, sensors: &BTreeMap<String, Entry>, classes: &[String]) -> Option<Self> {
+    fn of(machine_id: &str, sensors: &BTreeMap<String, Entry>) -> Option<Self> {
         let worst = worst(sensors)?;
-        let s = &worst.1.view.snapshot;
+        let (s, classes) = (&worst.1.view.snapshot, &worst.1.view.classes);
         Some(Self {
             machine_id: machine_id.to_owned(),
             condition: s.condition,
@@ -160,7 +162,6 @@ fn weight(r: &Revision) -> usize {
 pub struct Registry {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Revision>>,
-    classes: Arc<Vec<String>>,
     retention: Duration,
     /// Most stopped sensors kept: a client opening and dropping streams under new ids cannot grow the registry
     /// past this within the retention time (the oldest leave first).
@@ -168,7 +169,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(classes: Arc<Vec<String>>, retention: Duration, max_stopped: usize) -> Self {
+    pub fn new(retention: Duration, max_stopped: usize) -> Self {
         Self {
             // Revisions start at this process's start time (ms x 1000), so that a watcher resuming from a revision
             // of an earlier process of this replica gets a snapshot, never the changes after a number that meant
@@ -178,22 +179,23 @@ impl Registry {
                 ..Inner::default()
             }),
             tx: broadcast::channel(1024).0,
-            classes,
             retention,
             max_stopped,
         }
-    }
-
-    pub fn classes(&self) -> &Arc<Vec<String>> {
-        &self.classes
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A stream takes over (machine, sensor) with its first condition.
-    pub fn attach(&self, machine_id: &str, sensor_id: &str, snapshot: Snapshot) -> SensorHandle {
+    /// A stream takes over (machine, sensor) with its first condition, in the classes of its model.
+    pub fn attach(
+        &self,
+        machine_id: &str,
+        sensor_id: &str,
+        classes: Arc<Vec<String>>,
+        snapshot: Snapshot,
+    ) -> SensorHandle {
         let mut inner = self.lock();
         inner.next_stream += 1;
         let stream = inner.next_stream;
@@ -201,6 +203,7 @@ impl Registry {
             view: SensorView {
                 sensor_id: sensor_id.to_owned(),
                 snapshot,
+                classes,
                 streaming: true,
             },
             stream,
@@ -306,7 +309,7 @@ impl Registry {
         inner
             .machines
             .iter()
-            .filter_map(|(id, sensors)| MachineView::of(id, sensors, &self.classes))
+            .filter_map(|(id, sensors)| MachineView::of(id, sensors))
             .collect()
     }
 
@@ -369,7 +372,7 @@ impl Registry {
             }
             return;
         }
-        let change = match MachineView::of(machine_id, sensors, &self.classes) {
+        let change = match MachineView::of(machine_id, sensors) {
             Some(view) => MachineChange::Changed(view),
             None => {
                 inner.machines.remove(machine_id);
@@ -435,8 +438,11 @@ mod tests {
     }
 
     fn registry() -> Registry {
-        let classes = Arc::new(vec!["normal".into(), "inner".into(), "outer".into()]);
-        Registry::new(classes, Duration::from_secs(60), 2)
+        Registry::new(Duration::from_secs(60), 2)
+    }
+
+    fn classes() -> Arc<Vec<String>> {
+        Arc::new(vec!["normal".into(), "inner".into(), "outer".into()])
     }
 
     #[tokio::test]
@@ -445,9 +451,15 @@ mod tests {
         let de = r.attach(
             "pump-1",
             "DE",
+            classes(),
             snapshot(Condition::Normal, None, Some(Zone::A)),
         );
-        let _fe = r.attach("pump-1", "FE", snapshot(Condition::Unknown, None, None));
+        let _fe = r.attach(
+            "pump-1",
+            "FE",
+            classes(),
+            snapshot(Condition::Unknown, None, None),
+        );
         let (_, machines) = r.list();
         assert_eq!(
             (machines[0].condition, machines[0].sensor_id.as_str()),
@@ -470,7 +482,12 @@ mod tests {
     #[tokio::test]
     async fn watchers_get_a_snapshot_then_changes_and_resume_from_a_revision() {
         let r = registry();
-        let a = r.attach("m1", "s", snapshot(Condition::Normal, None, None));
+        let a = r.attach(
+            "m1",
+            "s",
+            classes(),
+            snapshot(Condition::Normal, None, None),
+        );
         let (start, mut rx) = r.watch(None);
         let WatchStart::Snapshot { revision, machines } = start else {
             panic!("a new watcher starts from a snapshot")
@@ -516,7 +533,12 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         let started = tokio::time::Instant::now();
-        let _h = r.attach("m1", "s", snapshot(Condition::Normal, None, None));
+        let _h = r.attach(
+            "m1",
+            "s",
+            classes(),
+            snapshot(Condition::Normal, None, None),
+        );
         poll.await.unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -531,8 +553,18 @@ mod tests {
     async fn a_stopped_sensor_is_unknown_until_retention_ends_and_an_old_stream_cannot_clobber_a_new_one()
      {
         let r = registry();
-        let old = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
-        let new = r.attach("m1", "s", snapshot(Condition::Fault, Some(1), None));
+        let old = r.attach(
+            "m1",
+            "s",
+            classes(),
+            snapshot(Condition::Fault, Some(1), None),
+        );
+        let new = r.attach(
+            "m1",
+            "s",
+            classes(),
+            snapshot(Condition::Fault, Some(1), None),
+        );
         r.detach(&old, Departure::Stopped, 7);
         assert_eq!(
             r.list().1[0].condition,
@@ -555,6 +587,7 @@ mod tests {
             let h = r.attach(
                 &format!("churn-{i}"),
                 "s",
+                classes(),
                 snapshot(Condition::Normal, None, None),
             );
             r.detach(&h, Departure::Stopped, 9);

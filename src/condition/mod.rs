@@ -17,28 +17,18 @@ use crate::error::ServeError;
 use crate::pipeline::deliver::EventStream;
 use crate::pipeline::spec::StreamSpec;
 
-/// The condition stage of a server: its settings and the registry of its machines.
+/// The condition stage of a server: its settings and the registry of its machines. Each stream's condition is
+/// in the classes of the model serving it.
 pub struct Conditions {
     registry: Arc<Registry>,
     settings: Settings,
-    /// The class meaning healthy (named `normal` or `healthy` in the card).
-    normal: Option<usize>,
-    classes: usize,
 }
 
 impl Conditions {
     /// `max_stopped`: the most sensors kept after their stream ended (UNKNOWN, until `retention` passes).
-    pub fn new(
-        classes: Arc<Vec<String>>,
-        settings: Settings,
-        retention: Duration,
-        max_stopped: usize,
-    ) -> Self {
-        let normal = debounce::healthy_class(&classes);
+    pub fn new(settings: Settings, retention: Duration, max_stopped: usize) -> Self {
         Self {
-            normal,
-            classes: classes.len(),
-            registry: Arc::new(Registry::new(classes, retention, max_stopped)),
+            registry: Arc::new(Registry::new(retention, max_stopped)),
             settings,
         }
     }
@@ -47,31 +37,33 @@ impl Conditions {
         &self.registry
     }
 
-    /// Checks a condition state a resumed stream sent back, before its stream is opened.
-    pub fn check(&self, state: &State) -> Result<(), ServeError> {
+    /// Checks a condition state a resumed stream sent back against the classes of the model it opens on.
+    pub fn check(&self, state: &State, classes: &[String]) -> Result<(), ServeError> {
         state
-            .check(self.classes)
+            .check(classes.len())
             .map_err(ServeError::ConditionCarry)
     }
 
     /// Tracks the condition of a newly opened stream, going on from `carry` when a resumed stream sent one back;
     /// returns the stream with its condition events and the condition it starts in.
+    /// `classes`: those of the model serving the stream (the class named `normal` or `healthy` means healthy).
     pub fn track(
         &self,
         spec: &StreamSpec,
+        classes: &Arc<Vec<String>>,
         carry: Option<State>,
         events: EventStream,
     ) -> Result<(TrackedStream, Snapshot), ServeError> {
         let state = match carry {
             Some(state) => {
-                self.check(&state)?;
+                self.check(&state, classes)?;
                 state
             }
-            None => State::new(self.classes, track::now_unix_ms()),
+            None => State::new(classes.len(), track::now_unix_ms()),
         };
         let debouncer = Debouncer::new(
             self.settings,
-            self.normal,
+            debounce::healthy_class(classes),
             spec.sample_rate_hz,
             spec.zones,
             state,
@@ -79,8 +71,12 @@ impl Conditions {
         let start = debouncer.snapshot();
         // A stream without a machine id has a condition of its own but is no machine of the fleet.
         let handle = (!spec.machine_id.is_empty()).then(|| {
-            self.registry
-                .attach(&spec.machine_id, &spec.sensor_id, start.clone())
+            self.registry.attach(
+                &spec.machine_id,
+                &spec.sensor_id,
+                classes.clone(),
+                start.clone(),
+            )
         });
         let tracker = Tracker {
             debouncer,

@@ -11,6 +11,7 @@ pub(crate) mod budget;
 pub mod cost;
 pub(crate) mod deliver;
 pub mod diagnosis;
+pub mod models;
 pub mod quality;
 pub mod resample;
 pub mod schedule;
@@ -62,11 +63,9 @@ pub struct Drain {
     pub tasks: TaskTracker,
 }
 
-pub struct Pipeline {
-    model: Arc<LoadedModel>,
-    classes: Arc<Vec<String>>,
-    scheduler: Arc<Scheduler>,
-    limits: Limits,
+/// What every model served by this replica shares: stream slots (global and per connection), the request memory
+/// budget and the drain. A stream takes its slot here before its `open` names the model it wants.
+pub struct Gate {
     admission: Admission,
     drain: Drain,
     streams: Arc<Semaphore>,
@@ -74,6 +73,16 @@ pub struct Pipeline {
     /// Unary calls are clients of their own: keys counted down from the top, apart from connection ids.
     next_unary: AtomicU64,
     requests: budget::RequestBudget,
+}
+
+/// One model version's way from samples to diagnoses: its card, its queue and batcher, its limits; admission
+/// through the replica's [`Gate`].
+pub struct Pipeline {
+    model: Arc<LoadedModel>,
+    classes: Arc<Vec<String>>,
+    scheduler: Arc<Scheduler>,
+    limits: Limits,
+    gate: Arc<Gate>,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -126,19 +135,9 @@ impl Drop for StreamSlot {
     }
 }
 
-impl Pipeline {
-    pub fn new(
-        model: Arc<LoadedModel>,
-        scheduler: Arc<Scheduler>,
-        limits: Limits,
-        admission: Admission,
-        drain: Drain,
-    ) -> Self {
+impl Gate {
+    pub fn new(admission: Admission, drain: Drain) -> Self {
         Self {
-            classes: Arc::new(model.card.classes.clone()),
-            model,
-            scheduler,
-            limits,
             streams: Arc::new(Semaphore::new(admission.max_streams.max(1))),
             admission,
             drain,
@@ -146,14 +145,6 @@ impl Pipeline {
             next_unary: AtomicU64::new(u64::MAX),
             requests: budget::RequestBudget::new(admission.max_request_memory),
         }
-    }
-
-    pub fn model(&self) -> &Arc<LoadedModel> {
-        &self.model
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
     }
 
     pub fn admission(&self) -> &Admission {
@@ -207,6 +198,58 @@ impl Pipeline {
             flow: None,
         })
     }
+}
+
+impl Pipeline {
+    pub fn new(
+        model: Arc<LoadedModel>,
+        scheduler: Arc<Scheduler>,
+        limits: Limits,
+        gate: Arc<Gate>,
+    ) -> Self {
+        Self {
+            classes: Arc::new(model.card.classes.clone()),
+            model,
+            scheduler,
+            limits,
+            gate,
+        }
+    }
+
+    pub fn model(&self) -> &Arc<LoadedModel> {
+        &self.model
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The model's classes, shared by every stream on it.
+    pub fn classes(&self) -> &Arc<Vec<String>> {
+        &self.classes
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.gate.admission
+    }
+
+    pub fn drain(&self) -> &Drain {
+        &self.gate.drain
+    }
+
+    /// The memory budget every API reserves a request's bytes from before it reads the request.
+    pub fn request_budget(&self) -> &budget::RequestBudget {
+        &self.gate.requests
+    }
+
+    /// A slot for a new stream of `client`'s, before it has sent `open`.
+    pub fn admit_stream(&self, client: ClientKey) -> Result<StreamSlot, ServeError> {
+        self.gate.admit_stream(client)
+    }
 
     /// Opens an admitted stream: validates what it asks for, budgets its memory, and returns the session its reader
     /// feeds and the events its client receives.
@@ -233,7 +276,7 @@ impl Pipeline {
         let events = deliver::ordered(
             rx,
             self.classes.clone(),
-            self.drain.expired.clone(),
+            self.gate.drain.expired.clone(),
             progress.clone(),
             Box::new(slot),
         );
@@ -243,7 +286,7 @@ impl Pipeline {
             flow,
             tx,
             self.model.clone(),
-            self.drain.expired.clone(),
+            self.gate.drain.expired.clone(),
             progress,
         );
         Ok((session, events))
@@ -251,7 +294,7 @@ impl Pipeline {
 
     /// Whether new work is taken: not draining, and inference workers alive.
     pub fn ready(&self) -> bool {
-        !self.drain.shutdown.is_cancelled() && !self.scheduler.is_closed()
+        !self.gate.drain.shutdown.is_cancelled() && !self.scheduler.is_closed()
     }
 
     /// The validated spec, its resampler and its memory budget, or why the stream cannot be served.
@@ -281,7 +324,7 @@ impl Pipeline {
         windows: Vec<Vec<f32>>,
     ) -> Result<Vec<WindowDiagnosis>, ServeError> {
         counter!(m::REQUESTS, "api" => api).increment(1);
-        if self.drain.shutdown.is_cancelled() {
+        if self.gate.drain.shutdown.is_cancelled() {
             return Err(ServeError::ShuttingDown {
                 resume: Resume(None),
             });
@@ -290,10 +333,10 @@ impl Pipeline {
         if n == 0 {
             return Err(ServeError::NoWindows);
         }
-        if n > self.admission.max_unary_windows {
+        if n > self.gate.admission.max_unary_windows {
             return Err(ServeError::TooManyWindows {
                 got: n,
-                max: self.admission.max_unary_windows,
+                max: self.gate.admission.max_unary_windows,
             });
         }
         let want = self.model.window_values();
@@ -331,6 +374,7 @@ impl Pipeline {
             .map(|(w, _)| w)
             .collect();
         let client = self
+            .gate
             .next_unary
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let flow = self.scheduler.flow(client);

@@ -14,7 +14,7 @@ use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::Reading;
 use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
 use crate::pipeline::spec::Limits;
-use crate::pipeline::{Admission, Drain, Pipeline};
+use crate::pipeline::{Gate, Pipeline};
 use crate::telemetry::metrics as m;
 
 /// The pipeline's settings.
@@ -26,7 +26,6 @@ pub struct PipelineSettings {
     /// Queue wait plus inference a window should stay within.
     pub latency_budget: Duration,
     pub limits: Limits,
-    pub admission: Admission,
 }
 
 /// A running pipeline: the facade, and the queue and batcher that the server's lifecycle stops in order.
@@ -36,12 +35,13 @@ pub(crate) struct Started {
     pub batcher: Batcher,
 }
 
-/// Starts the batcher on the engine's sessions; the pipeline obeys `drain`, the batcher `stop_batcher`.
+/// Starts the batcher on the engine's sessions; the pipeline admits through `gate` (shared by every model of the
+/// replica, whose drain it obeys), the batcher stops on `stop_batcher`.
 pub(crate) fn start(
     model: Arc<LoadedModel>,
     engine: Engine,
     settings: PipelineSettings,
-    drain: Drain,
+    gate: Arc<Gate>,
     stop_batcher: CancellationToken,
 ) -> Started {
     let cost = Arc::new(CostModel::new(engine.max_batch, &engine.costs));
@@ -71,8 +71,7 @@ pub(crate) fn start(
         model,
         scheduler.clone(),
         settings.limits,
-        settings.admission,
-        drain,
+        gate,
     ));
     Started {
         pipeline,

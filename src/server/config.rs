@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use crate::api::auth::Tokens;
 use crate::api::grpc::service::StreamTimeouts;
 use crate::api::kserve::Ready;
@@ -30,6 +28,13 @@ pub struct ServeConfig {
     /// Model card (JSON) to serve; the ONNX file it names is read from the same folder.
     #[arg(long, env = "DRSN_MODEL", default_value = "models/drsn_cw_cwru.json")]
     pub model: PathBuf,
+    /// A model repository to serve instead of --model: <model>/<version>/ folders, each with one model card (JSON)
+    /// and the ONNX file it names. Every version found is served; a request that names no version gets the newest.
+    #[arg(long, env = "DRSN_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// With --model-repository: the model for streams and requests that name none (needed when it holds several).
+    #[arg(long, env = "DRSN_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
     #[command(flatten)]
     pub network: NetworkArgs,
     #[command(flatten)]
@@ -236,13 +241,8 @@ impl ConditionArgs {
     }
 
     /// The machines' conditions, for as many sensors whose data stopped as there may be streams.
-    pub fn conditions(&self, classes: &[String], max_streams: usize) -> Conditions {
-        Conditions::new(
-            Arc::new(classes.to_vec()),
-            self.settings(),
-            self.condition_retention,
-            max_streams,
-        )
+    pub fn conditions(&self, max_streams: usize) -> Conditions {
+        Conditions::new(self.settings(), self.condition_retention, max_streams)
     }
 
     pub fn zones(&self) -> crate::pipeline::severity::ZoneLimits {
@@ -355,6 +355,12 @@ impl ServeConfig {
         if self.network.request_read_timeout.is_zero() {
             return bad("--request-read-timeout must be above 0".into());
         }
+        if self.default_model.is_some() && self.model_repository.is_none() {
+            return bad(
+                "--default-model names a model of --model-repository; with --model, the one model is the default"
+                    .into(),
+            );
+        }
         if self.security.metrics_tls && self.security.tls_cert.is_none() {
             return bad("--metrics-tls needs --tls-cert and --tls-key".into());
         }
@@ -396,7 +402,7 @@ impl ServeConfig {
         }
     }
 
-    /// The queue, batching, stream limits and admission.
+    /// The queue, batching and stream limits of each model version.
     pub fn pipeline_settings(&self, resolved: Resolved) -> PipelineSettings {
         PipelineSettings {
             schedule: ScheduleConfig {
@@ -407,12 +413,16 @@ impl ServeConfig {
             max_queue_delay: resolved.max_queue_delay,
             latency_budget: self.batching.latency_budget,
             limits: self.limits(),
-            admission: Admission {
-                max_streams: self.streams.max_streams,
-                max_streams_per_connection: self.streams.max_streams_per_connection,
-                max_unary_windows: self.streams.max_unary_windows,
-                max_request_memory: self.streams.max_request_memory,
-            },
+        }
+    }
+
+    /// Stream slots and request memory, shared by every model served.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            max_streams: self.streams.max_streams,
+            max_streams_per_connection: self.streams.max_streams_per_connection,
+            max_unary_windows: self.streams.max_unary_windows,
+            max_request_memory: self.streams.max_request_memory,
         }
     }
 

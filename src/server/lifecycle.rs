@@ -2,7 +2,6 @@
 //! which things stop (listener, readers, deliveries, batcher, inference threads, metrics).
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -10,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Drain;
 use crate::pipeline::batch::Batcher;
-use crate::pipeline::schedule::Scheduler;
+use crate::pipeline::start::Started;
 
 /// Longest the inference threads get to finish the batch they hold once the drain is over.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,8 +50,7 @@ impl Lifecycle {
     pub(crate) fn run(
         &mut self,
         serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
-        scheduler: Arc<Scheduler>,
-        batcher: Batcher,
+        pipelines: Vec<Started>,
     ) {
         let drain = self.drain.clone();
         let (stop_batcher, stop_metrics) = (self.stop_batcher.clone(), self.stop_metrics.clone());
@@ -76,10 +74,15 @@ impl Lifecycle {
             }
             drain.tasks.close();
             let _ = tokio::time::timeout(FINAL_WRITE, drain.tasks.wait()).await;
-            // Nothing can submit any more: let the batcher finish what is queued, then stop it.
-            scheduler.close();
+            // Nothing can submit any more: let the batchers finish what is queued, then stop them.
+            let mut batchers = Vec::with_capacity(pipelines.len());
+            for p in pipelines {
+                p.scheduler.close();
+                batchers.push(p.batcher);
+            }
             stop_batcher.cancel();
-            let joined = tokio::task::spawn_blocking(move || batcher.join());
+            let joined =
+                tokio::task::spawn_blocking(move || batchers.into_iter().for_each(Batcher::join));
             if tokio::time::timeout(JOIN_TIMEOUT, joined).await.is_err() {
                 tracing::warn!("an inference thread is still busy; not waiting for it");
             }

@@ -256,6 +256,38 @@ pub(crate) fn metric(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// One HTTP/1.1 request (`body` sent as JSON when not empty): the status and the JSON body.
+pub(crate) async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("writes");
+    s.write_all(body.as_bytes()).await.expect("writes");
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.expect("reads");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// An `open` message for a mono stream.
 pub(crate) fn open(rate: f64, channels: u32, detail: i32) -> StreamDiagnoseRequest {
     StreamDiagnoseRequest {

@@ -84,6 +84,13 @@ def test_the_condition_carry_is_kept_from_events_and_the_ending_trailer_and_sent
     assert s.open_message().open.resume_condition.windows == 9
 
 
+def test_the_model_named_goes_on_every_open_and_none_named_leaves_the_server_to_choose():
+    pinned = state(model="pump-de", model_version="2").open_message().open
+    assert (pinned.model, pinned.model_version) == ("pump-de", "2")
+    default = state().open_message().open
+    assert (default.model, default.model_version) == ("", "")
+
+
 def test_int16_codes_go_as_i16le_with_their_scale_and_floats_as_f32le():
     s = state(adc=Adc(scale=0.001, offset=2.0, bits=12))
     chunk = s.chunk_message(0, s.frames_of(np.array([1, -2, 3], np.int16))).chunk

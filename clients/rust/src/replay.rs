@@ -46,6 +46,9 @@ pub struct StreamPlan {
     pub resume_condition: Option<ConditionCarry>,
     /// How the samples go on the wire.
     pub wire: Wire,
+    /// The model and version to stream to; empty: the server's default model, its newest version.
+    pub model: String,
+    pub model_version: String,
 }
 
 impl StreamPlan {
@@ -65,6 +68,8 @@ impl StreamPlan {
             keep_windows: true,
             resume_condition: None,
             wire: Wire::F32,
+            model: String::new(),
+            model_version: String::new(),
         }
     }
 }
@@ -136,6 +141,8 @@ pub async fn stream_samples(
         hop: plan.hop,
         detail: plan.detail as i32,
         resume_condition: plan.resume_condition.clone(),
+        model: plan.model.clone(),
+        model_version: plan.model_version.clone(),
         ..Default::default()
     };
     tx.send(StreamDiagnoseRequest {

@@ -38,6 +38,10 @@ pub struct Sensor {
     pub first_sample_index: u64,
     /// When set, samples are 16-bit ADC codes ([`SampleSender::send_codes`]).
     pub adc: Option<Adc>,
+    /// The model to serve the stream and its version; empty: the server's default model, its newest version (taken
+    /// afresh at every resume, so a stream follows a rolling model update; name a version to pin it).
+    pub model: String,
+    pub model_version: String,
 }
 
 impl Sensor {
@@ -56,6 +60,8 @@ impl Sensor {
             detail: ResultDetail::Compact,
             first_sample_index: 0,
             adc: None,
+            model: String::new(),
+            model_version: String::new(),
         }
     }
 }
@@ -428,6 +434,8 @@ impl State {
                 hop: s.hop,
                 detail: s.detail as i32,
                 resume_condition: self.carry.clone(),
+                model: s.model.clone(),
+                model_version: s.model_version.clone(),
                 ..Default::default()
             })),
         }

@@ -154,8 +154,8 @@ pub(crate) fn carry_from(c: ConditionCarry) -> Result<State, ServeError> {
     })
 }
 
-fn sensor(v: &SensorView, classes: &[String]) -> proto::SensorState {
-    let s = &v.snapshot;
+fn sensor(v: &SensorView) -> proto::SensorState {
+    let (s, classes) = (&v.snapshot, v.classes.as_slice());
     proto::SensorState {
         sensor_id: v.sensor_id.clone(),
         condition: condition(s.condition) as i32,
@@ -171,7 +171,7 @@ fn sensor(v: &SensorView, classes: &[String]) -> proto::SensorState {
     }
 }
 
-pub(crate) fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCondition {
+pub(crate) fn machine(v: &MachineView) -> proto::MachineCondition {
     proto::MachineCondition {
         machine_id: v.machine_id.clone(),
         condition: condition(v.condition) as i32,
@@ -180,25 +180,21 @@ pub(crate) fn machine(v: &MachineView, classes: &[String]) -> proto::MachineCond
         zone: zone(v.zone) as i32,
         velocity_rms_mm_s: v.velocity_mm_s,
         since_unix_ms: v.since_unix_ms,
-        sensors: v.sensors.iter().map(|s| sensor(s, classes)).collect(),
+        sensors: v.sensors.iter().map(sensor).collect(),
     }
 }
 
-pub(crate) fn list(
-    revision: u64,
-    machines: &[MachineView],
-    classes: &[String],
-) -> proto::ListMachinesResponse {
+pub(crate) fn list(revision: u64, machines: &[MachineView]) -> proto::ListMachinesResponse {
     proto::ListMachinesResponse {
         revision,
-        machines: machines.iter().map(|m| machine(m, classes)).collect(),
+        machines: machines.iter().map(machine).collect(),
     }
 }
 
-pub(crate) fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEvent {
+pub(crate) fn watch_event(r: &Revision) -> proto::MachineEvent {
     use proto::machine_event::Event;
     let event = match &r.change {
-        MachineChange::Changed(v) => Event::Changed(machine(v, classes)),
+        MachineChange::Changed(v) => Event::Changed(machine(v)),
         MachineChange::Removed(id) => Event::Removed(id.clone()),
     };
     proto::MachineEvent {
@@ -207,15 +203,11 @@ pub(crate) fn watch_event(r: &Revision, classes: &[String]) -> proto::MachineEve
     }
 }
 
-pub(crate) fn snapshot_event(
-    revision: u64,
-    machines: &[MachineView],
-    classes: &[String],
-) -> proto::MachineEvent {
+pub(crate) fn snapshot_event(revision: u64, machines: &[MachineView]) -> proto::MachineEvent {
     proto::MachineEvent {
         revision,
         event: Some(proto::machine_event::Event::Snapshot(list(
-            revision, machines, classes,
+            revision, machines,
         ))),
     }
 }

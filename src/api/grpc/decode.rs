@@ -12,7 +12,12 @@ use crate::pipeline::severity::{self, ZoneLimits};
 use crate::pipeline::spec::{Detail, Limits, OpenRequest};
 
 /// The pipeline's `open` from the wire's, and the condition state a resumed stream sent back.
-pub fn open_request(open: proto::StreamOpen) -> Result<(OpenRequest, Option<State>), ServeError> {
+/// The model (name, version) a stream or request asks for; empty: the default model, the newest version.
+pub type ModelRef = (String, String);
+
+pub fn open_request(
+    open: proto::StreamOpen,
+) -> Result<(OpenRequest, Option<State>, ModelRef), ServeError> {
     let carry = open
         .resume_condition
         .map(condition::carry_from)
@@ -26,7 +31,7 @@ pub fn open_request(open: proto::StreamOpen) -> Result<(OpenRequest, Option<Stat
         channels: open.channels,
         hop: open.hop,
     };
-    Ok((request, carry))
+    Ok((request, carry, (open.model, open.model_version)))
 }
 
 /// The machine's ISO zone limits; `None` (the server's default) when the open names neither group nor foundation.

@@ -22,8 +22,8 @@ use tonic::server::NamedService;
 use crate::api::grpc::{status, wire};
 use crate::api::kserve;
 use crate::error::ServeError;
-use crate::pipeline::Pipeline;
 use crate::pipeline::budget::{RequestBudget, Reservation};
+use crate::pipeline::models::Models;
 
 /// The limit of every method that is neither a stream nor a unary call with samples (metadata, health): names
 /// and ids only.
@@ -39,13 +39,21 @@ pub(crate) struct MessageLimits {
 }
 
 impl MessageLimits {
-    pub(crate) fn new(pipeline: &Pipeline) -> Self {
-        let model = pipeline.model();
-        Self {
-            stream: pipeline.limits().stream_message(model),
-            unary: model.window_values() * 4 * pipeline.admission().max_unary_windows * 2
-                + (64 << 10),
+    /// The limits of the model that needs the largest messages.
+    pub(crate) fn new(models: &Models) -> Self {
+        let max_windows = models.gate().admission().max_unary_windows;
+        let mut limits = Self {
+            stream: 0,
+            unary: 0,
+        };
+        for pipeline in models.all() {
+            let model = pipeline.model();
+            limits.stream = limits.stream.max(pipeline.limits().stream_message(model));
+            limits.unary = limits
+                .unary
+                .max(model.window_values() * 4 * max_windows * 2 + (64 << 10));
         }
+        limits
     }
 
     /// The largest message of any method: tonic's own limit, behind these.
@@ -55,9 +63,9 @@ impl MessageLimits {
 }
 
 /// drsn.v1 `Diagnosis` behind its limits: streams to one chunk, Diagnose budgeted and its windows counted.
-pub(crate) fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Duration) -> Frames<S> {
-    let limits = MessageLimits::new(pipeline);
-    let max_windows = pipeline.admission().max_unary_windows;
+pub(crate) fn diagnosis<S>(service: S, models: &Models, read_timeout: Duration) -> Frames<S> {
+    let limits = MessageLimits::new(models);
+    let max_windows = models.gate().admission().max_unary_windows;
     let scan: Scan =
         Arc::new(move |buf| wire::check_diagnose(buf, max_windows).map_err(status::status));
     Frames::new(
@@ -75,7 +83,7 @@ pub(crate) fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Durati
             },
         ],
         SMALL_MESSAGE,
-        pipeline.request_budget().clone(),
+        models.gate().request_budget().clone(),
         read_timeout,
     )
 }
@@ -84,11 +92,11 @@ pub(crate) fn diagnosis<S>(service: S, pipeline: &Pipeline, read_timeout: Durati
 /// outputs the model has).
 pub(crate) fn inference<S>(
     service: S,
-    pipeline: &Pipeline,
+    models: &Models,
     outputs: usize,
     read_timeout: Duration,
 ) -> Frames<S> {
-    let limits = MessageLimits::new(pipeline);
+    let limits = MessageLimits::new(models);
     let scan: Scan =
         Arc::new(move |buf| kserve::grpc::check_infer(buf, outputs).map_err(kserve::grpc::status));
     Frames::new(
@@ -99,7 +107,7 @@ pub(crate) fn inference<S>(
             unary: Some(scan),
         }],
         SMALL_MESSAGE,
-        pipeline.request_budget().clone(),
+        models.gate().request_budget().clone(),
         read_timeout,
     )
 }

@@ -21,7 +21,9 @@ use crate::condition::machines::WatchStart;
 use crate::condition::track::{Ending, Event};
 use crate::engine::device::Placement;
 use crate::error::{Resume, ServeError};
+use crate::model::card::LoadedModel;
 use crate::pipeline::Pipeline;
+use crate::pipeline::models::Models;
 use crate::pipeline::stream::StreamSession;
 use crate::telemetry::logging::LogBudget;
 
@@ -36,8 +38,7 @@ pub struct StreamTimeouts {
 
 #[derive(Clone)]
 pub struct DiagnosisService {
-    pipeline: Arc<Pipeline>,
-    encoder: Arc<Encoder>,
+    models: Arc<Models>,
     placement: Placement,
     timeouts: StreamTimeouts,
     conditions: Arc<Conditions>,
@@ -45,17 +46,33 @@ pub struct DiagnosisService {
 
 impl DiagnosisService {
     pub fn new(
-        pipeline: Arc<Pipeline>,
+        models: Arc<Models>,
         conditions: Arc<Conditions>,
         placement: Placement,
         timeouts: StreamTimeouts,
     ) -> Self {
         Self {
-            encoder: Arc::new(Encoder::new(pipeline.model())),
-            pipeline,
+            models,
             conditions,
             placement,
             timeouts,
+        }
+    }
+
+    fn model_info(&self, model: &LoadedModel) -> proto::ModelInfo {
+        let card = &model.card;
+        proto::ModelInfo {
+            name: card.name.clone(),
+            version: card.version.clone(),
+            architecture: model.architecture_name(),
+            classes: card.classes.clone(),
+            window: card.input.window as u32,
+            channels: card.input.channels as u32,
+            sample_rate_hz: card.input.sample_rate_hz,
+            default_hop: card.default_hop as u32,
+            sha256: card.sha256.clone(),
+            device: self.placement.to_string(),
+            card_json: model.card_json.clone(),
         }
     }
 }
@@ -95,8 +112,15 @@ impl DiagnosisService {
     async fn read_open(
         &self,
         inbound: &mut Streaming<StreamDiagnoseRequest>,
-    ) -> Result<(crate::pipeline::spec::OpenRequest, Option<State>), ServeError> {
-        let shutdown = self.pipeline.drain().shutdown.clone();
+    ) -> Result<
+        (
+            crate::pipeline::spec::OpenRequest,
+            Option<State>,
+            decode::ModelRef,
+        ),
+        ServeError,
+    > {
+        let shutdown = self.models.gate().drain().shutdown.clone();
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Err(ServeError::ShuttingDown { resume: Resume(None) }),
@@ -125,7 +149,11 @@ impl DiagnosisService {
         request: proto::DiagnoseRequest,
     ) -> Result<Response<proto::DiagnoseResponse>, Status> {
         let detail = decode::detail(request.detail).map_err(status::status)?;
-        let want = self.pipeline.model().window_values();
+        let pipeline = self
+            .models
+            .get(&request.model, &request.model_version)
+            .map_err(status::status)?;
+        let want = pipeline.model().window_values();
         let windows = request
             .windows
             .into_iter()
@@ -133,13 +161,13 @@ impl DiagnosisService {
             .map(|(i, w)| decode::decode_window(w, i, want))
             .collect::<Result<Vec<_>, _>>()
             .map_err(status::status)?;
-        let results = self
-            .pipeline
+        let encoder = Encoder::new(pipeline.model());
+        let results = pipeline
             .diagnose("unary", windows)
             .await
             .map_err(status::status)?
             .into_iter()
-            .map(|w| self.encoder.window(w, detail))
+            .map(|w| encoder.window(w, detail))
             .collect();
         Ok(Response::new(proto::DiagnoseResponse { results }))
     }
@@ -163,31 +191,33 @@ impl Diagnosis for DiagnosisService {
             }));
         }
         let slot = self
-            .pipeline
+            .models
+            .gate()
             .admit_stream(conn.id)
             .map_err(status::status)?;
         let mut inbound = request.into_inner();
-        let (open, carry) = match self
-            .read_open(&mut inbound)
-            .await
-            .and_then(|(open, carry)| {
-                if let Some(state) = &carry {
-                    self.conditions.check(state)?;
-                }
-                Ok((open, carry))
-            }) {
-            Ok(open) => open,
-            Err(err) => return Err(status::status(slot.refuse(err))),
-        };
-        let (session, events) = self
-            .pipeline
-            .open_stream(slot, open)
-            .map_err(status::status)?;
+        let (open, carry, pipeline) =
+            match self
+                .read_open(&mut inbound)
+                .await
+                .and_then(|(open, carry, (name, version))| {
+                    let pipeline = self.models.get(&name, &version)?.clone();
+                    if let Some(state) = &carry {
+                        self.conditions
+                            .check(state, &pipeline.model().card.classes)?;
+                    }
+                    Ok((open, carry, pipeline))
+                }) {
+                Ok(open) => open,
+                Err(err) => return Err(status::status(slot.refuse(err))),
+            };
+        let (session, events) = pipeline.open_stream(slot, open).map_err(status::status)?;
         let spec = &session.spec;
         // Every line this stream causes, in its reader or its replies, says whose it was. Ids are client text:
         // recorded through Debug, so control characters could never forge a line anyway.
         let span = tracing::info_span!("stream", machine = ?spec.machine_id, sensor = ?spec.sensor_id,
-            peer = ?conn.remote, model_version = %self.pipeline.model().card.version);
+            peer = ?conn.remote, model = %pipeline.model().card.name,
+            model_version = %pipeline.model().card.version);
         static OPENED: LogBudget = LogBudget::new("stream_opened");
         if OPENED.admit() {
             span.in_scope(|| {
@@ -199,13 +229,14 @@ impl Diagnosis for DiagnosisService {
                 )
             });
         }
+        let classes = pipeline.classes().clone();
         let (events, start) = self
             .conditions
-            .track(spec, carry, events)
+            .track(spec, &classes, carry, events)
             .map_err(status::status)?;
-        let classes = self.conditions.registry().classes().clone();
         let ids = (spec.machine_id.clone(), spec.sensor_id.clone());
-        let mut opened = self.encoder.opened(self.pipeline.model(), spec);
+        let encoder = Arc::new(Encoder::new(pipeline.model()));
+        let mut opened = encoder.opened(pipeline.model(), spec);
         if let Some(proto::stream_diagnose_response::Event::Opened(o)) = &mut opened.event {
             o.condition = Some(condition::sensor_condition(
                 (&ids.0, &ids.1),
@@ -216,15 +247,14 @@ impl Diagnosis for DiagnosisService {
         }
         let detail = spec.detail;
         let reader = Reader {
-            pipeline: self.pipeline.clone(),
+            pipeline: pipeline.clone(),
             idle: self.timeouts.idle,
             aged: conn.aged(),
         };
-        self.pipeline
+        pipeline
             .drain()
             .tasks
             .spawn(reader.run(inbound, session).instrument(span.clone()));
-        let encoder = self.encoder.clone();
         // The connection is busy, not idle, for as long as the client holds the response stream.
         let busy = conn.activity.hold();
         let events = events.map(move |item| {
@@ -256,7 +286,7 @@ impl Diagnosis for DiagnosisService {
         request: Request<proto::DiagnoseRequest>,
     ) -> Result<Response<proto::DiagnoseResponse>, Status> {
         let span = tracing::info_span!("request", method = "Diagnose", peer = ?connection::of(&request).remote,
-            model_version = %self.pipeline.model().card.version);
+            model = ?request.get_ref().model, model_version = ?request.get_ref().model_version);
         self.diagnose_windows(request.into_inner())
             .instrument(span)
             .await
@@ -266,13 +296,8 @@ impl Diagnosis for DiagnosisService {
         &self,
         _: Request<proto::ListMachinesRequest>,
     ) -> Result<Response<proto::ListMachinesResponse>, Status> {
-        let registry = self.conditions.registry();
-        let (revision, machines) = registry.list();
-        Ok(Response::new(condition::list(
-            revision,
-            &machines,
-            registry.classes(),
-        )))
+        let (revision, machines) = self.conditions.registry().list();
+        Ok(Response::new(condition::list(revision, &machines)))
     }
 
     type WatchMachinesStream = WatchStream;
@@ -284,22 +309,18 @@ impl Diagnosis for DiagnosisService {
         let from = Some(request.into_inner().from_revision).filter(|r| *r > 0);
         let registry = self.conditions.registry().clone();
         let (start, rx) = registry.watch(from);
-        let classes = registry.classes().clone();
         // The last revision the watcher has: nothing at or below it is sent again.
         let (first, last): (Vec<_>, u64) = match start {
             WatchStart::Snapshot { revision, machines } => (
-                vec![condition::snapshot_event(revision, &machines, &classes)],
+                vec![condition::snapshot_event(revision, &machines)],
                 revision,
             ),
             WatchStart::Changes(changes) => (
-                changes
-                    .iter()
-                    .map(|r| condition::watch_event(r, &classes))
-                    .collect(),
+                changes.iter().map(|r| condition::watch_event(r)).collect(),
                 changes.last().map_or(from.unwrap_or(0), |r| r.revision),
             ),
         };
-        let shutdown = self.pipeline.drain().shutdown.clone();
+        let shutdown = self.models.gate().drain().shutdown.clone();
         let changes = futures_util::stream::unfold(
             (rx, registry, shutdown, last),
             |(mut rx, registry, shutdown, mut last)| async move {
@@ -315,14 +336,14 @@ impl Diagnosis for DiagnosisService {
                         Ok(r) if r.revision <= last => continue,
                         Ok(r) => {
                             last = r.revision;
-                            condition::watch_event(&r, registry.classes())
+                            condition::watch_event(&r)
                         }
                         // Fallen behind: start again from a snapshot rather than miss a change; the changes still
                         // buffered are older than it and skipped.
                         Err(RecvError::Lagged(_)) => {
                             let (revision, machines) = registry.list();
                             last = revision;
-                            condition::snapshot_event(revision, &machines, registry.classes())
+                            condition::snapshot_event(revision, &machines)
                         }
                         Err(RecvError::Closed) => return None,
                     };
@@ -337,22 +358,27 @@ impl Diagnosis for DiagnosisService {
 
     async fn get_model(
         &self,
-        _: Request<proto::GetModelRequest>,
+        request: Request<proto::GetModelRequest>,
     ) -> Result<Response<proto::ModelInfo>, Status> {
-        let model = self.pipeline.model();
-        let card = &model.card;
-        Ok(Response::new(proto::ModelInfo {
-            name: card.name.clone(),
-            version: card.version.clone(),
-            architecture: model.architecture_name(),
-            classes: card.classes.clone(),
-            window: card.input.window as u32,
-            channels: card.input.channels as u32,
-            sample_rate_hz: card.input.sample_rate_hz,
-            default_hop: card.default_hop as u32,
-            sha256: card.sha256.clone(),
-            device: self.placement.to_string(),
-            card_json: model.card_json.clone(),
+        let r = request.into_inner();
+        let pipeline = self
+            .models
+            .get(&r.model, &r.model_version)
+            .map_err(status::status)?;
+        Ok(Response::new(self.model_info(pipeline.model())))
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        Ok(Response::new(proto::ListModelsResponse {
+            models: self
+                .models
+                .all()
+                .map(|p| self.model_info(p.model()))
+                .collect(),
+            default_model: self.models.default_name().to_owned(),
         }))
     }
 }

@@ -15,6 +15,7 @@ pub(crate) fn code(kind: ErrorKind) -> Code {
         ErrorKind::Timeout => Code::DeadlineExceeded,
         ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::NotFound => Code::NotFound,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -41,7 +42,6 @@ pub(crate) fn error_series() -> Vec<(&'static str, &'static str)> {
         .map(|e| (e.reason(), code_name(code(e.kind()))))
         .collect();
     pairs.push((crate::api::auth::REASON, code_name(Code::Unauthenticated)));
-    pairs.push(("model_not_found", code_name(Code::NotFound)));
     pairs.push(("tensor", code_name(Code::InvalidArgument)));
     pairs
 }

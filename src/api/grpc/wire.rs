@@ -170,6 +170,7 @@ mod tests {
         let request = proto::DiagnoseRequest {
             windows: vec![proto::Window::default(); 3],
             detail: 2,
+            ..Default::default()
         };
         let buf = request.encode_to_vec();
         assert_eq!(count(&buf, 1), Ok(3));

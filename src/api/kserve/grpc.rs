@@ -14,7 +14,7 @@ use crate::api::kserve::proto::model_infer_response::InferOutputTensor;
 use crate::api::kserve::proto::model_metadata_response::TensorMetadata;
 use crate::api::kserve::proto::{self as pb};
 use crate::api::kserve::tensor::{self, Data, Tensor};
-use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
+use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2Error, V2Models};
 use crate::error::{ServeError, quote};
 
 /// The methods a probe calls without a token.
@@ -27,11 +27,11 @@ pub(crate) const OPEN_METHODS: &[&str] = &[
 pub(crate) const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 #[derive(Clone)]
-pub(crate) struct InferenceService(pub Arc<V2>);
+pub(crate) struct InferenceService(pub Arc<V2Models>);
 
 /// The status for a V2 error, counted.
 pub(crate) fn status(err: V2Error) -> Status {
-    let code = err.kind().map_or(Code::NotFound, code);
+    let code = code(err.kind());
     err.record(code_name(code));
     if code == Code::Internal {
         tracing::error!(error = %err, "V2 request failed");
@@ -64,7 +64,7 @@ impl GrpcInferenceService for InferenceService {
         let r = request.into_inner();
         // A model that is not here is simply not ready (tritonclient's is_model_ready then answers false).
         Ok(Response::new(pb::ModelReadyResponse {
-            ready: self.0.ready() && self.0.check_model(&r.name, &r.version).is_ok(),
+            ready: self.0.get(&r.name, &r.version).is_ok_and(|v2| v2.ready()),
         }))
     }
 
@@ -84,8 +84,8 @@ impl GrpcInferenceService for InferenceService {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        self.0.check_model(&r.name, &r.version).map_err(status)?;
-        let card = &self.0.model().card;
+        let v2 = self.0.get(&r.name, &r.version).map_err(status)?;
+        let card = &v2.model().card;
         let meta = |m: crate::api::kserve::TensorMeta| TensorMetadata {
             name: m.name.into(),
             datatype: m.datatype.into(),
@@ -93,10 +93,18 @@ impl GrpcInferenceService for InferenceService {
         };
         Ok(Response::new(pb::ModelMetadataResponse {
             name: card.name.clone(),
-            versions: vec![card.version.clone()],
+            versions: if r.version.is_empty() {
+                self.0
+                    .versions(&card.name)
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            } else {
+                vec![card.version.clone()]
+            },
             platform: "onnxruntime_onnx".into(),
-            inputs: self.0.inputs().into_iter().map(meta).collect(),
-            outputs: self.0.outputs().into_iter().map(meta).collect(),
+            inputs: v2.inputs().into_iter().map(meta).collect(),
+            outputs: v2.outputs().into_iter().map(meta).collect(),
         }))
     }
 
@@ -106,7 +114,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         // Every line this request causes says whose it was.
         let span = tracing::info_span!("request", method = "ModelInfer", peer = ?request.remote_addr(),
-            model_version = %self.0.model().card.version);
+            model = ?request.get_ref().model_name, model_version = ?request.get_ref().model_version);
         self.infer(request.into_inner()).instrument(span).await
     }
 }
@@ -117,13 +125,15 @@ impl InferenceService {
         &self,
         mut r: pb::ModelInferRequest,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        self.0
-            .check_model(&r.model_name, &r.model_version)
-            .map_err(status)?;
+        let v2 = self
+            .0
+            .get(&r.model_name, &r.model_version)
+            .map_err(status)?
+            .clone();
         let input = input_tensor(&mut r).map_err(status)?;
         let wanted: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
-        let outputs = self.0.infer(input, &wanted).await.map_err(status)?;
-        let card = &self.0.model().card;
+        let outputs = v2.infer(input, &wanted).await.map_err(status)?;
+        let card = &v2.model().card;
         let raw = outputs.iter().map(|t| t.raw().into()).collect();
         Ok(Response::new(pb::ModelInferResponse {
             model_name: card.name.clone(),

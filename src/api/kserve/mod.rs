@@ -14,12 +14,14 @@ pub mod proto;
 pub(crate) mod rest;
 pub(crate) mod tensor;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{ErrorKind, ServeError, quote};
 use crate::model::card::LoadedModel;
 use crate::pipeline::Pipeline;
 use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};
+use crate::pipeline::models::Models;
 use crate::pipeline::quality::Flag;
 use crate::telemetry::metrics;
 
@@ -35,9 +37,6 @@ pub const API: &str = "v2";
 /// Why a V2 request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum V2Error {
-    /// The model asked for (quoted client text) and ours.
-    #[error("model {0} is not served here; GET /v2/models/<name> lists ours: {1}")]
-    ModelNotFound(String, String),
     #[error("{0}")]
     Tensor(String),
     #[error(transparent)]
@@ -48,18 +47,15 @@ impl V2Error {
     /// The label for `drsn_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::ModelNotFound(..) => "model_not_found",
             Self::Tensor(_) => "tensor",
             Self::Serve(e) => e.reason(),
         }
     }
 
-    /// `None` for a model that is not here (NOT_FOUND / 404), else the kind of error.
-    pub fn kind(&self) -> Option<ErrorKind> {
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::ModelNotFound(..) => None,
-            Self::Tensor(_) => Some(ErrorKind::InvalidInput),
-            Self::Serve(e) => Some(e.kind()),
+            Self::Tensor(_) => ErrorKind::InvalidInput,
+            Self::Serve(e) => e.kind(),
         }
     }
 
@@ -80,7 +76,79 @@ pub struct TensorMeta {
 /// Whether the replica takes work: the server's one health state (starting, serving, workers gone, draining).
 pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// The V2 view of the served model, shared by both front doors.
+/// The V2 view of every model version served, shared by both front doors: a request's model name (and version)
+/// finds its [`V2`].
+pub struct V2Models {
+    models: Arc<Models>,
+    by_version: BTreeMap<(String, String), Arc<V2>>,
+    ready: Ready,
+}
+
+impl V2Models {
+    pub fn new(models: Arc<Models>, ready: Ready) -> Self {
+        let by_version = models
+            .all()
+            .map(|p| {
+                let card = &p.model().card;
+                let view = Arc::new(V2::new(p.clone(), ready.clone()));
+                ((card.name.clone(), card.version.clone()), view)
+            })
+            .collect();
+        Self {
+            models,
+            by_version,
+            ready,
+        }
+    }
+
+    /// The model `name` at `version` (empty: its newest), or NOT_FOUND naming what is served.
+    pub fn get(&self, name: &str, version: &str) -> Result<&Arc<V2>, V2Error> {
+        let card = &self.models.get(name, version)?.model().card;
+        self.by_version
+            .get(&(card.name.clone(), card.version.clone()))
+            // Built from the same models: only a bug could miss.
+            .ok_or(V2Error::Serve(ServeError::WorkersGone))
+    }
+
+    /// Every version of the model `name`, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<&str> {
+        self.by_version
+            .keys()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Every model version served, by name then version: the repository index.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<V2>> {
+        self.models.all().filter_map(|p| {
+            let card = &p.model().card;
+            self.by_version
+                .get(&(card.name.clone(), card.version.clone()))
+        })
+    }
+
+    /// Ready to serve: the replica's health says so, and every model takes work.
+    pub fn ready(&self) -> bool {
+        (self.ready)() && self.models.ready()
+    }
+
+    /// The request memory budget a request reserves its bytes from before reading them.
+    pub fn request_budget(&self) -> &crate::pipeline::budget::RequestBudget {
+        self.models.gate().request_budget()
+    }
+
+    /// The most outputs any model has: what a request may ask for, checked on the wire before it is decoded.
+    pub fn max_outputs(&self) -> usize {
+        self.by_version
+            .values()
+            .map(|v| v.outputs().len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The V2 view of one served model version.
 pub struct V2 {
     pipeline: Arc<Pipeline>,
     ready: Ready,
@@ -98,27 +166,6 @@ impl V2 {
     /// Ready to serve: the replica's health says so, and the pipeline takes work.
     pub fn ready(&self) -> bool {
         (self.ready)() && self.pipeline.ready()
-    }
-
-    /// The request memory budget a request reserves its bytes from before reading them.
-    pub fn request_budget(&self) -> &crate::pipeline::budget::RequestBudget {
-        self.pipeline.request_budget()
-    }
-
-    /// Checks that a request names our model (and, if it names one, our version).
-    pub fn check_model(&self, name: &str, version: &str) -> Result<(), V2Error> {
-        let card = &self.model().card;
-        if name != card.name || !(version.is_empty() || version == card.version) {
-            return Err(V2Error::ModelNotFound(
-                if version.is_empty() {
-                    quote(name)
-                } else {
-                    format!("{} version {}", quote(name), quote(version))
-                },
-                format!("{} (version {})", card.name, card.version),
-            ));
-        }
-        Ok(())
     }
 
     pub fn inputs(&self) -> Vec<TensorMeta> {

@@ -27,7 +27,7 @@ use crate::api::auth::Tokens;
 use crate::api::connection::{ConnInfo, ReadDeadline};
 use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
-use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error};
+use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error, V2Models};
 use crate::error::{ErrorKind, ServeError, quote};
 use crate::telemetry::metrics;
 
@@ -37,14 +37,19 @@ const PARSE_INLINE: usize = 64 << 10;
 
 #[derive(Clone)]
 struct Ctx {
-    v2: Arc<V2>,
+    v2: Arc<V2Models>,
     tokens: Tokens,
     max_body: usize,
     max_values: usize,
 }
 
 /// The V2 REST routes; `max_body` bounds a request's body, `max_values` its tensor's values.
-pub(crate) fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize, max_values: usize) -> Router {
+pub(crate) fn router(
+    v2: Arc<V2Models>,
+    tokens: Tokens,
+    max_body: usize,
+    max_values: usize,
+) -> Router {
     Router::new()
         .route(
             "/v2/health/live",
@@ -52,6 +57,7 @@ pub(crate) fn router(v2: Arc<V2>, tokens: Tokens, max_body: usize, max_values: u
         )
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
+        .route("/v2/repository/index", post(repository_index))
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
@@ -86,10 +92,8 @@ impl IntoResponse for Json {
 
 /// An error response, counted.
 fn error(err: V2Error) -> Response {
-    let (http, grpc) = match err.kind() {
-        None => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
-        Some(kind) => (http_status(kind), code(kind)),
-    };
+    let kind = err.kind();
+    let (http, grpc) = (http_status(kind), code(kind));
     let http = match &err {
         V2Error::Serve(ServeError::RequestTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         _ => http,
@@ -116,6 +120,7 @@ fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
         ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -147,9 +152,32 @@ async fn server_ready(State(ctx): State<Ctx>) -> Response {
     (code, Json(json!({ "ready": ready }))).into_response()
 }
 
-/// A model request's token and model name (and version) checked, or the response that refuses it.
-fn admit(ctx: &Ctx, headers: &HeaderMap, name: &str, version: &str) -> Option<Response> {
-    refuse(ctx, headers).or_else(|| ctx.v2.check_model(name, version).err().map(error))
+/// A model request's token checked and its model (and version) found, or the response that refuses it.
+#[allow(clippy::result_large_err)] // the error is the response itself, answered at once, never passed up
+fn admit(ctx: &Ctx, headers: &HeaderMap, name: &str, version: &str) -> Result<Arc<V2>, Response> {
+    if let Some(r) = refuse(ctx, headers) {
+        return Err(r);
+    }
+    ctx.v2.get(name, version).cloned().map_err(error)
+}
+
+/// The repository extension's index (Triton's and MLServer's `POST /v2/repository/index`): every model version
+/// served, READY or UNAVAILABLE. Loading and unloading through it are not offered: versions come from the
+/// repository at start-up.
+async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+    if let Some(r) = refuse(&ctx, &headers) {
+        return r;
+    }
+    let index: Vec<Value> = ctx
+        .v2
+        .all()
+        .map(|v| {
+            let card = &v.model().card;
+            let state = if v.ready() { "READY" } else { "UNAVAILABLE" };
+            json!({"name": card.name, "version": card.version, "state": state, "reason": ""})
+        })
+        .collect();
+    Json(Value::Array(index)).into_response()
 }
 
 /// `/v2/models/{name}[/versions/{version}]...`: an absent version is the empty string (any version).
@@ -173,17 +201,24 @@ async fn model_metadata(
     headers: HeaderMap,
     Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
-    if let Some(r) = admit(&ctx, &headers, &name, &version) {
-        return r;
-    }
-    let card = &ctx.v2.model().card;
+    let v2 = match admit(&ctx, &headers, &name, &version) {
+        Ok(v2) => v2,
+        Err(r) => return r,
+    };
+    let card = &v2.model().card;
     let meta = |m: crate::api::kserve::TensorMeta| json!({"name": m.name, "datatype": m.datatype, "shape": m.shape});
+    // Unversioned: every version of the model (the tensors are the newest's); versioned: that one.
+    let versions = if version.is_empty() {
+        ctx.v2.versions(&card.name)
+    } else {
+        vec![card.version.as_str()]
+    };
     Json(json!({
         "name": card.name,
-        "versions": [card.version],
+        "versions": versions,
         "platform": "onnxruntime_onnx",
-        "inputs": ctx.v2.inputs().into_iter().map(meta).collect::<Vec<_>>(),
-        "outputs": ctx.v2.outputs().into_iter().map(meta).collect::<Vec<_>>(),
+        "inputs": v2.inputs().into_iter().map(meta).collect::<Vec<_>>(),
+        "outputs": v2.outputs().into_iter().map(meta).collect::<Vec<_>>(),
     }))
     .into_response()
 }
@@ -193,10 +228,11 @@ async fn model_ready(
     headers: HeaderMap,
     Path(ModelPath { name, version }): Path<ModelPath>,
 ) -> Response {
-    if let Some(r) = admit(&ctx, &headers, &name, &version) {
-        return r;
-    }
-    let ready = ctx.v2.ready();
+    let v2 = match admit(&ctx, &headers, &name, &version) {
+        Ok(v2) => v2,
+        Err(r) => return r,
+    };
+    let ready = v2.ready();
     let code = if ready {
         StatusCode::OK
     } else {
@@ -215,8 +251,8 @@ async fn model_infer(
         .extensions()
         .get::<ConnInfo>()
         .and_then(|c| c.remote);
-    let span = tracing::info_span!("request", method = "REST infer", peer = ?peer,
-        model_version = %ctx.v2.model().card.version);
+    let span = tracing::info_span!("request", method = "REST infer", peer = ?peer, model = ?name,
+        model_version = ?version);
     infer_request(ctx, name, version, request)
         .instrument(span)
         .await
@@ -226,9 +262,10 @@ async fn infer_request(ctx: Ctx, name: String, version: String, request: Request
     let (parts, body) = request.into_parts();
     // Everything the headers can decide is decided before the first body byte is read (and before hyper answers
     // `Expect: 100-continue`): an unauthenticated or oversized request costs the server nothing.
-    if let Some(r) = admit(&ctx, &parts.headers, &name, &version) {
-        return r;
-    }
+    let v2 = match admit(&ctx, &parts.headers, &name, &version) {
+        Ok(v2) => v2,
+        Err(r) => return r,
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -276,7 +313,7 @@ async fn infer_request(ctx: Ctx, name: String, version: String, request: Request
         parse(&headers, &body, max_values)
     };
     let response = match parsed {
-        Ok(request) => infer(&ctx, request).await,
+        Ok(request) => infer(&v2, request).await,
         Err(e) => error(e),
     };
     drop(reservation);
@@ -284,8 +321,8 @@ async fn infer_request(ctx: Ctx, name: String, version: String, request: Request
 }
 
 /// Checks the input and the outputs asked for (quoting what the client named), diagnoses, and builds the response.
-async fn infer(ctx: &Ctx, request: InferRequest) -> Response {
-    if let Some(meta) = ctx.v2.inputs().first() {
+async fn infer(v2: &V2, request: InferRequest) -> Response {
+    if let Some(meta) = v2.inputs().first() {
         let input = &request.input;
         if input.name != meta.name {
             return error(bad(format!(
@@ -303,7 +340,7 @@ async fn infer(ctx: &Ctx, request: InferRequest) -> Response {
             )));
         }
     }
-    let all = ctx.v2.outputs();
+    let all = v2.outputs();
     if let Some((unknown, _)) = request
         .outputs
         .iter()
@@ -316,11 +353,11 @@ async fn infer(ctx: &Ctx, request: InferRequest) -> Response {
         )));
     }
     let wanted: Vec<String> = request.outputs.iter().map(|o| o.0.clone()).collect();
-    let outputs = match ctx.v2.infer(request.input, &wanted).await {
+    let outputs = match v2.infer(request.input, &wanted).await {
         Ok(o) => o,
         Err(e) => return error(e),
     };
-    let card = &ctx.v2.model().card;
+    let card = &v2.model().card;
     let binary = |name: &str| {
         request
             .outputs

@@ -125,6 +125,10 @@ class Sensor:
     foundation: int = 0
     adc: Adc | None = None
     first_sample_index: int = 0
+    # The model to serve the stream, and its version: empty for the server's default model and its newest version
+    # (taken afresh at every resume, so a stream follows a rolling model update; name a version to pin it).
+    model: str = ""
+    model_version: str = ""
 
 
 class Backoff:
@@ -253,6 +257,8 @@ class StreamState:
             detail=DETAIL[s.detail],
             machine_group=s.machine_group,
             foundation=s.foundation,
+            model=s.model,
+            model_version=s.model_version,
         )
         if self.carry is not None:
             open_.resume_condition.CopyFrom(self.carry)

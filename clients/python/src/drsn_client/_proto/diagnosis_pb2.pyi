@@ -110,7 +110,7 @@ class StreamDiagnoseRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[StreamOpen, _Mapping]] = ..., chunk: _Optional[_Union[SampleChunk, _Mapping]] = ...) -> None: ...
 
 class StreamOpen(_message.Message):
-    __slots__ = ("machine_id", "sensor_id", "sample_rate_hz", "channels", "hop", "detail", "machine_group", "foundation", "resume_condition")
+    __slots__ = ("machine_id", "sensor_id", "sample_rate_hz", "channels", "hop", "detail", "machine_group", "foundation", "resume_condition", "model", "model_version")
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_HZ_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,8 @@ class StreamOpen(_message.Message):
     MACHINE_GROUP_FIELD_NUMBER: _ClassVar[int]
     FOUNDATION_FIELD_NUMBER: _ClassVar[int]
     RESUME_CONDITION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     machine_id: str
     sensor_id: str
     sample_rate_hz: float
@@ -129,7 +131,9 @@ class StreamOpen(_message.Message):
     machine_group: MachineGroup
     foundation: Foundation
     resume_condition: ConditionCarry
-    def __init__(self, machine_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., sample_rate_hz: _Optional[float] = ..., channels: _Optional[int] = ..., hop: _Optional[int] = ..., detail: _Optional[_Union[ResultDetail, str]] = ..., machine_group: _Optional[_Union[MachineGroup, str]] = ..., foundation: _Optional[_Union[Foundation, str]] = ..., resume_condition: _Optional[_Union[ConditionCarry, _Mapping]] = ...) -> None: ...
+    model: str
+    model_version: str
+    def __init__(self, machine_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., sample_rate_hz: _Optional[float] = ..., channels: _Optional[int] = ..., hop: _Optional[int] = ..., detail: _Optional[_Union[ResultDetail, str]] = ..., machine_group: _Optional[_Union[MachineGroup, str]] = ..., foundation: _Optional[_Union[Foundation, str]] = ..., resume_condition: _Optional[_Union[ConditionCarry, _Mapping]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SampleChunk(_message.Message):
     __slots__ = ("first_sample_index", "f32le", "values", "i16le", "i32le")
@@ -404,12 +408,16 @@ class WindowResult(_message.Message):
     def __init__(self, window_index: _Optional[int] = ..., first_sample_index: _Optional[int] = ..., last_sample_index: _Optional[int] = ..., label: _Optional[str] = ..., class_index: _Optional[int] = ..., confidence: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ..., noise_score: _Optional[float] = ..., shrinkage: _Optional[_Iterable[float]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., queue_us: _Optional[int] = ..., inference_us: _Optional[int] = ..., total_us: _Optional[int] = ..., status: _Optional[_Union[WindowStatus, str]] = ..., invalid_reason: _Optional[_Union[InvalidReason, str]] = ..., status_detail: _Optional[str] = ..., velocity_rms_mm_s: _Optional[float] = ..., zone: _Optional[_Union[VibrationZone, str]] = ..., ood_score: _Optional[float] = ..., out_of_distribution: bool = ...) -> None: ...
 
 class DiagnoseRequest(_message.Message):
-    __slots__ = ("windows", "detail")
+    __slots__ = ("windows", "detail", "model", "model_version")
     WINDOWS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     windows: _containers.RepeatedCompositeFieldContainer[Window]
     detail: ResultDetail
-    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ..., detail: _Optional[_Union[ResultDetail, str]] = ...) -> None: ...
+    model: str
+    model_version: str
+    def __init__(self, windows: _Optional[_Iterable[_Union[Window, _Mapping]]] = ..., detail: _Optional[_Union[ResultDetail, str]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Window(_message.Message):
     __slots__ = ("f32le", "values")
@@ -426,8 +434,24 @@ class DiagnoseResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[WindowResult, _Mapping]]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
+    __slots__ = ("model", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "architecture", "classes", "window", "channels", "sample_rate_hz", "default_hop", "sha256", "device", "card_json")

@@ -50,6 +50,11 @@ class DiagnosisStub(object):
                 request_serializer=drsn__client_dot___proto_dot_diagnosis__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=drsn__client_dot___proto_dot_diagnosis__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/drsn.v1.Diagnosis/ListModels',
+                request_serializer=drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
         self.ListMachines = channel.unary_unary(
                 '/drsn.v1.Diagnosis/ListMachines',
                 request_serializer=drsn__client_dot___proto_dot_diagnosis__pb2.ListMachinesRequest.SerializeToString,
@@ -86,7 +91,14 @@ class DiagnosisServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """The model card of the model being served.
+        """The model card of a model being served (the default model when the request names none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every model version this server serves, and which model is the default.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +137,11 @@ def add_DiagnosisServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=drsn__client_dot___proto_dot_diagnosis__pb2.GetModelRequest.FromString,
                     response_serializer=drsn__client_dot___proto_dot_diagnosis__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsRequest.FromString,
+                    response_serializer=drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsResponse.SerializeToString,
             ),
             'ListMachines': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMachines,
@@ -219,6 +236,33 @@ class Diagnosis(object):
             '/drsn.v1.Diagnosis/GetModel',
             drsn__client_dot___proto_dot_diagnosis__pb2.GetModelRequest.SerializeToString,
             drsn__client_dot___proto_dot_diagnosis__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drsn.v1.Diagnosis/ListModels',
+            drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsRequest.SerializeToString,
+            drsn__client_dot___proto_dot_diagnosis__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,369 @@
+//! A model repository served from a fresh clone: two models and two versions of one at once, each stream and
+//! request on the model and version it names (or the default, newest), the card deciding classes and hop per
+//! model; drsn.v1 ListModels/GetModel, the KServe V2 repository index and per-model routes; a repository laid out
+//! wrong is refused at start-up by what is wrong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails by panicking
+
+mod common;
+
+use std::path::Path;
+
+use drsn_serve::api::grpc::proto::diagnosis_client::DiagnosisClient;
+use drsn_serve::api::grpc::proto::stream_diagnose_request::Message;
+use drsn_serve::api::grpc::proto::stream_diagnose_response::Event;
+use drsn_serve::api::grpc::proto::{
+    self, DiagnoseRequest, GetModelRequest, ListMachinesRequest, ListModelsRequest,
+    StreamDiagnoseRequest, StreamOpen,
+};
+use drsn_serve::server;
+use tokio::sync::mpsc;
+
+const SHIPPED: &str = "drsn-cw-cwru";
+const PUMP: &str = "pump-de";
+
+/// Writes the shipped card, changed by `edit`, as `dir/<model>/<version>/card.json`, naming the shipped ONNX file.
+fn version(dir: &Path, model: &str, version: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let shipped = common::model_card();
+    let mut card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
+    card["name"] = model.into();
+    card["version"] = version.into();
+    card["onnx"] = shipped
+        .with_file_name(card["onnx"].as_str().unwrap())
+        .to_str()
+        .unwrap()
+        .into();
+    edit(&mut card);
+    let folder = dir.join(model).join(version);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("card.json"), card.to_string()).unwrap();
+}
+
+/// The shipped model as versions 2.1.0 and 2.2.0, and as a second model `pump-de` with its own class names and
+/// half the hop (the same network: what differs is what each card decides).
+fn repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped_version = common::model_version();
+    version(dir.path(), SHIPPED, &shipped_version, |_| {});
+    version(dir.path(), SHIPPED, "2.2.0", |_| {});
+    version(dir.path(), PUMP, "1", |card| {
+        let classes: Vec<String> = card["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("pump_{}", c.as_str().unwrap()))
+            .collect();
+        card["classes"] = classes.into();
+        card["default_hop"] = (common::hop() / 2).into();
+    });
+    dir
+}
+
+fn flags(dir: &Path) -> Vec<String> {
+    vec![
+        "--model-repository".into(),
+        dir.to_str().unwrap().into(),
+        "--default-model".into(),
+        SHIPPED.into(),
+        "--workers".into(),
+        "1".into(),
+    ]
+}
+
+/// A mono signal with some energy everywhere (a tone and a deterministic hiss), within the card's input range.
+fn signal(n: usize) -> Vec<f32> {
+    let mut x = 12345u32;
+    (0..n)
+        .map(|i| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let hiss = (x >> 16) as f32 / 65536.0 - 0.5;
+            0.3 * (i as f32 * 0.07).sin() + 0.2 * hiss
+        })
+        .collect()
+}
+
+/// Streams `samples` on (model, version) as machine `pump-7`, sensor `sensor`; returns the `opened` event and
+/// every window result.
+async fn stream(
+    addr: &str,
+    model: &str,
+    version: &str,
+    sensor: &str,
+    samples: &[f32],
+) -> Result<(proto::StreamOpened, Vec<proto::WindowResult>), tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    let open = StreamOpen {
+        machine_id: "pump-7".into(),
+        sensor_id: sensor.into(),
+        sample_rate_hz: 12_000.0,
+        channels: 1,
+        model: model.into(),
+        model_version: version.into(),
+        ..Default::default()
+    };
+    tx.send(StreamDiagnoseRequest {
+        message: Some(Message::Open(open)),
+    })
+    .await
+    .unwrap();
+    for (i, part) in samples.chunks(4096).enumerate() {
+        tx.send(common::chunk((i * 4096) as u64, part.to_vec()))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let mut events = common::call(addr.to_owned(), rx).await?;
+    let mut opened = None;
+    let mut windows = Vec::new();
+    while let Some(event) = events.message().await? {
+        match event.event {
+            Some(Event::Opened(o)) => opened = Some(o),
+            Some(Event::Window(w)) => windows.push(w),
+            _ => {}
+        }
+    }
+    Ok((opened.expect("an opened event"), windows))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_and_two_versions_of_one_serve_at_once() {
+    let dir = repository();
+    let running = common::start(
+        &flags(dir.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let addr = common::addr(&running);
+    let shipped_version = common::model_version();
+    let mut client = DiagnosisClient::connect(addr.clone()).await.unwrap();
+
+    let list = client
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let served: Vec<(&str, &str)> = list
+        .models
+        .iter()
+        .map(|m| (m.name.as_str(), m.version.as_str()))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            (SHIPPED, shipped_version.as_str()),
+            (SHIPPED, "2.2.0"),
+            (PUMP, "1")
+        ]
+    );
+    assert_eq!(list.default_model, SHIPPED);
+    let pump = client
+        .get_model(GetModelRequest {
+            model: PUMP.into(),
+            model_version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pump.default_hop as usize, common::hop() / 2);
+    assert!(pump.classes.iter().all(|c| c.starts_with("pump_")));
+
+    // Three streams at once: the default (newest version), the older version by name, the other model.
+    let (w, hop) = (common::window(), common::hop());
+    let samples = signal(w + 3 * hop);
+    let (default, older, other) = tokio::join!(
+        stream(&addr, "", "", "a", &samples),
+        stream(&addr, SHIPPED, &shipped_version, "b", &samples),
+        stream(&addr, PUMP, "", "c", &samples),
+    );
+    let cases = [
+        (default.unwrap(), SHIPPED, "2.2.0", hop),
+        (older.unwrap(), SHIPPED, shipped_version.as_str(), hop),
+        (other.unwrap(), PUMP, "1", hop / 2),
+    ];
+    for ((opened, windows), name, version, hop) in &cases {
+        assert_eq!(
+            (opened.model_name.as_str(), opened.model_version.as_str()),
+            (*name, *version)
+        );
+        assert_eq!(opened.hop as usize, *hop);
+        assert_eq!(windows.len(), common::windows_in(samples.len(), w, *hop));
+        for (i, r) in windows.iter().enumerate() {
+            assert_eq!(r.window_index, i as u64);
+            assert_eq!(
+                (r.model_name.as_str(), r.model_version.as_str()),
+                (*name, *version)
+            );
+            if !r.label.is_empty() {
+                assert!(opened.classes.contains(&r.label), "{r:?}");
+                assert_eq!(r.label.starts_with("pump_"), *name == PUMP);
+            }
+        }
+    }
+    // The same network under three cards: the same answers for the same window, under each card's class names.
+    let first = |i: usize| &cases[i].0.1[0];
+    assert_eq!(first(0).class_index, first(2).class_index);
+    assert_eq!(first(0).class_index, first(1).class_index);
+
+    // A machine's sensors on different models: each sensor's shares in its own model's classes.
+    let machines = client
+        .list_machines(ListMachinesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let machine = machines
+        .machines
+        .iter()
+        .find(|m| m.machine_id == "pump-7")
+        .expect("pump-7 listed");
+    for s in &machine.sensors {
+        let pump_classes = s.shares.iter().all(|c| c.label.starts_with("pump_"));
+        assert_eq!(pump_classes, s.sensor_id == "c", "{s:?}");
+    }
+
+    // Unary calls name a model too; one not served is NOT_FOUND, naming what is.
+    let window = proto::Window {
+        samples: Some(proto::window::Samples::F32le(
+            samples[..w].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )),
+    };
+    let unary = client
+        .diagnose(DiagnoseRequest {
+            windows: vec![window.clone()],
+            model: PUMP.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unary.results[0].model_name, PUMP);
+    let missing = client
+        .diagnose(DiagnoseRequest {
+            windows: vec![window],
+            model: SHIPPED.into(),
+            model_version: "9.9.9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(
+        missing.message().contains("version \"9.9.9\"") && missing.message().contains(PUMP),
+        "{missing:?}"
+    );
+    let refused = stream(&addr, "fan-end", "", "d", &samples)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+
+    // KServe V2: the repository index, a model's versions, and inference routed by name and version.
+    let (code, index) = common::http(running.http_addr, "POST", "/v2/repository/index", "{}").await;
+    assert_eq!(code, 200, "{index}");
+    let listed: Vec<(String, String, String)> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_owned();
+            (s("name"), s("version"), s("state"))
+        })
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|(_, _, state)| state == "READY"),
+        "{index}"
+    );
+    let (code, meta) = common::http(
+        running.http_addr,
+        "GET",
+        &format!("/v2/models/{SHIPPED}"),
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        meta["versions"],
+        serde_json::json!([shipped_version, "2.2.0"])
+    );
+    let body =
+        serde_json::json!({"inputs": [{"name": "vibration", "datatype": "FP32", "shape": [1, 1, w],
+        "data": samples[..w]}], "outputs": [{"name": "label"}]})
+        .to_string();
+    let (code, answer) = common::http(
+        running.http_addr,
+        "POST",
+        &format!("/v2/models/{PUMP}/infer"),
+        &body,
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["model_name"], PUMP);
+    let label = answer["outputs"][0]["data"][0].as_str().unwrap();
+    assert!(label.is_empty() || label.starts_with("pump_"), "{answer}");
+    let path = format!("/v2/models/{SHIPPED}/versions/{shipped_version}/infer");
+    let (code, answer) = common::http(running.http_addr, "POST", &path, &body).await;
+    assert_eq!(
+        (code, answer["model_version"].as_str()),
+        (200, Some(shipped_version.as_str()))
+    );
+    let (code, answer) =
+        common::http(running.http_addr, "POST", "/v2/models/fan-end/infer", &body).await;
+    assert_eq!(code, 404, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains(PUMP), "{answer}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_repository_that_cannot_be_served_as_laid_out_is_refused_by_what_is_wrong() {
+    let refusal = |dir: &Path, extra: &[&str]| {
+        let mut args = flags(dir);
+        args.retain(|a| {
+            !extra.contains(&"--no-default") || (a != "--default-model" && a != SHIPPED)
+        });
+        args.extend(
+            extra
+                .iter()
+                .filter(|a| **a != "--no-default")
+                .map(|a| a.to_string()),
+        );
+        let config = common::config(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        async move {
+            match server::start(config).await {
+                Ok(running) => {
+                    running.shutdown();
+                    running.stopped().await;
+                    panic!("served a repository that should be refused");
+                }
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    // A card in another model's folder.
+    let dir = tempfile::tempdir().unwrap();
+    version(dir.path(), SHIPPED, "2.2.0", |card| {
+        card["name"] = "other".into()
+    });
+    let err = refusal(dir.path(), &[]).await;
+    assert!(err.contains("it sits in drsn-cw-cwru/2.2.0/"), "{err}");
+
+    // Two models and no default.
+    let dir = repository();
+    let err = refusal(dir.path(), &["--no-default"]).await;
+    assert!(err.contains("--default-model"), "{err}");
+    // A default that is not there.
+    let err = refusal(dir.path(), &["--default-model", "fan-end"]).await;
+    assert!(
+        err.contains("\"fan-end\" is not among those served"),
+        "{err}"
+    );
+
+    // A version whose ONNX file does not match its card's checksum.
+    let dir = repository();
+    version(dir.path(), PUMP, "2", |card| {
+        card["sha256"] = "00".repeat(32).into()
+    });
+    let err = refusal(dir.path(), &[]).await;
+    assert!(err.contains("does not match its card"), "{err}");
+}
