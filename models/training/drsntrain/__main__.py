@@ -1,5 +1,6 @@
-"""Command line: `python -m drsntrain reproduce` (the whole study), `train` (one model), `lolo`, `pareto` and
-`condition-windows` (per-window outputs of the fold models on their held-out loads)."""
+"""Command line: `python -m drsntrain reproduce` (the whole study), `train` (one model), `lolo`, `pareto`,
+`condition-windows` (per-window outputs of the fold models on their held-out loads) and `manifest` (train on a plant's
+own recordings and write a model-repository version)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from .calibrate import choose
 from .data import CLASSES, REPO_ROOT, DataNotFoundError, hold_out_loads, load_recordings, loads, split_fractions
 from .experiments import ARCHS, HELDOUT_HOP_DIVISOR, PILOTS, Run, execute, lolo_runs, run_all, study_runs
 from .export import export_onnx, load_checkpoint
+from .manifest import ManifestError
 from .model import DRSN, ModelConfig, parameter_count
 from .ood import OodStats, WithOod
+from .plant import Options, build
 from .report import write_report
 from .ship import PARITY_TOLERANCE, ship
 from .train import NoiseProtocol, TrainConfig, predict
@@ -496,6 +499,60 @@ def lolo_summary(results: list[dict]) -> dict:
     return out
 
 
+def cmd_manifest(args) -> None:
+    """Train on the recordings a manifest lists; write DIR/NAME/VERSION/ (ONNX, card, golden file, report.md)."""
+    try:
+        snrs = tuple(float(s) for s in args.snr.split(",") if s.strip())
+    except ValueError:
+        raise ManifestError(f"--snr {args.snr!r}: comma-separated SNRs in dB, e.g. -4,-8") from None
+    options = Options(
+        window=args.window,
+        rate_hz=args.rate,
+        epochs=args.epochs,
+        seeds=args.seeds,
+        init_from=Path(args.init_from) if args.init_from else None,
+        unit=args.unit,
+        sensor=args.sensor,
+        width=args.width,
+        units=args.units,
+        stages=args.stages,
+        stem_kernel=args.stem_kernel,
+        stem_stride=args.stem_stride,
+        speed=args.speed,
+        hop=args.hop,
+        batch=args.batch,
+        lr=args.lr,
+        threads=args.threads,
+        folds=not args.no_folds,
+        with_ood=not args.no_ood,
+        snrs_db=snrs,
+        repeats=args.repeats,
+        runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+        overwrite=args.overwrite,
+        command=" ".join(["python -m drsntrain", *args.argv]),
+    )
+    folder = build(args.manifest, args.repository, args.name, args.version, options)
+    card = json.loads(next(folder.glob("*.json")).read_text())
+    held = card["evaluation"].get("held_out_groups")
+    print(
+        json.dumps(
+            {
+                "version_folder": str(folder),
+                "files": sorted(p.name for p in folder.iterdir()),
+                "classes": card["classes"],
+                "accuracy": card["evaluation"]["accuracy"],
+                "held_out_groups": {g: f["accuracy"]["clean"]["mean"] for g, f in held["folds"].items()}
+                if held
+                else None,
+                "calibration": {k: card["calibration"][k] for k in ("temperature", "uncertain_below")}
+                if "calibration" in card
+                else None,
+            },
+            indent=1,
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m drsntrain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -549,10 +606,43 @@ def main(argv: list[str] | None = None) -> int:
         help="the shipped model's PyTorch checkpoint (checked against the card's golden file)",
     )
     cwin.set_defaults(func=cmd_condition_windows)
+    mf = sub.add_parser(
+        "manifest",
+        help="train on your own recordings (a CSV manifest) and write a model-repository version DIR/NAME/VERSION/",
+    )
+    mf.add_argument("--manifest", required=True, help="CSV: path,label,group,sample_rate_hz[,channel]")
+    mf.add_argument("--repository", required=True, help="the model repository folder (drsn-serve --model-repository)")
+    mf.add_argument("--name", required=True, help="the model's name (its folder and the card's name)")
+    mf.add_argument("--version", required=True, help="the version's folder and the card's version, e.g. 1.0.0")
+    mf.add_argument("--window", type=int, help="window length in samples (default 8192, or the checkpoint's)")
+    mf.add_argument("--rate", type=float, help="the model's sample rate (default: the recordings' if they agree)")
+    mf.add_argument("--epochs", type=int, default=60)
+    mf.add_argument("--seeds", type=int, default=1, help="seeds per fold and of the time split (default 1)")
+    mf.add_argument("--init-from", help="fine-tune from a drsntrain checkpoint (.pt), e.g. models/drsn_cw_cwru.pt")
+    mf.add_argument("--unit", default="g", help="unit of the samples, written into the card's input range")
+    mf.add_argument("--sensor", help="the sensor, for the card's operating conditions (free text)")
+    mf.add_argument("--width", type=int, help="channel multiplier over the paper's 4-8-16 (default 4)")
+    mf.add_argument("--units", type=int, help="residual units per stage (default 2)")
+    mf.add_argument("--stages", type=int, help="stages of residual units (default 3)")
+    mf.add_argument("--stem-kernel", type=int, help="first layer's kernel (default 64)")
+    mf.add_argument("--stem-stride", type=int, help="first layer's stride (default 32)")
+    mf.add_argument("--speed", type=float, default=RECIPE["speed"], help="random speed change, +-fraction")
+    mf.add_argument("--hop", type=int, default=512, help="mean spacing of training windows (default 512)")
+    mf.add_argument("--batch", type=int, default=TRAIN_BATCH, help=f"batch size (default {TRAIN_BATCH})")
+    mf.add_argument("--lr", type=float, help="learning rate (default 0.1; 0.01 with --init-from)")
+    mf.add_argument("--threads", type=int, default=2)
+    mf.add_argument("--snr", default="-4,-8", help="Gaussian noise SNRs (dB) of the noise study, besides clean")
+    mf.add_argument("--repeats", type=int, default=2, help="noise realisations per noisy cell and window")
+    mf.add_argument("--no-folds", action="store_true", help="the time split only: no folds, no calibration")
+    mf.add_argument("--no-ood", action="store_true", help="no ood_score output")
+    mf.add_argument("--runs-dir", help="keep every run here and reuse it on a rerun (default: a temporary folder)")
+    mf.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    mf.set_defaults(func=cmd_manifest)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
-    except DataNotFoundError as e:
+    except (DataNotFoundError, ManifestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -103,11 +104,32 @@ def source_rate_hz(name: str) -> int:
 
 def to_model_rate(signal: np.ndarray, rate_hz: int) -> np.ndarray:
     """signal, recorded at rate_hz, at SAMPLE_RATE_HZ (float32); unchanged when the rates agree."""
-    if rate_hz == SAMPLE_RATE_HZ:
+    return resample(signal, rate_hz, SAMPLE_RATE_HZ)
+
+
+# Largest up or down factor of a rate change: finer ratios (e.g. 12000 <-> 12001 Hz) make a filter of millions of taps.
+MAX_RESAMPLE_FACTOR = 10_000
+
+
+def resample_ratio(rate_hz: float, target_hz: float) -> tuple[int, int]:
+    """(up, down) of the exact rational rate change rate_hz -> target_hz, in lowest terms."""
+    ratio = Fraction(str(target_hz)) / Fraction(str(rate_hz))
+    up, down = ratio.numerator, ratio.denominator
+    if max(up, down) > MAX_RESAMPLE_FACTOR:
+        raise ValueError(
+            f"resampling {rate_hz:g} Hz to {target_hz:g} Hz needs the ratio {up}/{down}: too fine for a polyphase "
+            f"filter (factors up to {MAX_RESAMPLE_FACTOR}); choose a model rate closer to a simple ratio"
+        )
+    return up, down
+
+
+def resample(signal: np.ndarray, rate_hz: float, target_hz: float) -> np.ndarray:
+    """signal, recorded at rate_hz, at target_hz (float32), band-limited (polyphase filter with its anti-aliasing
+    low-pass); unchanged when the rates agree."""
+    if rate_hz == target_hz:
         return signal
-    g = math.gcd(SAMPLE_RATE_HZ, rate_hz)
-    out = scipy.signal.resample_poly(signal.astype(np.float64), SAMPLE_RATE_HZ // g, rate_hz // g)
-    return out.astype(np.float32)
+    up, down = resample_ratio(rate_hz, target_hz)
+    return scipy.signal.resample_poly(signal.astype(np.float64), up, down).astype(np.float32)
 
 
 def data_settings() -> dict:

@@ -11,7 +11,6 @@ import numpy as np
 from scipy.stats import spearmanr
 from torch import nn
 
-from .data import CLASSES
 from .noise import NOISE_TYPES, noisy_copies
 from .train import predict
 
@@ -45,11 +44,11 @@ def evaluate_grid(
     "confusion": {type: matrix at confusion_snr}, "shrinkage": {...} or None}. `logits_out`, when given, receives
     the logits of every cell ("clean", "gaussian-8", ...) and the labels ("labels"), for calibration.
     """
-    classes = len(CLASSES)
     if cells is None:
         cells = [(t, s) for t in NOISE_TYPES for s in SNR_GRID_DB]
     out: dict = {"accuracy": {}, "confusion": {}, "windows": len(y), "repeats": repeats}
     logits, shrink = predict(model, x)
+    classes = logits.shape[1]  # CWRU's 10, or the classes of a manifest's labels
     if logits_out is not None:
         logits_out["labels"], logits_out[CLEAN] = y, logits
     out["accuracy"][CLEAN] = float((logits.argmax(1) == y).mean())

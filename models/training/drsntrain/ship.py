@@ -44,7 +44,7 @@ CLIP_SAMPLES = 4
 CREST_MARGIN = 1.5
 
 
-def input_range(recordings: list[Recording], window: int, seed: int = 0) -> dict:
+def input_range(recordings: list[Recording], window: int, seed: int = 0, unit: str = "g") -> dict:
     """The model's input contract for the card: RMS (about the window mean) and peak of the training windows,
     clean and with the training noise (mixed types, -12..8 dB), and the range the server accepts."""
     from .train import NoiseProtocol
@@ -63,7 +63,7 @@ def input_range(recordings: list[Recording], window: int, seed: int = 0) -> dict
             "crest_max": float(crest.max()),
         }
     return {
-        "unit": "g",
+        "unit": unit,
         "trained": stats,
         "rms_accepted": [stats["clean"]["rms"][0] / INPUT_MARGIN, stats["noisy"]["rms"][1] * INPUT_MARGIN],
         "peak_accepted": stats["noisy"]["peak"] * INPUT_MARGIN,
@@ -109,6 +109,81 @@ def golden_windows(recordings: list[Recording], window: int, per_class: int = 2)
     return windows, labels, snr
 
 
+def architecture(model: DRSN) -> dict:
+    """The card's `architecture` section."""
+    cfg = model.config
+    return {
+        "type": ARCH_NAMES[cfg.shrinkage],
+        "shrinkage": cfg.shrinkage,
+        "stem_channels": cfg.stem_channels,
+        "stem_kernel": cfg.stem_kernel,
+        "stem_stride": cfg.stem_stride,
+        "stages": [{"channels": c, "units": n} for c, n in cfg.stages],
+        "units": cfg.units,
+        "parameters": parameter_count(model),
+        "in_graph_preprocessing": (
+            f"per-window standardisation (x - mean) / sqrt(var + {cfg.standardize_eps:g}), "
+            "so the server sends raw samples"
+        ),
+        "reference": "Zhao et al., Deep Residual Shrinkage Networks for Fault Diagnosis, IEEE TII 16(7), 2020",
+    }
+
+
+def export_checked(
+    model: DRSN, onnx_path: Path, metadata: dict[str, str], ood: OodStats | None, windows: np.ndarray
+) -> dict:
+    """Export `model` (with its out-of-distribution output when `ood` is given) and check ONNX Runtime against
+    PyTorch on `windows`; returns the parity figures, raises ParityError beyond PARITY_TOLERANCE."""
+    exported = WithOod(model, ood) if ood is not None else model
+    export_onnx(model, onnx_path, metadata=metadata, ood=exported if ood is not None else None)
+    check = parity(exported, onnx_path, windows)
+    if check["max_abs_diff"] > PARITY_TOLERANCE or not check["argmax_equal"]:
+        raise ParityError(f"ONNX export disagrees with PyTorch on test windows: {check}")
+    return check
+
+
+def serving_card(
+    model: DRSN,
+    name: str,
+    version: str,
+    onnx_path: Path,
+    classes: list[str],
+    sample_rate_hz: float,
+    ood: dict | None = None,
+) -> dict:
+    """The card's keys up to `default_hop`, in the shipped card's order: what the server reads to run the ONNX file
+    (`ood`: the card's `ood` section, when the graph has the `ood_score` output)."""
+    cfg = model.config
+    names = output_names(model, ood is not None)
+    return {
+        "name": name,
+        "version": version,
+        "architecture": architecture(model),
+        "onnx": onnx_path.name,
+        "sha256": sha256(onnx_path),
+        "opset": OPSET,
+        "input": {
+            "name": INPUT_NAME,
+            "channels": 1,
+            "window": cfg.window,
+            "sample_rate_hz": sample_rate_hz,
+            "dtype": "float32",
+            "shape": ["batch", 1, cfg.window],
+            "scale": "raw accelerometer samples at any gain: the graph standardises each window",
+        },
+        "normalization": "none",
+        "outputs": {
+            "logits": "logits",
+            "shrinkage": "shrinkage" if "shrinkage" in names else None,
+            **({"ood_score": "ood_score"} if ood else {}),
+        },
+        **({"ood": ood} if ood else {}),
+        "shrinkage_units": cfg.units if "shrinkage" in names else 0,
+        "classes": list(classes),
+        "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
+    }
+
+
 def ship(
     model: DRSN,
     name: str,
@@ -125,61 +200,17 @@ def ship(
     stem = name.replace("-", "_")
     onnx_path = out_dir / f"{stem}.onnx"
     cfg = model.config
-    exported = WithOod(model, ood[0]) if ood else model
     metadata = {"name": name, "version": MODEL_VERSION, "classes": ",".join(CLASSES)}
-    export_onnx(model, onnx_path, metadata=metadata, ood=exported if ood else None)
-
     x_test, _ = split_windows(recordings, "test", cfg.window)
-    check = parity(exported, onnx_path, x_test)
-    if check["max_abs_diff"] > PARITY_TOLERANCE or not check["argmax_equal"]:
-        raise ParityError(f"ONNX export disagrees with PyTorch on test windows: {check}")
+    check = export_checked(model, onnx_path, metadata, ood[0] if ood else None, x_test)
 
     save_checkpoint(model, out_dir / f"{stem}.pt")
     windows, labels, snr = golden_windows(recordings, cfg.window)
     golden = out_dir / f"{stem}.golden.npz"
     write_golden(onnx_path, windows, labels, snr, golden)
 
-    names = output_names(model, ood is not None)
     card = {
-        "name": name,
-        "version": MODEL_VERSION,
-        "architecture": {
-            "type": ARCH_NAMES[cfg.shrinkage],
-            "shrinkage": cfg.shrinkage,
-            "stem_channels": cfg.stem_channels,
-            "stem_kernel": cfg.stem_kernel,
-            "stem_stride": cfg.stem_stride,
-            "stages": [{"channels": c, "units": n} for c, n in cfg.stages],
-            "units": cfg.units,
-            "parameters": parameter_count(model),
-            "in_graph_preprocessing": (
-                f"per-window standardisation (x - mean) / sqrt(var + {cfg.standardize_eps:g}), "
-                "so the server sends raw samples"
-            ),
-            "reference": "Zhao et al., Deep Residual Shrinkage Networks for Fault Diagnosis, IEEE TII 16(7), 2020",
-        },
-        "onnx": onnx_path.name,
-        "sha256": sha256(onnx_path),
-        "opset": OPSET,
-        "input": {
-            "name": INPUT_NAME,
-            "channels": 1,
-            "window": cfg.window,
-            "sample_rate_hz": SAMPLE_RATE_HZ,
-            "dtype": "float32",
-            "shape": ["batch", 1, cfg.window],
-            "scale": "raw accelerometer samples at any gain: the graph standardises each window",
-        },
-        "normalization": "none",
-        "outputs": {
-            "logits": "logits",
-            "shrinkage": "shrinkage" if "shrinkage" in names else None,
-            **({"ood_score": "ood_score"} if ood else {}),
-        },
-        **({"ood": ood[1]} if ood else {}),
-        "shrinkage_units": cfg.units if "shrinkage" in names else 0,
-        "classes": list(CLASSES),
-        "default_hop": int(cfg.window * DEFAULT_HOP_FRACTION),
+        **serving_card(model, name, MODEL_VERSION, onnx_path, list(CLASSES), SAMPLE_RATE_HZ, ood[1] if ood else None),
         "input_range": input_range(recordings, cfg.window),
         "operating_conditions": operating_conditions(recordings),
         "evaluation": evaluation,

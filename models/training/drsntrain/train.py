@@ -114,11 +114,18 @@ def train(
     protocol: NoiseProtocol,
     progress: str | None = None,
     position: int = 0,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[DRSN, dict]:
-    """Train one model; returns it (best validation checkpoint) and a training log."""
+    """Train one model; returns it (best validation checkpoint) and a training log. `initial_state`: weights to start
+    from (fine-tuning, see manifest.initial_state); the final classifier layer (`fc.*`) may be left out of it, and
+    then keeps its fresh initialisation."""
     torch.set_num_threads(config.threads)
     rng, gen = seed_everything(config.seed)
     model = DRSN(model_config)
+    if initial_state is not None:
+        missing, unexpected = model.load_state_dict(initial_state, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise ValueError(f"initial weights do not fit the network: missing {missing}, unexpected {unexpected}")
     opt = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
