@@ -156,6 +156,20 @@ pub enum ServeError {
          may reach another replica) and {resume}"
     )]
     ConnectionAged { resume: Resume },
+    #[error(
+        "model {model} version {version} was unloaded from this server; open the stream again (naming no version: the \
+         newest served) and {resume}"
+    )]
+    ModelUnloaded {
+        model: String,
+        version: String,
+        resume: Resume,
+    },
+    #[error(
+        "this stream has been open longer than the server's --stream-max-age; open it again (it gets the model \
+         version new streams get) and {resume}"
+    )]
+    StreamAged { resume: Resume },
     #[error("no `open` message within {after:?} of the stream starting")]
     OpenTimeout { after: Duration },
     #[error(
@@ -218,6 +232,8 @@ impl ServeError {
         match self {
             Self::ShuttingDown { resume }
             | Self::ConnectionAged { resume }
+            | Self::StreamAged { resume }
+            | Self::ModelUnloaded { resume, .. }
             | Self::IdleTimeout { resume, .. } => Some(resume.0),
             Self::DrainTimeout { resume_from }
             | Self::Resample { resume_from, .. }
@@ -255,6 +271,8 @@ impl ServeError {
             Self::ShuttingDown { .. } => "shutting_down",
             Self::DrainTimeout { .. } => "drain_timeout",
             Self::ConnectionAged { .. } => "connection_age",
+            Self::StreamAged { .. } => "stream_age",
+            Self::ModelUnloaded { .. } => "model_unloaded",
             Self::OpenTimeout { .. } => "open_timeout",
             Self::IdleTimeout { .. } => "idle_timeout",
             Self::TooManyStreams { .. } => "too_many_streams",
@@ -287,6 +305,8 @@ impl ServeError {
             Self::ShuttingDown { .. }
             | Self::DrainTimeout { .. }
             | Self::ConnectionAged { .. }
+            | Self::StreamAged { .. }
+            | Self::ModelUnloaded { .. }
             | Self::WorkersGone => ErrorKind::Unavailable,
             Self::Inference { .. } | Self::Resample { .. } | Self::ReaderFailed { .. } => {
                 ErrorKind::Internal
@@ -337,6 +357,14 @@ impl ServeError {
             ModelNotFound {
                 asked: String::new(),
                 served: String::new(),
+            },
+            ModelUnloaded {
+                model: String::new(),
+                version: String::new(),
+                resume: Resume(None),
+            },
+            StreamAged {
+                resume: Resume(None),
             },
             NonFinite {
                 place: String::new(),
@@ -520,6 +548,6 @@ mod tests {
         let unique: std::collections::BTreeSet<&str> = reasons.iter().copied().collect();
         // Misaligned and PartialFrame share a reason, as do the two id errors: one example each.
         assert_eq!(unique.len(), reasons.len(), "{reasons:?}");
-        assert_eq!(unique.len(), 40);
+        assert_eq!(unique.len(), 42);
     }
 }

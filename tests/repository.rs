@@ -40,7 +40,7 @@ fn version(dir: &Path, model: &str, version: &str, edit: impl FnOnce(&mut serde_
     std::fs::write(folder.join("card.json"), card.to_string()).unwrap();
 }
 
-/// The shipped model as versions 2.1.0 and 2.2.0, and as a second model `pump-de` with its own class names and
+/// The shipped model as its own version and 2.2.0, and as a second model `pump-de` with its own class names and
 /// half the hop (the same network: what differs is what each card decides).
 fn repository() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -366,4 +366,197 @@ async fn a_repository_that_cannot_be_served_as_laid_out_is_refused_by_what_is_wr
     });
     let err = refusal(dir.path(), &[]).await;
     assert!(err.contains("does not match its card"), "{err}");
+}
+
+/// POSTs to a repository route; the status and the JSON body.
+async fn repository_call(running: &server::Running, what: &str) -> (u16, serde_json::Value) {
+    common::http(running.http_addr, "POST", what, "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_is_replaced_under_a_live_stream_without_losing_a_window() {
+    use drsn_client::sensor;
+    use drsn_client::{Event, Options, Sensor, Targets};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Versions of its own: metrics are process-wide, and other tests serve the shipped version.
+    let first = "3.0.0".to_owned();
+    version(dir.path(), SHIPPED, &first, |_| {});
+    let mut flags = flags(dir.path());
+    flags.extend(["--model-control".into(), "explicit".into()]);
+    let running = common::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let addr = running.grpc_addr.to_string();
+
+    // A live sensor stream (the gateway library, which resumes where the server says), paced like a sensor.
+    let options = Options {
+        backoff_base: Duration::from_millis(20),
+        backoff_cap: Duration::from_millis(200),
+        ..Options::default()
+    };
+    let targets = Targets::plain([addr.clone()]).unwrap();
+    let (tx, mut results) =
+        sensor::open(targets, Sensor::new("pump-7", "de", 12_000.0), options).unwrap();
+    let (w, hop) = (common::window(), common::hop());
+    let windows = 40;
+    let samples = signal(w + (windows - 1) * hop);
+    // The first 22 windows' samples, then (once the old version is unloaded, the stream waiting for samples) the rest.
+    let split = w + 21 * hop;
+    let (go, gone) = tokio::sync::oneshot::channel::<()>();
+    let feeder = tokio::spawn(async move {
+        for block in samples[..split].chunks(2048) {
+            tx.send(block).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        gone.await.unwrap();
+        for block in samples[split..].chunks(2048) {
+            tx.send(block).await.unwrap();
+        }
+        tx.finish();
+    });
+    let mut go = Some(go);
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut step = 0;
+    while let Some(event) = results.next().await {
+        if let Event::Window { index, result } = event.unwrap() {
+            seen.push((index, result.model_version));
+        }
+        match (step, seen.len()) {
+            // A broken candidate (its ONNX file is not the one its card names) is refused; nothing changes.
+            (0, 5..) => {
+                version(dir.path(), SHIPPED, "3.1.0", |card| {
+                    card["sha256"] = "00".repeat(32).into()
+                });
+                let (code, body) =
+                    repository_call(&running, &format!("/v2/repository/models/{SHIPPED}/load"))
+                        .await;
+                assert_eq!(code, 400, "{body}");
+                let why = body["error"].as_str().unwrap();
+                assert!(
+                    why.contains("3.1.0 was not loaded, nothing changed") && why.contains("sha256"),
+                    "{why}"
+                );
+                let (_, index) = repository_call(&running, "/v2/repository/index").await;
+                assert_eq!(index.as_array().unwrap().len(), 1, "{index}");
+                step = 1;
+            }
+            // The fixed candidate loads beside the serving version; new streams get it, this one stays.
+            (1, 10..) => {
+                version(dir.path(), SHIPPED, "3.1.0", |_| {});
+                let (code, body) =
+                    repository_call(&running, &format!("/v2/repository/models/{SHIPPED}/load"))
+                        .await;
+                assert_eq!(code, 200, "{body}");
+                assert!(
+                    body["result"]
+                        .as_str()
+                        .unwrap()
+                        .contains("loaded drsn-cw-cwru 3.1.0"),
+                    "{body}"
+                );
+                let (opened, _) = stream(&common::addr(&running), "", "", "new", &signal(w))
+                    .await
+                    .unwrap();
+                assert_eq!(opened.model_version, "3.1.0");
+                step = 2;
+            }
+            // The old version's folder goes: a load unloads it, and its stream moves to the new one.
+            (2, 20..) => {
+                std::fs::remove_dir_all(dir.path().join(SHIPPED).join(&first)).unwrap();
+                let (code, body) =
+                    repository_call(&running, &format!("/v2/repository/models/{SHIPPED}/load"))
+                        .await;
+                assert_eq!(code, 200, "{body}");
+                assert!(
+                    body["result"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("unloaded drsn-cw-cwru {first}"))
+                );
+                if let Some(go) = go.take() {
+                    go.send(()).unwrap();
+                }
+                step = 3;
+            }
+            _ => {}
+        }
+    }
+    feeder.await.unwrap();
+    assert_eq!(step, 3, "the stream ended before every step ran");
+    let indices: Vec<u64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(
+        indices,
+        (0..windows as u64).collect::<Vec<_>>(),
+        "every window once, in order"
+    );
+    let moved = seen
+        .iter()
+        .position(|s| s.1 == "3.1.0")
+        .expect("the stream moved to 3.1.0");
+    assert!(
+        moved >= 20,
+        "it stayed on {first} until that was unloaded: {seen:?}"
+    );
+    assert!(
+        seen[..moved].iter().all(|s| s.1 == first) && seen[moved..].iter().all(|s| s.1 == "3.1.0"),
+        "{seen:?}"
+    );
+    let stats = results.stats();
+    assert_eq!(stats.resumes, 1, "{stats:?}");
+    assert!(
+        stats
+            .last_error
+            .contains(&format!("version {first} was unloaded")),
+        "the stream was handed over by the unload, with a resume point: {stats:?}"
+    );
+
+    // Unloading a version stops its threads, not the replica: still ready.
+    let (code, body) = common::http(running.http_addr, "GET", "/v2/health/ready", "").await;
+    assert_eq!(code, 200, "{body}");
+
+    // The default model's last version cannot be unloaded; an unknown model is named.
+    let (code, body) =
+        repository_call(&running, &format!("/v2/repository/models/{SHIPPED}/unload")).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is the default"),
+        "{body}"
+    );
+    let (code, body) = repository_call(&running, "/v2/repository/models/fan-end/load").await;
+    assert_eq!(code, 400, "{body}");
+    let metrics = common::scrape(&running).await;
+    let info = |v: &str| {
+        common::metric(
+            &metrics,
+            &format!(r#"drsn_model_info{{name="{SHIPPED}",version="{v}",device="cpu"}}"#),
+        )
+    };
+    assert_eq!(
+        (info(&first), info("3.1.0")),
+        (Some(0.0), Some(1.0)),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn model_control_is_off_unless_asked_for() {
+    let dir = repository();
+    let running = common::start(
+        &flags(dir.path())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let (code, body) =
+        repository_call(&running, &format!("/v2/repository/models/{PUMP}/unload")).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--model-control explicit")
+    );
+    running.stop().await;
 }

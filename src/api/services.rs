@@ -13,7 +13,7 @@ use crate::api::grpc::proto::{self, diagnosis_server::DiagnosisServer};
 use crate::api::grpc::service::{DiagnosisService, StreamTimeouts};
 use crate::api::grpc::transport_errors::TransportErrors;
 use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
-use crate::api::kserve::{self, Ready, V2Models};
+use crate::api::kserve::{self, ModelControl, Ready, V2Models};
 use crate::api::machines;
 use crate::condition::Conditions;
 use crate::engine::device::Placement;
@@ -36,6 +36,8 @@ pub struct ApiSettings {
     pub stream_timeouts: StreamTimeouts,
     /// Whether the replica takes work (V2's server and model readiness).
     pub ready: Ready,
+    /// Loading and unloading model versions at run time (`None`: off).
+    pub control: Option<Arc<dyn ModelControl>>,
 }
 
 /// The services a listener serves.
@@ -59,10 +61,11 @@ impl Api {
             request_read_timeout,
             stream_timeouts,
             ready,
+            control,
         } = settings;
         // Each method's message limit is enforced from the framing (`frames`); tonic's own limit is the largest.
         let messages = frames::MessageLimits::new(models);
-        let v2 = Arc::new(V2Models::new(models.clone(), ready));
+        let v2 = Arc::new(V2Models::new(models.clone(), ready, control));
         let inference = GrpcInferenceServiceServer::new(kserve::grpc::InferenceService(v2.clone()))
             .max_decoding_message_size(messages.largest());
         let inference = TransportErrors(tokens.guard(
@@ -92,11 +95,7 @@ impl Api {
                 .map_err(|e| StartupError::Config(format!("reflection: {e}")))?;
             grpc = grpc.add_service(InterceptedService::new(service, tokens.interceptor()));
         }
-        let max_window = models
-            .all()
-            .map(|p| p.model().window_values())
-            .max()
-            .unwrap_or(0);
+        let max_window = messages.max_window_values;
         let max_values = max_window * models.gate().admission().max_unary_windows;
         let rest = kserve::rest::router(
             v2,

@@ -83,6 +83,10 @@ pub struct Pipeline {
     scheduler: Arc<Scheduler>,
     limits: Limits,
     gate: Arc<Gate>,
+    /// Fired when this version is unloaded: its streams end with a resume point, as in a drain.
+    retire: CancellationToken,
+    /// This version's stream readers, so that unloading it can wait for them.
+    readers: TaskTracker,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -95,6 +99,8 @@ pub struct StreamSlot {
     memory: usize,
     /// How the stream ended, for `drsn_streams_ended_total` (a client that goes away never says).
     how: &'static str,
+    /// The model version it opened on, counted in `drsn_model_streams` while it lasts.
+    model: Option<(String, String)>,
     /// The stream's place in the queue, kept while its client listens.
     flow: Option<Arc<schedule::Flow>>,
 }
@@ -121,6 +127,9 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         counter!(m::STREAMS_ENDED, "how" => self.how).increment(1);
+        if let Some((name, version)) = self.model.take() {
+            gauge!(m::MODEL_STREAMS, "model" => name, "version" => version).decrement(1.0);
+        }
         gauge!(m::STREAM_MEMORY).decrement(self.memory as f64);
         let mut counts = self
             .per_connection
@@ -195,6 +204,7 @@ impl Gate {
             per_connection: self.per_connection.clone(),
             memory: 0,
             how: "cancelled",
+            model: None,
             flow: None,
         })
     }
@@ -213,7 +223,40 @@ impl Pipeline {
             scheduler,
             limits,
             gate,
+            retire: CancellationToken::new(),
+            readers: TaskTracker::new(),
         }
+    }
+
+    /// Closes this version's queue: its batcher answers what is queued, then stops.
+    pub fn close_queue(&self) {
+        self.scheduler.close();
+    }
+
+    /// Fired when this version is unloaded.
+    pub fn retiring(&self) -> &CancellationToken {
+        &self.retire
+    }
+
+    /// This version's stream readers: spawn them here so that unloading it can wait for them.
+    pub fn readers(&self) -> &TaskTracker {
+        &self.readers
+    }
+
+    /// Unloads this version: no new stream or request reaches it (it has left [`models::Models`] already), its
+    /// streams end with a resume point, and once their readers are done (or `within` has passed) its queue closes,
+    /// so the batcher answers what is queued and stops.
+    pub async fn retire(&self, within: std::time::Duration) {
+        self.retire.cancel();
+        self.readers.close();
+        if tokio::time::timeout(within, self.readers.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(model = %self.model.card.name, version = %self.model.card.version,
+                "streams of an unloaded model version still open; closing its queue anyway");
+        }
+        self.scheduler.close();
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {
@@ -266,6 +309,10 @@ impl Pipeline {
             }
         };
         slot.budget(need);
+        let card = &self.model.card;
+        gauge!(m::MODEL_STREAMS, "model" => card.name.clone(), "version" => card.version.clone())
+            .increment(1.0);
+        slot.model = Some((card.name.clone(), card.version.clone()));
         let framer = Framer::new(self.model.window(), spec.hop, spec.channels, resampler);
         let (tx, rx) = mpsc::channel(self.limits.stream_buffer.max(2));
         let progress = Arc::new(AtomicU64::new(0));

@@ -28,10 +28,10 @@ pub struct PipelineSettings {
     pub limits: Limits,
 }
 
-/// A running pipeline: the facade, and the queue and batcher that the server's lifecycle stops in order.
+/// A running pipeline: the facade (which closes its queue), and the batcher that the server joins when the version
+/// is unloaded or the server stops.
 pub(crate) struct Started {
     pub pipeline: Arc<Pipeline>,
-    pub scheduler: Arc<Scheduler>,
     pub batcher: Batcher,
 }
 
@@ -50,6 +50,7 @@ pub(crate) fn start(
         "inference sessions warmed up");
     gauge!(m::MODEL_INFO, "name" => model.card.name.clone(), "version" => model.card.version.clone(),
         "device" => engine.placement.to_string()).set(1.0);
+    gauge!(m::MODEL_STREAMS, "model" => model.card.name.clone(), "version" => model.card.version.clone()).set(0.0);
     let scheduler = Scheduler::new(settings.schedule);
     let batcher = batch::spawn(
         scheduler.clone(),
@@ -67,15 +68,6 @@ pub(crate) fn start(
         engine.sessions,
         stop_batcher,
     );
-    let pipeline = Arc::new(Pipeline::new(
-        model,
-        scheduler.clone(),
-        settings.limits,
-        gate,
-    ));
-    Started {
-        pipeline,
-        scheduler,
-        batcher,
-    }
+    let pipeline = Arc::new(Pipeline::new(model, scheduler, settings.limits, gate));
+    Started { pipeline, batcher }
 }

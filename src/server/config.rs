@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::auth::Tokens;
 use crate::api::grpc::service::StreamTimeouts;
-use crate::api::kserve::Ready;
+use crate::api::kserve::{ModelControl, Ready};
 use crate::api::services::ApiSettings;
 use crate::condition::Conditions;
 use crate::engine::device::Device;
@@ -35,6 +36,14 @@ pub struct ServeConfig {
     /// With --model-repository: the model for streams and requests that name none (needed when it holds several).
     #[arg(long, env = "DRSN_DEFAULT_MODEL")]
     pub default_model: Option<String>,
+    /// With --model-repository: `none` (versions are read at start-up), `explicit` (POST
+    /// /v2/repository/models/<name>/load and /unload, behind the token when tokens are set), or `poll` (the folder
+    /// is read again every --repository-poll-interval, and the routes too).
+    #[arg(long, env = "DRSN_MODEL_CONTROL", value_enum, default_value_t = ModelControlMode::None)]
+    pub model_control: ModelControlMode,
+    /// How often `--model-control poll` reads the repository again.
+    #[arg(long, env = "DRSN_REPOSITORY_POLL_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub repository_poll_interval: Duration,
     #[command(flatten)]
     pub network: NetworkArgs,
     #[command(flatten)]
@@ -53,6 +62,13 @@ pub struct ServeConfig {
     /// Log format; levels come from RUST_LOG (default info).
     #[arg(long, env = "DRSN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelControlMode {
+    None,
+    Explicit,
+    Poll,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -263,6 +279,10 @@ impl ConditionArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Streams and requests")]
 pub struct StreamArgs {
+    /// Hand a stream over after this long open (UNAVAILABLE with a resume point; the client library resumes), so
+    /// that months-long streams move to the model version new streams get; unset: never.
+    #[arg(long, env = "DRSN_STREAM_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub stream_max_age: Option<Duration>,
     /// Windows one stream may have in flight before its reader pauses.
     #[arg(long, env = "DRSN_STREAM_BUFFER", default_value_t = 16)]
     pub stream_buffer: usize,
@@ -355,6 +375,18 @@ impl ServeConfig {
         if self.network.request_read_timeout.is_zero() {
             return bad("--request-read-timeout must be above 0".into());
         }
+        if self.model_control != ModelControlMode::None && self.model_repository.is_none() {
+            return bad(
+                "--model-control loads and unloads the versions of --model-repository: set it too"
+                    .into(),
+            );
+        }
+        if self.repository_poll_interval.is_zero() {
+            return bad("--repository-poll-interval must be above 0".into());
+        }
+        if self.streams.stream_max_age.is_some_and(|a| a.is_zero()) {
+            return bad("--stream-max-age must be above 0 (leave it unset for no limit)".into());
+        }
         if self.default_model.is_some() && self.model_repository.is_none() {
             return bad(
                 "--default-model names a model of --model-repository; with --model, the one model is the default"
@@ -427,7 +459,12 @@ impl ServeConfig {
     }
 
     /// The API's settings: the tokens, reflection, timeouts and the replica's readiness.
-    pub fn api_settings(&self, tokens: Tokens, ready: Ready) -> ApiSettings {
+    pub fn api_settings(
+        &self,
+        tokens: Tokens,
+        ready: Ready,
+        control: Option<Arc<dyn ModelControl>>,
+    ) -> ApiSettings {
         ApiSettings {
             tokens,
             reflection: self.network.reflection,
@@ -435,8 +472,10 @@ impl ServeConfig {
             stream_timeouts: StreamTimeouts {
                 open: self.streams.open_timeout,
                 idle: self.streams.idle_timeout,
+                max_age: self.streams.stream_max_age,
             },
             ready,
+            control,
         }
     }
 

@@ -2,6 +2,7 @@
 //! which things stop (listener, readers, deliveries, batcher, inference threads, metrics).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::Drain;
 use crate::pipeline::batch::Batcher;
-use crate::pipeline::start::Started;
+use crate::server::models::ServedModels;
 
 /// Longest the inference threads get to finish the batch they hold once the drain is over.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,7 +51,7 @@ impl Lifecycle {
     pub(crate) fn run(
         &mut self,
         serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
-        pipelines: Vec<Started>,
+        models: Arc<ServedModels>,
     ) {
         let drain = self.drain.clone();
         let (stop_batcher, stop_metrics) = (self.stop_batcher.clone(), self.stop_metrics.clone());
@@ -75,11 +76,7 @@ impl Lifecycle {
             drain.tasks.close();
             let _ = tokio::time::timeout(FINAL_WRITE, drain.tasks.wait()).await;
             // Nothing can submit any more: let the batchers finish what is queued, then stop them.
-            let mut batchers = Vec::with_capacity(pipelines.len());
-            for p in pipelines {
-                p.scheduler.close();
-                batchers.push(p.batcher);
-            }
+            let batchers = models.close_all();
             stop_batcher.cancel();
             let joined =
                 tokio::task::spawn_blocking(move || batchers.into_iter().for_each(Batcher::join));

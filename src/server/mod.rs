@@ -15,6 +15,7 @@ pub(crate) mod tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::api::grpc::frames::MessageLimits;
 use crate::api::services::Api;
 use crate::condition::export;
 use crate::engine::device::Placement;
@@ -56,11 +57,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
     let metrics = m::install().map_err(StartupError::Config)?;
     let health = Health::starting().await;
     let mut lifecycle = Lifecycle::new(config.drain_timeout);
-    let loaded = models::load(&config, &lifecycle).await?;
-    let (placement, settings, models) = (loaded.placement, loaded.settings, loaded.models.clone());
+    let set = models::load(&config, &lifecycle).await?;
+    let (placement, settings, models) = (set.placement, set.settings, set.models.clone());
     let listeners = Listeners::bind(&config).await?;
     let conditions = Arc::new(config.conditions.conditions(config.streams.max_streams));
-    let api_settings = config.api_settings(security.tokens.clone(), health.ready());
+    let control = set.control(MessageLimits::new(&models));
+    let api_settings = config.api_settings(security.tokens.clone(), health.ready(), control);
     let api = Api::build(&models, &conditions, placement, api_settings)?;
     let machines = (config.conditions.machine_metrics).then(|| {
         export::series(
@@ -78,8 +80,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartupError> {
         scrape,
     };
     let grpc = listeners.serve(served, &security, &config, &lifecycle)?;
-    health.follow(lifecycle.drain.shutdown.clone(), loaded.workers_gone());
-    lifecycle.run(grpc, loaded.started);
+    health.follow(lifecycle.drain.shutdown.clone(), set.workers_gone());
+    lifecycle.run(grpc, set);
     health.set(State::Serving).await;
     tracing::info!(grpc_addr = %addrs.grpc, metrics_addr = %addrs.metrics, http_addr = %addrs.http,
         tls = security.tls.is_some(), mutual_tls = security.mutual_tls(), tokens = security.tokens.len(),

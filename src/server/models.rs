@@ -1,88 +1,306 @@
-//! Loading what is served: the one `--model` card, or every version in `--model-repository` (each card checked
-//! against the folders it sits in), each within `--max-stream-memory`, each with its own engine sessions, measured
-//! batch costs and pipeline, all admitted through one gate.
+//! The models served and their lifetimes: the one `--model` card, or every version in `--model-repository` (each
+//! card checked against the folders it sits in), each within `--max-stream-memory`, each with its own engine
+//! sessions, measured batch costs and pipeline, all admitted through one gate. With `--model-control`, versions are
+//! loaded beside the serving ones and unloaded while the server runs ([`ModelControl`]).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use metrics::gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::grpc::frames::MessageLimits;
 use crate::api::grpc::status;
+use crate::api::kserve::ModelControl;
 use crate::engine::device::Placement;
 use crate::engine::open::Engine;
 use crate::error::{ErrorKind, StartupError};
 use crate::model::card::LoadedModel;
 use crate::model::repository;
-use crate::pipeline::Gate;
+use crate::pipeline::batch::Batcher;
 use crate::pipeline::models::Models;
-use crate::pipeline::start::{self, Started};
-use crate::server::config::{Resolved, ServeConfig};
+use crate::pipeline::start;
+use crate::pipeline::{Gate, Pipeline};
+use crate::server::config::{ModelControlMode, Resolved, ServeConfig};
 use crate::server::lifecycle::Lifecycle;
 use crate::telemetry::metrics as m;
 
-/// The served models, and what the lifecycle stops in order.
-pub(crate) struct Loaded {
+/// (model, version).
+type Key = (String, String);
+
+/// The served models, what runs them, and how to load more.
+pub(crate) struct ServedModels {
     pub models: Arc<Models>,
-    pub started: Vec<Started>,
     pub placement: Placement,
     pub settings: Resolved,
-}
-
-impl Loaded {
-    /// Cancelled when any model version's inference workers have all stopped: the replica cannot serve what it
-    /// says it serves.
-    pub(crate) fn workers_gone(&self) -> tokio_util::sync::CancellationToken {
-        let any = tokio_util::sync::CancellationToken::new();
-        for s in &self.started {
-            let (gone, any) = (s.batcher.workers_gone.clone(), any.clone());
-            tokio::spawn(async move {
-                gone.cancelled().await;
-                any.cancel();
-            });
-        }
-        any
-    }
+    config: ServeConfig,
+    gate: Arc<Gate>,
+    stop_batcher: CancellationToken,
+    /// Each version's batcher, joined when it is unloaded or the server stops.
+    batchers: Mutex<BTreeMap<Key, Batcher>>,
+    /// Fires when any version's inference workers have all stopped.
+    workers_gone: CancellationToken,
+    /// The message limits the listeners were built with (from the models at start-up): a version loaded later
+    /// must fit them.
+    limits: Mutex<Option<MessageLimits>>,
+    /// One load or unload at a time.
+    busy: tokio::sync::Mutex<()>,
 }
 
 /// Loads every model version, opens its engine and starts its pipeline.
 pub(crate) async fn load(
     config: &ServeConfig,
     lifecycle: &Lifecycle,
-) -> Result<Loaded, StartupError> {
-    let cards = cards(config)?;
+) -> Result<Arc<ServedModels>, StartupError> {
     let gate = Arc::new(Gate::new(config.admission(), lifecycle.drain.clone()));
-    let mut started = Vec::with_capacity(cards.len());
+    let (mut pipelines, mut batchers) = (Vec::new(), BTreeMap::new());
     let mut resolved: Option<(Placement, Resolved)> = None;
-    for card in cards {
-        let model = load_model(config, &card)?;
+    let workers_gone = CancellationToken::new();
+    for card in cards(config)? {
+        let model = load_model(config, &card, true)?;
         let engine = Engine::open(config.engine_settings(), model.clone()).await?;
         let (placement, settings) =
             *resolved.get_or_insert((engine.placement, config.resolve(&engine)));
-        started.push(start::start(
+        let started = start::start(
             model,
             engine,
             config.pipeline_settings(settings),
             gate.clone(),
             lifecycle.stop_batcher.clone(),
-        ));
+        );
         tracing::debug!(%placement, "model version started");
+        follow(&started, &workers_gone);
+        pipelines.push(started.pipeline.clone());
+        batchers.insert(key(&started.pipeline), started.batcher);
     }
     let (placement, settings) =
         resolved.ok_or_else(|| StartupError::Config("no model to serve".into()))?;
-    let pipelines = started.iter().map(|s| s.pipeline.clone()).collect();
-    let models = Models::new(pipelines, config.default_model.as_deref(), gate)
+    let models = Models::new(pipelines, config.default_model.as_deref(), gate.clone())
         .map_err(StartupError::Config)?;
     if config.model_repository.is_some() {
-        let served: Vec<String> = models
-            .all()
-            .map(|p| format!("{} {}", p.model().card.name, p.model().card.version))
-            .collect();
+        let served: Vec<String> = models.all().iter().map(|p| label(&key(p))).collect();
         tracing::info!(models = ?served, default = models.default_name(), "model repository loaded");
     }
-    Ok(Loaded {
+    Ok(Arc::new(ServedModels {
         models: Arc::new(models),
-        started,
         placement,
         settings,
-    })
+        config: config.clone(),
+        gate,
+        stop_batcher: lifecycle.stop_batcher.clone(),
+        batchers: Mutex::new(batchers),
+        workers_gone,
+        limits: Mutex::new(None),
+        busy: tokio::sync::Mutex::new(()),
+    }))
+}
+
+impl ServedModels {
+    /// Cancelled when any model version's inference workers have all stopped: the replica cannot serve what it
+    /// says it serves.
+    pub(crate) fn workers_gone(&self) -> CancellationToken {
+        self.workers_gone.clone()
+    }
+
+    /// Model control, when `--model-control` asks for it; with `poll`, the repository is read again every
+    /// `--repository-poll-interval` until the drain.
+    pub(crate) fn control(
+        self: &Arc<Self>,
+        limits: MessageLimits,
+    ) -> Option<Arc<dyn ModelControl>> {
+        *self.lock_limits() = Some(limits);
+        match self.config.model_control {
+            ModelControlMode::None => None,
+            ModelControlMode::Explicit => Some(self.clone()),
+            ModelControlMode::Poll => {
+                let (served, every) = (self.clone(), self.config.repository_poll_interval);
+                let shutdown = self.gate.drain().shutdown.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        if let Err(why) = served.sync(None).await {
+                            tracing::warn!(error = %why, "repository poll");
+                        }
+                    }
+                });
+                Some(self.clone())
+            }
+        }
+    }
+
+    fn lock_limits(&self) -> std::sync::MutexGuard<'_, Option<MessageLimits>> {
+        self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_batchers(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Batcher>> {
+        self.batchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At shutdown, after the drain: closes every version's queue so its batcher answers what is queued and stops.
+    pub(crate) fn close_all(&self) -> Vec<Batcher> {
+        for p in self.models.all() {
+            p.close_queue();
+        }
+        std::mem::take(&mut *self.lock_batchers())
+            .into_values()
+            .collect()
+    }
+
+    /// Brings `only` (every model when `None`) in line with the repository: versions whose folders are new are
+    /// loaded and checked, then serve; versions whose folders are gone are unloaded. A version that fails to load
+    /// changes nothing and is named in the error.
+    async fn sync(&self, only: Option<&str>) -> Result<String, String> {
+        let _one = self.busy.lock().await;
+        let dir = self
+            .config
+            .model_repository
+            .clone()
+            .ok_or("no --model-repository to load from")?;
+        let on_disk: Vec<repository::Entry> = repository::scan(&dir)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|e| only.is_none_or(|name| e.model == name))
+            .collect();
+        if let Some(name) = only
+            && on_disk.is_empty()
+        {
+            return Err(format!(
+                "model {} has no version folder in {}",
+                crate::error::quote(name),
+                dir.display()
+            ));
+        }
+        let served: Vec<Key> = self
+            .models
+            .all()
+            .iter()
+            .map(key)
+            .filter(|(name, _)| only.is_none_or(|n| n == name))
+            .collect();
+        let mut changes = Vec::new();
+        for entry in &on_disk {
+            let k = (entry.model.clone(), entry.version.clone());
+            if served.contains(&k) {
+                continue;
+            }
+            let card = Card {
+                path: entry.card.clone(),
+                folders: Some(k.clone()),
+            };
+            self.load_version(&card)
+                .await
+                .map_err(|e| format!("{} was not loaded, nothing changed: {e}", label(&k)))?;
+            changes.push(format!("loaded {}", label(&k)));
+        }
+        for k in served {
+            if !on_disk.iter().any(|e| e.model == k.0 && e.version == k.1) {
+                self.unload_version(&k.0, &k.1).await?;
+                changes.push(format!("unloaded {}", label(&k)));
+            }
+        }
+        if changes.is_empty() {
+            changes.push("nothing to change: every version in the repository is served".into());
+        }
+        tracing::info!(changes = ?changes, "model repository synced");
+        Ok(changes.join("; "))
+    }
+
+    /// Loads one version beside the serving ones: card and checksum, the listeners' message limits, the engine's
+    /// sessions (each warmed up, batch costs measured); then it serves.
+    async fn load_version(&self, card: &Card) -> Result<(), String> {
+        let model = load_model(&self.config, card, false).map_err(|e| e.to_string())?;
+        if let Some(limits) = *self.lock_limits() {
+            let stream = self.config.limits().stream_message(&model);
+            if model.window_values() > limits.max_window_values || stream > limits.stream {
+                return Err(format!(
+                    "its windows ({} values) or chunks need larger messages than this server's listeners were \
+                     started with (windows up to {} values): restart the server with it in the repository",
+                    model.window_values(),
+                    limits.max_window_values
+                ));
+            }
+        }
+        let engine = Engine::open(self.config.engine_settings(), model.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = start::start(
+            model,
+            engine,
+            self.config.pipeline_settings(self.settings),
+            self.gate.clone(),
+            self.stop_batcher.clone(),
+        );
+        follow(&started, &self.workers_gone);
+        let k = key(&started.pipeline);
+        if let Err(why) = self.models.insert(started.pipeline.clone()) {
+            started.pipeline.close_queue();
+            let batcher = started.batcher;
+            let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+            return Err(why);
+        }
+        self.lock_batchers().insert(k, started.batcher);
+        Ok(())
+    }
+
+    /// Unloads one version (every version of the model when `version` is empty): no new stream or request reaches
+    /// it; its streams end with a resume point within --drain-timeout; its queue is answered; its threads stop.
+    async fn unload_version(&self, name: &str, version: &str) -> Result<(), String> {
+        let gone = self.models.remove(name, version)?;
+        for p in gone {
+            let k = key(&p);
+            p.retire(self.config.drain_timeout).await;
+            let batcher = self.lock_batchers().remove(&k);
+            if let Some(batcher) = batcher {
+                let _ = tokio::task::spawn_blocking(move || batcher.join()).await;
+            }
+            gauge!(m::MODEL_INFO, "name" => k.0.clone(), "version" => k.1.clone(),
+                "device" => self.placement.to_string())
+            .set(0.0);
+            tracing::info!(model = %k.0, version = %k.1, "model version unloaded");
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl ModelControl for ServedModels {
+    async fn load(&self, name: &str) -> Result<String, String> {
+        self.sync(Some(name)).await
+    }
+
+    async fn unload(&self, name: &str) -> Result<String, String> {
+        let _one = self.busy.lock().await;
+        self.unload_version(name, "").await?;
+        Ok(format!("unloaded every version of {name}"))
+    }
+}
+
+/// Cancels `any` when this version's inference workers are all gone, unless it is being unloaded (its workers
+/// then stop because they were told to).
+fn follow(started: &start::Started, any: &CancellationToken) {
+    let gone = started.batcher.workers_gone.clone();
+    let retiring = started.pipeline.retiring().clone();
+    let any = any.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = retiring.cancelled() => {}
+            _ = gone.cancelled() => any.cancel(),
+        }
+    });
+}
+
+fn key(p: &Arc<Pipeline>) -> Key {
+    let card = &p.model().card;
+    (card.name.clone(), card.version.clone())
+}
+
+fn label((name, version): &Key) -> String {
+    format!("{name} {version}")
 }
 
 /// The cards to load: `--model`, or each version of the repository with the names its folders give it.
@@ -105,12 +323,17 @@ fn cards(config: &ServeConfig) -> Result<Vec<Card>, StartupError> {
 struct Card {
     path: PathBuf,
     /// The model and version folders the card sits in, which its name and version must match.
-    folders: Option<(String, String)>,
+    folders: Option<Key>,
 }
 
 /// Loads a card and its ONNX file (checksum verified), refuses a model whose stream would not fit
-/// --max-stream-memory, and zeroes its series so that dashboards see every class from the first scrape.
-fn load_model(config: &ServeConfig, card: &Card) -> Result<Arc<LoadedModel>, StartupError> {
+/// --max-stream-memory, and shows its series at zero so that dashboards see every class from the first scrape
+/// (at start-up every series; later only its classes, so that no running counter is reset).
+fn load_model(
+    config: &ServeConfig,
+    card: &Card,
+    startup: bool,
+) -> Result<Arc<LoadedModel>, StartupError> {
     let model = Arc::new(LoadedModel::load(&card.path)?);
     let c = &model.card;
     if let Some((name, version)) = &card.folders
@@ -142,9 +365,13 @@ fn load_model(config: &ServeConfig, card: &Card) -> Result<Arc<LoadedModel>, Sta
         tracing::warn!(model = %c.name, version = %c.version,
             "the model card states no input_range: only flat windows and non-finite outputs are flagged");
     }
-    let endings: Vec<&'static str> = std::iter::once("ok")
-        .chain(ErrorKind::ALL.iter().map(|k| k.label()))
-        .collect();
-    m::zero_series(&c.classes, &status::error_series(), &endings);
+    if startup {
+        let endings: Vec<&'static str> = std::iter::once("ok")
+            .chain(ErrorKind::ALL.iter().map(|k| k.label()))
+            .collect();
+        m::zero_series(&c.classes, &status::error_series(), &endings);
+    } else {
+        m::show_classes(&c.classes);
+    }
     Ok(model)
 }

@@ -39,6 +39,7 @@ pub(crate) const REQUEST_MEMORY_CAPACITY: &str = "drsn_request_memory_capacity_b
 pub(crate) const CONNECTIONS: &str = "drsn_connections";
 pub(crate) const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
 pub(crate) const MODEL_INFO: &str = "drsn_model_info";
+pub(crate) const MODEL_STREAMS: &str = "drsn_model_streams";
 pub(crate) const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
 pub(crate) const SERVING: &str = "drsn_serving";
 pub(crate) const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
@@ -127,6 +128,13 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
 
 /// Creates the counters that dashboards and alerts read at zero, so rates work from the first window: windows by
 /// API, flags by reason, predictions by class, errors by reason and the code each maps to.
+/// A model loaded while the server runs: its classes' series appear, at their current value (zero when new).
+pub(crate) fn show_classes(classes: &[String]) {
+    for class in classes {
+        counter!(PREDICTIONS, "class" => class.clone()).increment(0);
+    }
+}
+
 pub(crate) fn zero_series(
     classes: &[String],
     error_codes: &[(&'static str, &'static str)],
@@ -343,7 +351,11 @@ fn describe() {
     );
     describe_gauge!(
         MODEL_INFO,
-        "The model being served (value 1), by name, version and device."
+        "Each model version served (value 1; 0 once unloaded), by name, version and device."
+    );
+    describe_gauge!(
+        MODEL_STREAMS,
+        "Open streams by the model and version they opened on."
     );
     describe_counter!(
         DEVICE_FALLBACKS,

@@ -36,6 +36,8 @@ pub(crate) struct MessageLimits {
     pub stream: usize,
     /// Diagnose and ModelInfer: `--max-unary-windows` windows.
     pub unary: usize,
+    /// The largest window (samples x channels) these limits were made for: a model version loaded later must fit.
+    pub max_window_values: usize,
 }
 
 impl MessageLimits {
@@ -45,6 +47,7 @@ impl MessageLimits {
         let mut limits = Self {
             stream: 0,
             unary: 0,
+            max_window_values: 0,
         };
         for pipeline in models.all() {
             let model = pipeline.model();
@@ -52,6 +55,7 @@ impl MessageLimits {
             limits.unary = limits
                 .unary
                 .max(model.window_values() * 4 * max_windows * 2 + (64 << 10));
+            limits.max_window_values = limits.max_window_values.max(model.window_values());
         }
         limits
     }

@@ -34,6 +34,9 @@ pub struct StreamTimeouts {
     pub open: Duration,
     /// How long an open stream may go without a chunk before it is closed.
     pub idle: Duration,
+    /// How long a stream may stay open before it is handed over (a resume point), so that it moves to the
+    /// version new streams get; `None`: for ever.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -246,15 +249,20 @@ impl Diagnosis for DiagnosisService {
             ));
         }
         let detail = spec.detail;
+        let stream_aged = self
+            .timeouts
+            .max_age
+            .map(|age| tokio::time::Instant::now() + age);
         let reader = Reader {
             pipeline: pipeline.clone(),
             idle: self.timeouts.idle,
             aged: conn.aged(),
+            stream_aged,
         };
-        pipeline
-            .drain()
-            .tasks
-            .spawn(reader.run(inbound, session).instrument(span.clone()));
+        let run = pipeline
+            .readers()
+            .track_future(reader.run(inbound, session).instrument(span.clone()));
+        pipeline.drain().tasks.spawn(run);
         // The connection is busy, not idle, for as long as the client holds the response stream.
         let busy = conn.activity.hold();
         let events = events.map(move |item| {
@@ -376,6 +384,7 @@ impl Diagnosis for DiagnosisService {
             models: self
                 .models
                 .all()
+                .iter()
                 .map(|p| self.model_info(p.model()))
                 .collect(),
             default_model: self.models.default_name().to_owned(),
@@ -389,15 +398,19 @@ struct Reader {
     pipeline: Arc<Pipeline>,
     idle: Duration,
     aged: Option<tokio::time::Instant>,
+    /// When the stream reaches --stream-max-age.
+    stream_aged: Option<tokio::time::Instant>,
 }
 
 impl Reader {
     async fn run(self, mut inbound: Streaming<StreamDiagnoseRequest>, mut session: StreamSession) {
         let shutdown = self.pipeline.drain().shutdown.clone();
+        let retiring = self.pipeline.retiring().clone();
         let limits = *self.pipeline.limits();
         let channels = session.spec.channels;
         let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let aged = self.aged.unwrap_or(far);
+        let stream_aged = self.stream_aged.unwrap_or(far);
         // A stream holds its slot by making progress, not by sending: the timer restarts when a window is cut, so
         // a client trickling a sample now and then cannot keep a slot for free. A real-time sensor cuts one every
         // hop (a third of a second by default); the allowance covers a window and a hop twice over at any hop.
@@ -413,9 +426,18 @@ impl Reader {
                     let resume = session.resume();
                     return session.end(ServeError::ShuttingDown { resume }).await;
                 }
+                _ = retiring.cancelled() => {
+                    let (card, resume) = (&model.card, session.resume());
+                    let (model, version) = (card.name.clone(), card.version.clone());
+                    return session.end(ServeError::ModelUnloaded { model, version, resume }).await;
+                }
                 _ = tokio::time::sleep_until(aged) => {
                     let resume = session.resume();
                     return session.end(ServeError::ConnectionAged { resume }).await;
+                }
+                _ = tokio::time::sleep_until(stream_aged) => {
+                    let resume = session.resume();
+                    return session.end(ServeError::StreamAged { resume }).await;
                 }
                 _ = session.closed() => return,
                 _ = tokio::time::sleep_until(quiet_until) => {

@@ -94,11 +94,7 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ModelMetadataResponse {
             name: card.name.clone(),
             versions: if r.version.is_empty() {
-                self.0
-                    .versions(&card.name)
-                    .into_iter()
-                    .map(String::from)
-                    .collect()
+                self.0.versions(&card.name)
             } else {
                 vec![card.version.clone()]
             },

@@ -14,7 +14,6 @@ pub mod proto;
 pub(crate) mod rest;
 pub(crate) mod tensor;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::error::{ErrorKind, ServeError, quote};
@@ -77,55 +76,47 @@ pub struct TensorMeta {
 pub type Ready = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The V2 view of every model version served, shared by both front doors: a request's model name (and version)
-/// finds its [`V2`].
+/// finds its [`V2`]. Versions may be loaded and unloaded while the server runs (`control`).
 pub struct V2Models {
     models: Arc<Models>,
-    by_version: BTreeMap<(String, String), Arc<V2>>,
     ready: Ready,
+    /// Loading and unloading versions; `None` when model control is off.
+    control: Option<Arc<dyn ModelControl>>,
 }
 
 impl V2Models {
-    pub fn new(models: Arc<Models>, ready: Ready) -> Self {
-        let by_version = models
-            .all()
-            .map(|p| {
-                let card = &p.model().card;
-                let view = Arc::new(V2::new(p.clone(), ready.clone()));
-                ((card.name.clone(), card.version.clone()), view)
-            })
-            .collect();
+    pub fn new(models: Arc<Models>, ready: Ready, control: Option<Arc<dyn ModelControl>>) -> Self {
         Self {
             models,
-            by_version,
             ready,
+            control,
         }
     }
 
     /// The model `name` at `version` (empty: its newest), or NOT_FOUND naming what is served.
-    pub fn get(&self, name: &str, version: &str) -> Result<&Arc<V2>, V2Error> {
-        let card = &self.models.get(name, version)?.model().card;
-        self.by_version
-            .get(&(card.name.clone(), card.version.clone()))
-            // Built from the same models: only a bug could miss.
-            .ok_or(V2Error::Serve(ServeError::WorkersGone))
+    pub fn get(&self, name: &str, version: &str) -> Result<Arc<V2>, V2Error> {
+        let pipeline = self.models.get(name, version)?;
+        Ok(Arc::new(V2::new(pipeline, self.ready.clone())))
     }
 
     /// Every version of the model `name`, oldest first.
-    pub fn versions(&self, name: &str) -> Vec<&str> {
-        self.by_version
-            .keys()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.models
+            .all()
+            .iter()
+            .map(|p| &p.model().card)
+            .filter(|c| c.name == name)
+            .map(|c| c.version.clone())
             .collect()
     }
 
     /// Every model version served, by name then version: the repository index.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<V2>> {
-        self.models.all().filter_map(|p| {
-            let card = &p.model().card;
-            self.by_version
-                .get(&(card.name.clone(), card.version.clone()))
-        })
+    pub fn all(&self) -> Vec<V2> {
+        self.models
+            .all()
+            .into_iter()
+            .map(|p| V2::new(p, self.ready.clone()))
+            .collect()
     }
 
     /// Ready to serve: the replica's health says so, and every model takes work.
@@ -138,14 +129,29 @@ impl V2Models {
         self.models.gate().request_budget()
     }
 
-    /// The most outputs any model has: what a request may ask for, checked on the wire before it is decoded.
+    /// The most outputs any model may have: what a request may ask for, checked on the wire before it is decoded
+    /// (a loaded version with more is refused).
     pub fn max_outputs(&self) -> usize {
-        self.by_version
-            .values()
-            .map(|v| v.outputs().len())
-            .max()
-            .unwrap_or(0)
+        MAX_OUTPUTS
     }
+
+    pub fn control(&self) -> Option<&Arc<dyn ModelControl>> {
+        self.control.as_ref()
+    }
+}
+
+/// Most outputs a model has: logits, probabilities, shrinkage, noise_score, ood_score, label, status.
+pub const MAX_OUTPUTS: usize = 7;
+
+/// Loading and unloading model versions while the server runs (the repository extension's load and unload);
+/// implemented by the server, which owns the engines.
+#[tonic::async_trait]
+pub trait ModelControl: Send + Sync {
+    /// Loads the versions of `name` found in the repository that are not served yet, and unloads those whose folder
+    /// is gone. Returns what changed, or why nothing did.
+    async fn load(&self, name: &str) -> Result<String, String>;
+    /// Unloads every version of `name`: their streams end with a resume point, as in a drain.
+    async fn unload(&self, name: &str) -> Result<String, String>;
 }
 
 /// The V2 view of one served model version.

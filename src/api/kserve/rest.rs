@@ -58,6 +58,11 @@ pub(crate) fn router(
         .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository_unload),
+        )
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
@@ -158,12 +163,11 @@ fn admit(ctx: &Ctx, headers: &HeaderMap, name: &str, version: &str) -> Result<Ar
     if let Some(r) = refuse(ctx, headers) {
         return Err(r);
     }
-    ctx.v2.get(name, version).cloned().map_err(error)
+    ctx.v2.get(name, version).map_err(error)
 }
 
 /// The repository extension's index (Triton's and MLServer's `POST /v2/repository/index`): every model version
-/// served, READY or UNAVAILABLE. Loading and unloading through it are not offered: versions come from the
-/// repository at start-up.
+/// served, READY or UNAVAILABLE.
 async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
@@ -171,6 +175,7 @@ async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Respons
     let index: Vec<Value> = ctx
         .v2
         .all()
+        .iter()
         .map(|v| {
             let card = &v.model().card;
             let state = if v.ready() { "READY" } else { "UNAVAILABLE" };
@@ -178,6 +183,49 @@ async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Respons
         })
         .collect();
     Json(Value::Array(index)).into_response()
+}
+
+/// `POST /v2/repository/models/{name}/load`: the versions of `name` in the repository that are not served yet are
+/// loaded and checked beside the serving ones, and then serve new streams; a version that fails changes nothing.
+async fn repository_load(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    control(&ctx, &headers, name, true).await
+}
+
+/// `POST /v2/repository/models/{name}/unload`: every version of `name` stops taking new streams and requests; its
+/// open streams end with a resume point (clients resume on the newest version left).
+async fn repository_unload(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    control(&ctx, &headers, name, false).await
+}
+
+async fn control(ctx: &Ctx, headers: &HeaderMap, name: String, load: bool) -> Response {
+    if let Some(r) = refuse(ctx, headers) {
+        return r;
+    }
+    let Some(control) = ctx.v2.control() else {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "model control is off on this server: start it with --model-control explicit \
+                 (and --model-repository) to load and unload models"})),
+        )
+            .into_response();
+    };
+    let done = if load {
+        control.load(&name).await
+    } else {
+        control.unload(&name).await
+    };
+    match done {
+        Ok(what) => Json(json!({"name": name, "result": what})).into_response(),
+        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({"error": why}))).into_response(),
+    }
 }
 
 /// `/v2/models/{name}[/versions/{version}]...`: an absent version is the empty string (any version).
@@ -211,7 +259,7 @@ async fn model_metadata(
     let versions = if version.is_empty() {
         ctx.v2.versions(&card.name)
     } else {
-        vec![card.version.as_str()]
+        vec![card.version.clone()]
     };
     Json(json!({
         "name": card.name,

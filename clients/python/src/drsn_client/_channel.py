@@ -128,10 +128,22 @@ class Replicas:
         first_sample_index: int = 0,
         max_buffered_seconds: float = 60.0,
         on_resume=None,
+        model: str = "",
+        model_version: str = "",
     ):
         """A sensor's stream. It holds up to `max_buffered_seconds` of samples the server has not answered for;
-        `on_resume(stats, address)` is called before each new call after the first."""
+        `on_resume(stats, address)` is called before each new call after the first. `model` and `model_version`
+        name what serves it (empty: the server's default model, its newest version, chosen again at every resume)."""
         sensor = Sensor(
-            machine_id, sensor_id, sample_rate_hz, channels, hop, detail, adc=adc, first_sample_index=first_sample_index
+            machine_id,
+            sensor_id,
+            sample_rate_hz,
+            channels,
+            hop,
+            detail,
+            adc=adc,
+            first_sample_index=first_sample_index,
+            model=model,
+            model_version=model_version,
         )
         return self._stream(self, sensor, max(1, int(max_buffered_seconds * sample_rate_hz)), on_resume)
