@@ -92,7 +92,8 @@ async fn stream(
     sensor: &str,
     samples: &[f32],
 ) -> Result<(proto::StreamOpened, Vec<proto::WindowResult>), tonic::Status> {
-    let (tx, rx) = mpsc::channel(8);
+    // Room for every message: they are all queued before the call starts.
+    let (tx, rx) = mpsc::channel(samples.len() / 4096 + 2);
     let open = StreamOpen {
         machine_id: "pump-7".into(),
         sensor_id: sensor.into(),
@@ -558,5 +559,143 @@ async fn model_control_is_off_unless_asked_for() {
             .unwrap()
             .contains("--model-control explicit")
     );
+    running.stop().await;
+}
+
+/// The index's `reason` for `version` of the shipped model.
+async fn role(running: &server::Running, version: &str) -> String {
+    let (_, index) = repository_call(running, "/v2/repository/index").await;
+    index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == SHIPPED && e["version"] == version)
+        .map_or("not served".into(), |e| {
+            e["reason"].as_str().unwrap().to_owned()
+        })
+}
+
+/// Loads the shipped model with `parameters` (JSON); the status and body.
+async fn load(running: &server::Running, parameters: &str) -> (u16, serde_json::Value) {
+    let body = format!(r#"{{"parameters": {parameters}}}"#);
+    let path = format!("/v2/repository/models/{SHIPPED}/load");
+    common::http(running.http_addr, "POST", &path, &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_shadows_the_serving_version_then_is_promoted_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // Versions of its own: metrics are process-wide.
+    version(dir.path(), SHIPPED, "4.0.0", |_| {});
+    let mut flags = flags(dir.path());
+    flags.extend(["--model-control".into(), "explicit".into()]);
+    let running = common::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let addr = common::addr(&running);
+
+    // The candidate loads as a shadow: the version serving before goes on serving new streams.
+    version(dir.path(), SHIPPED, "4.1.0", |_| {});
+    let (code, body) = load(&running, r#"{"shadow": "9.9.9"}"#).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("nothing changed"),
+        "{body}"
+    );
+    assert_eq!(
+        role(&running, "4.1.0").await,
+        "not served",
+        "a refused load loads nothing"
+    );
+    let (code, body) = load(&running, r#"{"shadow": 4}"#).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = load(&running, r#"{"shadow": "4.1.0"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body["result"]
+            .as_str()
+            .unwrap()
+            .contains("version 4.0.0 serves (pinned); version 4.1.0 shadows it"),
+        "{body}"
+    );
+    assert!(role(&running, "4.0.0").await.starts_with("serving"));
+    assert!(
+        role(&running, "4.1.0")
+            .await
+            .starts_with("shadow of version 4.0.0")
+    );
+
+    // Real recordings of every class one after the other on one stream: the serving answers change class, and the
+    // candidate (the same network) must name the same class for every window it scored: a window paired with
+    // another window's answer would disagree where the class changes.
+    let samples: Vec<f32> = common::recordings()
+        .iter()
+        .flat_map(|(_, r)| r[..8192.min(r.len())].to_vec())
+        .collect();
+    let (opened, windows) = stream(&addr, "", "", "shadowed", &samples).await.unwrap();
+    assert_eq!(opened.model_version, "4.0.0");
+    let classes: std::collections::BTreeSet<&str> =
+        windows.iter().map(|w| w.label.as_str()).collect();
+    assert!(classes.len() >= 3, "the stream changes class: {classes:?}");
+    let series = |agreement: &str| {
+        format!(
+            r#"drsn_shadow_windows_total{{model="{SHIPPED}",serving="4.0.0",candidate="4.1.0",agreement="{agreement}"}}"#
+        )
+    };
+    let mut counts = [0.0; 4];
+    for _ in 0..100 {
+        let metrics = common::scrape(&running).await;
+        counts = ["agree", "disagree", "unscored", "skipped"]
+            .map(|a| common::metric(&metrics, &series(a)).unwrap_or(0.0));
+        if counts.iter().sum::<f64>() >= windows.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let [agree, disagree, unscored, skipped] = counts;
+    assert_eq!(
+        agree + disagree + unscored + skipped,
+        windows.len() as f64,
+        "every window the serving version judged is accounted for: {counts:?}"
+    );
+    assert!(
+        agree >= 1.0 && disagree == 0.0 && unscored == 0.0,
+        "{counts:?}"
+    );
+    let reason = role(&running, "4.1.0").await;
+    assert!(
+        reason.contains(&format!("{agree} windows agreed, 0 disagreed")),
+        "{reason}"
+    );
+    assert!(reason.contains("(100.0% agreement)"), "{reason}");
+
+    // Promotion: the candidate serves new streams, and the old version shadows it for the way back.
+    let (code, body) = load(&running, r#"{"serve": "4.1.0", "shadow": "4.0.0"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let (opened, _) = stream(&addr, "", "", "promoted", &signal(common::window()))
+        .await
+        .unwrap();
+    assert_eq!(opened.model_version, "4.1.0");
+    assert!(
+        role(&running, "4.0.0")
+            .await
+            .starts_with("shadow of version 4.1.0")
+    );
+
+    // Roll back: the old version serves again, no shadow.
+    let (code, body) = load(&running, r#"{"serve": "4.0.0", "shadow": "none"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let (opened, _) = stream(&addr, "", "", "rolled-back", &signal(common::window()))
+        .await
+        .unwrap();
+    assert_eq!(opened.model_version, "4.0.0");
+    assert!(role(&running, "4.1.0").await.starts_with("loaded"));
+
+    // A shadow whose folder goes is unloaded and stops being the shadow; the pinned version serves on.
+    let (code, _) = load(&running, r#"{"shadow": "4.1.0"}"#).await;
+    assert_eq!(code, 200);
+    std::fs::remove_dir_all(dir.path().join(SHIPPED).join("4.1.0")).unwrap();
+    let (code, body) = load(&running, "{}").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(role(&running, "4.1.0").await, "not served");
+    assert!(role(&running, "4.0.0").await.starts_with("serving"));
     running.stop().await;
 }

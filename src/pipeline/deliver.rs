@@ -15,6 +15,7 @@ use crate::error::ServeError;
 use crate::pipeline::diagnosis::{Answer, WindowDiagnosis, WindowPlace};
 use crate::pipeline::schedule::Reply;
 use crate::pipeline::severity::Severity;
+use crate::pipeline::shadow;
 
 /// A gap or overlap in a stream's sample indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub(crate) enum Outgoing {
         arrived: Instant,
         answer: Pending,
         severity: Option<Severity>,
+        /// The same window offered to a shadow candidate, scored once the serving answer is out.
+        shadow: Option<shadow::Pending>,
     },
     /// The stream must end with this error, after everything before it.
     End(ServeError),
@@ -118,6 +121,7 @@ pub(crate) fn ordered(
                 arrived,
                 answer,
                 severity,
+                shadow,
             } => {
                 let answer = match answer {
                     Pending::Ready(a) => Ok(a),
@@ -129,6 +133,9 @@ pub(crate) fn ordered(
                         }
                     },
                 };
+                if let (Ok(a), Some(s)) = (&answer, shadow) {
+                    s.score(a, &st.classes);
+                }
                 answer
                     .map(|a| {
                         StreamEvent::Window(WindowDiagnosis::deliver(
@@ -185,6 +192,7 @@ mod tests {
                 timing: Timing::default(),
             }),
             severity: None,
+            shadow: None,
         }
     }
 
@@ -246,6 +254,7 @@ mod tests {
             arrived: Instant::now(),
             answer: Pending::Waiting(reply_rx),
             severity: None,
+            shadow: None,
         })
         .await
         .unwrap();

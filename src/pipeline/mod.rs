@@ -16,6 +16,7 @@ pub mod quality;
 pub mod resample;
 pub mod schedule;
 pub mod severity;
+pub mod shadow;
 pub mod spec;
 pub(crate) mod start;
 pub(crate) mod stream;
@@ -87,6 +88,10 @@ pub struct Pipeline {
     retire: CancellationToken,
     /// This version's stream readers, so that unloading it can wait for them.
     readers: TaskTracker,
+    /// The efficient batch size its engine measured: what "a batch" means for spare capacity.
+    batch: usize,
+    /// The candidate scoring this version's stream windows, while it is the serving version and has one.
+    shadow: Arc<shadow::Slot>,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -216,8 +221,11 @@ impl Pipeline {
         scheduler: Arc<Scheduler>,
         limits: Limits,
         gate: Arc<Gate>,
+        batch: usize,
     ) -> Self {
         Self {
+            batch: batch.max(1),
+            shadow: Arc::default(),
             classes: Arc::new(model.card.classes.clone()),
             model,
             scheduler,
@@ -261,6 +269,53 @@ impl Pipeline {
 
     pub fn model(&self) -> &Arc<LoadedModel> {
         &self.model
+    }
+
+    /// The candidate shadowing this version, if any.
+    pub fn shadow(&self) -> Option<Arc<shadow::Shadow>> {
+        self.shadow.get()
+    }
+
+    /// Lets `candidate` score this version's stream windows from now on (`None`: none does). The candidate must
+    /// read the same windows: window length, sample rate and channels.
+    pub fn set_shadow(&self, candidate: Option<&Pipeline>) -> Result<(), String> {
+        let Some(candidate) = candidate else {
+            self.shadow.set(None);
+            return Ok(());
+        };
+        let (a, b) = (&self.model, &candidate.model);
+        let reads = |m: &LoadedModel| {
+            format!(
+                "windows of {} samples at {} Hz, {} channel(s)",
+                m.window(),
+                m.card.input.sample_rate_hz,
+                m.channels()
+            )
+        };
+        if reads(a) != reads(b) {
+            return Err(format!(
+                "version {} cannot shadow version {}: a shadow scores the same windows, but it reads {} and the \
+                 serving version {}",
+                b.card.version,
+                a.card.version,
+                reads(b),
+                reads(a)
+            ));
+        }
+        let labels = shadow::Labels {
+            model: a.card.name.clone(),
+            serving: a.card.version.clone(),
+            candidate: b.card.version.clone(),
+        };
+        let spare = shadow::Spare {
+            serving_backlog_below: self.batch,
+            in_flight: 2 * candidate.batch,
+        };
+        let flow = candidate.scheduler.flow(shadow::SHADOW_CLIENT);
+        let classes = candidate.classes.clone();
+        self.shadow
+            .set(Some(shadow::Shadow::start(flow, labels, classes, spare)));
+        Ok(())
     }
 
     pub fn limits(&self) -> &Limits {
@@ -332,8 +387,11 @@ impl Pipeline {
             framer,
             flow,
             tx,
-            self.model.clone(),
-            self.gate.drain.expired.clone(),
+            stream::Version {
+                model: self.model.clone(),
+                drain_expired: self.gate.drain.expired.clone(),
+                shadow: self.shadow.clone(),
+            },
             progress,
         );
         Ok((session, events))

@@ -52,6 +52,7 @@ pub(crate) fn start(
         "device" => engine.placement.to_string()).set(1.0);
     gauge!(m::MODEL_STREAMS, "model" => model.card.name.clone(), "version" => model.card.version.clone()).set(0.0);
     let scheduler = Scheduler::new(settings.schedule);
+    let batch = cost.efficient_batch().min(engine.max_batch);
     let batcher = batch::spawn(
         scheduler.clone(),
         BatchPolicy {
@@ -68,6 +69,12 @@ pub(crate) fn start(
         engine.sessions,
         stop_batcher,
     );
-    let pipeline = Arc::new(Pipeline::new(model, scheduler, settings.limits, gate));
+    let pipeline = Arc::new(Pipeline::new(
+        model,
+        scheduler,
+        settings.limits,
+        gate,
+        batch,
+    ));
     Started { pipeline, batcher }
 }

@@ -16,6 +16,7 @@ use crate::pipeline::diagnosis::{Answer, WindowPlace};
 use crate::pipeline::quality;
 use crate::pipeline::schedule::Flow;
 use crate::pipeline::severity::VelocityMeter;
+use crate::pipeline::shadow;
 use crate::pipeline::spec::StreamSpec;
 use crate::pipeline::window::{self, Framer};
 use crate::telemetry::metrics as m;
@@ -38,6 +39,16 @@ pub struct StreamSession {
     model: Arc<LoadedModel>,
     drain_expired: CancellationToken,
     progress: Arc<AtomicU64>,
+    /// The model version's shadow candidate, while it has one.
+    shadow: Arc<shadow::Slot>,
+}
+
+/// What a stream holds of the model version serving it.
+pub(crate) struct Version {
+    pub model: Arc<LoadedModel>,
+    /// The server's drain deadline passed: windows still in flight are abandoned.
+    pub drain_expired: CancellationToken,
+    pub shadow: Arc<shadow::Slot>,
 }
 
 impl StreamSession {
@@ -46,10 +57,14 @@ impl StreamSession {
         framer: Framer,
         flow: Arc<Flow>,
         tx: mpsc::Sender<Outgoing>,
-        model: Arc<LoadedModel>,
-        drain_expired: CancellationToken,
+        version: Version,
         progress: Arc<AtomicU64>,
     ) -> Self {
+        let Version {
+            model,
+            drain_expired,
+            shadow,
+        } = version;
         Self {
             checker: quality::Checker::new(model.window(), spec.hop, spec.channels),
             rails: None,
@@ -65,6 +80,7 @@ impl StreamSession {
             model,
             drain_expired,
             progress,
+            shadow,
         }
     }
 
@@ -155,6 +171,7 @@ impl StreamSession {
                     };
                     let range = self.model.card.input_range.as_ref();
                     let mut severity = None;
+                    let mut shadow = None;
                     let rails = self.rails.as_ref();
                     let answer = match self.checker.check(cut.index, &cut.samples, range, rails) {
                         Some(flagged) => Pending::Ready(Answer::flagged(flagged)),
@@ -163,6 +180,10 @@ impl StreamSession {
                                 m.measure_at(cut.index, &cut.samples, self.spec.channels)
                                     .map(|v| self.spec.zones.severity(v))
                             });
+                            shadow = self
+                                .shadow
+                                .get()
+                                .and_then(|s| s.offer(&cut.samples, self.flow.queue_len()));
                             let submitted = tokio::select! {
                                 submitted = self.flow.submit(cut.samples) => submitted,
                                 _ = self.drain_expired.cancelled() => return Err(Ended),
@@ -181,6 +202,7 @@ impl StreamSession {
                         arrived,
                         answer,
                         severity,
+                        shadow,
                     });
                 }
                 window::Event::Discontinuity {

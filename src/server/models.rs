@@ -19,7 +19,7 @@ use crate::error::{ErrorKind, StartupError};
 use crate::model::card::LoadedModel;
 use crate::model::repository;
 use crate::pipeline::batch::Batcher;
-use crate::pipeline::models::Models;
+use crate::pipeline::models::{Models, Roles};
 use crate::pipeline::start;
 use crate::pipeline::{Gate, Pipeline};
 use crate::server::config::{ModelControlMode, Resolved, ServeConfig};
@@ -155,6 +155,11 @@ impl ServedModels {
     /// changes nothing and is named in the error.
     async fn sync(&self, only: Option<&str>) -> Result<String, String> {
         let _one = self.busy.lock().await;
+        self.sync_locked(only).await.map(|(what, _)| what)
+    }
+
+    /// [`ServedModels::sync`] with the load lock held; also returns the versions it loaded.
+    async fn sync_locked(&self, only: Option<&str>) -> Result<(String, Vec<Key>), String> {
         let dir = self
             .config
             .model_repository
@@ -181,7 +186,7 @@ impl ServedModels {
             .map(key)
             .filter(|(name, _)| only.is_none_or(|n| n == name))
             .collect();
-        let mut changes = Vec::new();
+        let (mut changes, mut loaded) = (Vec::new(), Vec::<Key>::new());
         for entry in &on_disk {
             let k = (entry.model.clone(), entry.version.clone());
             if served.contains(&k) {
@@ -191,10 +196,17 @@ impl ServedModels {
                 path: entry.card.clone(),
                 folders: Some(k.clone()),
             };
-            self.load_version(&card)
-                .await
-                .map_err(|e| format!("{} was not loaded, nothing changed: {e}", label(&k)))?;
+            if let Err(e) = self.load_version(&card).await {
+                for k in &loaded {
+                    let _ = self.unload_version(&k.0, &k.1).await;
+                }
+                return Err(format!(
+                    "{} was not loaded, nothing changed: {e}",
+                    label(&k)
+                ));
+            }
             changes.push(format!("loaded {}", label(&k)));
+            loaded.push(k);
         }
         for k in served {
             if !on_disk.iter().any(|e| e.model == k.0 && e.version == k.1) {
@@ -206,7 +218,62 @@ impl ServedModels {
             changes.push("nothing to change: every version in the repository is served".into());
         }
         tracing::info!(changes = ?changes, "model repository synced");
-        Ok(changes.join("; "))
+        Ok((changes.join("; "), loaded))
+    }
+
+    /// Loads `name`'s new versions as [`ServedModels::sync`] does, then gives its versions `roles`. While new
+    /// versions load, the version serving now keeps serving when roles are asked for (so a candidate loaded to
+    /// shadow never serves a stream meanwhile); if anything fails, the versions just loaded are unloaded and the
+    /// roles are as they were.
+    async fn load_with_roles(&self, name: &str, roles: Roles) -> Result<String, String> {
+        let _one = self.busy.lock().await;
+        if roles.serve.is_none() && roles.shadow.is_none() {
+            return self.sync_locked(Some(name)).await.map(|(what, _)| what);
+        }
+        let before = self.models.roles(name);
+        let serving_now = self
+            .models
+            .get(name, "")
+            .ok()
+            .filter(|p| p.model().card.name == name)
+            .map(|p| p.model().card.version.clone());
+        if let Some(v) = &serving_now {
+            let hold = Roles {
+                serve: Some(Some(v.clone())),
+                shadow: None,
+            };
+            self.models.set_roles(name, &hold)?;
+        }
+        let (what, loaded) = match self.sync_locked(Some(name)).await {
+            Ok(done) => done,
+            Err(why) => {
+                let _ = self.models.set_roles(name, &before);
+                return Err(why);
+            }
+        };
+        // A shadow asked for without a serving version: the one serving before the load goes on serving.
+        let serve = match (&roles.serve, &roles.shadow) {
+            (Some(serve), _) => Some(serve.clone()),
+            (None, Some(Some(_))) if before.serve == Some(None) => Some(serving_now),
+            (None, _) => before.serve.clone(),
+        };
+        let wanted = Roles {
+            serve,
+            shadow: roles.shadow.clone().or(before.shadow.clone()),
+        };
+        match self.models.set_roles(name, &wanted) {
+            Ok(now) => {
+                tracing::info!(model = %name, roles = %now, "model roles set");
+                Ok(format!("{what}; {now}"))
+            }
+            Err(why) => {
+                let _ = self.models.set_roles(name, &before);
+                for k in &loaded {
+                    let _ = self.unload_version(&k.0, &k.1).await;
+                }
+                Err(format!("{why}; nothing changed"))
+            }
+        }
     }
 
     /// Loads one version beside the serving ones: card and checksum, the listeners' message limits, the engine's
@@ -268,8 +335,8 @@ impl ServedModels {
 
 #[tonic::async_trait]
 impl ModelControl for ServedModels {
-    async fn load(&self, name: &str) -> Result<String, String> {
-        self.sync(Some(name)).await
+    async fn load(&self, name: &str, roles: Roles) -> Result<String, String> {
+        self.load_with_roles(name, roles).await
     }
 
     async fn unload(&self, name: &str) -> Result<String, String> {

@@ -40,6 +40,8 @@ pub(crate) const CONNECTIONS: &str = "drsn_connections";
 pub(crate) const CONNECTIONS_CLOSED: &str = "drsn_connections_closed_total";
 pub(crate) const MODEL_INFO: &str = "drsn_model_info";
 pub(crate) const MODEL_STREAMS: &str = "drsn_model_streams";
+pub(crate) const SHADOW_WINDOWS: &str = "drsn_shadow_windows_total";
+pub(crate) const SHADOW_CONFUSION: &str = "drsn_shadow_confusion_total";
 pub(crate) const DEVICE_FALLBACKS: &str = "drsn_device_fallbacks_total";
 pub(crate) const SERVING: &str = "drsn_serving";
 pub(crate) const LOG_LINES_SUPPRESSED: &str = "drsn_log_lines_suppressed_total";
@@ -356,6 +358,14 @@ fn describe() {
     describe_gauge!(
         MODEL_STREAMS,
         "Open streams by the model and version they opened on."
+    );
+    describe_counter!(
+        SHADOW_WINDOWS,
+        "Stream windows of a serving version offered to its shadow candidate, by model, serving and candidate version and agreement (agree, disagree: both judged it; unscored: one could not; skipped: no spare capacity)."
+    );
+    describe_counter!(
+        SHADOW_CONFUSION,
+        "Windows both a serving version and its shadow candidate judged, by the class each named."
     );
     describe_counter!(
         DEVICE_FALLBACKS,

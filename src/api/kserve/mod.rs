@@ -20,7 +20,7 @@ use crate::error::{ErrorKind, ServeError, quote};
 use crate::model::card::LoadedModel;
 use crate::pipeline::Pipeline;
 use crate::pipeline::diagnosis::{Verdict, WindowDiagnosis};
-use crate::pipeline::models::Models;
+use crate::pipeline::models::{Models, Role, Roles};
 use crate::pipeline::quality::Flag;
 use crate::telemetry::metrics;
 
@@ -110,12 +110,15 @@ impl V2Models {
             .collect()
     }
 
-    /// Every model version served, by name then version: the repository index.
-    pub fn all(&self) -> Vec<V2> {
+    /// Every model version served, by name then version, with what it is to its model: the repository index.
+    pub fn all(&self) -> Vec<(V2, Role)> {
         self.models
             .all()
             .into_iter()
-            .map(|p| V2::new(p, self.ready.clone()))
+            .map(|p| {
+                let role = self.models.role(&p);
+                (V2::new(p, self.ready.clone()), role)
+            })
             .collect()
     }
 
@@ -148,8 +151,9 @@ pub const MAX_OUTPUTS: usize = 7;
 #[tonic::async_trait]
 pub trait ModelControl: Send + Sync {
     /// Loads the versions of `name` found in the repository that are not served yet, and unloads those whose folder
-    /// is gone. Returns what changed, or why nothing did.
-    async fn load(&self, name: &str) -> Result<String, String>;
+    /// is gone; then sets which version serves and which shadows it, as `roles` asks. Returns what changed, or why
+    /// nothing did.
+    async fn load(&self, name: &str, roles: Roles) -> Result<String, String>;
     /// Unloads every version of `name`: their streams end with a resume point, as in a drain.
     async fn unload(&self, name: &str) -> Result<String, String>;
 }

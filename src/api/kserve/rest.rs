@@ -29,6 +29,7 @@ use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
 use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error, V2Models};
 use crate::error::{ErrorKind, ServeError, quote};
+use crate::pipeline::models::{Role, Roles};
 use crate::telemetry::metrics;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -176,23 +177,73 @@ async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Respons
         .v2
         .all()
         .iter()
-        .map(|v| {
+        .map(|(v, role)| {
             let card = &v.model().card;
             let state = if v.ready() { "READY" } else { "UNAVAILABLE" };
-            json!({"name": card.name, "version": card.version, "state": state, "reason": ""})
+            json!({"name": card.name, "version": card.version, "state": state, "reason": reason(role)})
         })
         .collect();
     Json(Value::Array(index)).into_response()
 }
 
+/// A version's role in the index's `reason` (the extension leaves the text to the server).
+fn reason(role: &Role) -> String {
+    match role {
+        Role::Serving => "serving: streams and requests that name no version get it".into(),
+        Role::Loaded => "loaded: only streams and requests that name this version get it".into(),
+        Role::Shadow { of, tally } => {
+            let agreement = tally
+                .agreement()
+                .map_or("no window judged by both yet".into(), |a| {
+                    format!("{:.1}% agreement", a * 100.0)
+                });
+            format!(
+                "shadow of version {of}: {} windows agreed, {} disagreed, {} unscored, {} skipped for want of \
+                 spare capacity ({agreement})",
+                tally.agree, tally.disagree, tally.unscored, tally.skipped
+            )
+        }
+    }
+}
+
 /// `POST /v2/repository/models/{name}/load`: the versions of `name` in the repository that are not served yet are
-/// loaded and checked beside the serving ones, and then serve new streams; a version that fails changes nothing.
+/// loaded and checked beside the serving ones; a version that fails changes nothing. Without parameters the newest
+/// then serves new streams (unless a version is pinned); `{"parameters": {"serve": "<version>" | "newest",
+/// "shadow": "<version>" | "none"}}` pins the serving version and sets the shadow candidate.
 async fn repository_load(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> Response {
-    control(&ctx, &headers, name, true).await
+    match load_roles(&body) {
+        Ok(roles) => control(&ctx, &headers, name, Some(roles)).await,
+        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response(),
+    }
+}
+
+/// The roles a load request asks for: `parameters.serve` and `parameters.shadow`, both optional.
+fn load_roles(body: &[u8]) -> Result<Roles, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Roles::default());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the load request's body is not JSON: {e}"))?;
+    let parameters = value.get("parameters").cloned().unwrap_or(Value::Null);
+    let field = |key: &str, clear: &str| -> Result<Option<Option<String>>, String> {
+        match parameters.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(v)) if v.is_empty() || v == clear => Ok(Some(None)),
+            Some(Value::String(v)) => Ok(Some(Some(v.clone()))),
+            Some(other) => Err(format!(
+                "parameters.{key} must be a version string (or \"{clear}\"), not {other}"
+            )),
+        }
+    };
+    Ok(Roles {
+        serve: field("serve", "newest")?,
+        shadow: field("shadow", "none")?,
+    })
 }
 
 /// `POST /v2/repository/models/{name}/unload`: every version of `name` stops taking new streams and requests; its
@@ -202,10 +253,11 @@ async fn repository_unload(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    control(&ctx, &headers, name, false).await
+    control(&ctx, &headers, name, None).await
 }
 
-async fn control(ctx: &Ctx, headers: &HeaderMap, name: String, load: bool) -> Response {
+/// Loads `name` with `roles`, or unloads it when `None`.
+async fn control(ctx: &Ctx, headers: &HeaderMap, name: String, load: Option<Roles>) -> Response {
     if let Some(r) = refuse(ctx, headers) {
         return r;
     }
@@ -217,10 +269,9 @@ async fn control(ctx: &Ctx, headers: &HeaderMap, name: String, load: bool) -> Re
         )
             .into_response();
     };
-    let done = if load {
-        control.load(&name).await
-    } else {
-        control.unload(&name).await
+    let done = match load {
+        Some(roles) => control.load(&name, roles).await,
+        None => control.unload(&name).await,
     };
     match done {
         Ok(what) => Json(json!({"name": name, "result": what})).into_response(),

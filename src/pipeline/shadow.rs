@@ -1,0 +1,421 @@
+//! Shadow scoring: a candidate version scores the same windows as its model's serving version when there is spare
+//! capacity, and the agreement between the two is counted (`drsn_shadow_windows_total`, and the confusion between
+//! their classes). The serving answers never wait for it: a window is offered to the candidate only while the
+//! serving queue holds less than a batch and the candidate has fewer than two of its batches in flight, and the
+//! candidate's answer is compared on a task of its own after the serving answer has gone out.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use metrics::counter;
+use tokio::sync::mpsc;
+
+use crate::pipeline::diagnosis::{Answer, Verdict};
+use crate::pipeline::schedule::{ClientKey, Flow, Reply};
+use crate::telemetry::metrics as m;
+
+/// The queue key of shadow windows: one client of their own in the candidate's queue, apart from connections
+/// (counted up from 0) and unary calls (counted down from the top).
+pub const SHADOW_CLIENT: ClientKey = 1 << 62;
+
+/// What the two versions said about the windows the candidate was offered, since the shadow was set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    /// Both judged the window and named the same class.
+    pub agree: u64,
+    pub disagree: u64,
+    /// One of them could not judge it (flagged, shed, failed): not an agreement either way.
+    pub unscored: u64,
+    /// Not offered to the candidate: no spare capacity at the time.
+    pub skipped: u64,
+}
+
+impl Tally {
+    /// Agreement over the windows both judged, `None` before any.
+    pub fn agreement(&self) -> Option<f64> {
+        let judged = self.agree + self.disagree;
+        (judged > 0).then(|| self.agree as f64 / judged as f64)
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    agree: AtomicU64,
+    disagree: AtomicU64,
+    unscored: AtomicU64,
+    skipped: AtomicU64,
+}
+
+/// The metric labels of one serving/candidate pair.
+#[derive(Clone)]
+pub struct Labels {
+    pub model: String,
+    pub serving: String,
+    pub candidate: String,
+}
+
+/// How much the shadow may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Spare {
+    /// A window is offered only while the serving queue holds fewer windows than this (a batch).
+    pub serving_backlog_below: usize,
+    /// Most shadow windows queued or running on the candidate at once.
+    pub in_flight: usize,
+}
+
+/// A candidate scoring a serving version's windows.
+pub struct Shadow {
+    flow: Flow,
+    spare: Spare,
+    in_flight: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
+    labels: Labels,
+    tally: mpsc::Sender<Scoring>,
+}
+
+/// A window offered to the candidate, until the serving answer is known.
+pub(crate) struct Pending {
+    shadow: Arc<Shadow>,
+    reply: Reply,
+    ticket: Ticket,
+}
+
+/// One shadow window in flight, counted down however it ends.
+struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+struct Scoring {
+    /// The serving version's class name, `None` when it could not judge the window.
+    serving: Option<String>,
+    reply: Reply,
+    _ticket: Ticket,
+}
+
+impl Shadow {
+    /// Starts scoring on `flow` (a flow of the candidate's queue); the comparing task runs until the shadow and
+    /// every window offered to it are gone. `candidate_classes` names the candidate's class indices.
+    pub fn start(
+        flow: Flow,
+        labels: Labels,
+        candidate_classes: Arc<Vec<String>>,
+        spare: Spare,
+    ) -> Arc<Self> {
+        let in_flight = spare.in_flight.max(1);
+        let (tx, rx) = mpsc::channel(in_flight);
+        let counts = Arc::new(Counts::default());
+        tokio::spawn(compare(
+            rx,
+            candidate_classes,
+            labels.clone(),
+            counts.clone(),
+        ));
+        Arc::new(Self {
+            flow,
+            spare,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            counts,
+            labels,
+            tally: tx,
+        })
+    }
+
+    pub fn candidate(&self) -> &str {
+        &self.labels.candidate
+    }
+
+    pub fn tally(&self) -> Tally {
+        let c = &self.counts;
+        Tally {
+            agree: c.agree.load(Ordering::Relaxed),
+            disagree: c.disagree.load(Ordering::Relaxed),
+            unscored: c.unscored.load(Ordering::Relaxed),
+            skipped: c.skipped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Offers a window the serving version is about to judge, with `serving_backlog` windows in its queue; never
+    /// waits. `None` (counted as skipped) when there is no spare capacity.
+    pub(crate) fn offer(
+        self: &Arc<Self>,
+        samples: &[f32],
+        serving_backlog: usize,
+    ) -> Option<Pending> {
+        let taken = serving_backlog < self.spare.serving_backlog_below
+            && self
+                .in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < self.spare.in_flight).then_some(n + 1)
+                })
+                .is_ok();
+        let pending = if taken {
+            let ticket = Ticket(self.in_flight.clone());
+            self.flow.try_submit(samples.to_vec()).map(|reply| Pending {
+                shadow: self.clone(),
+                reply,
+                ticket,
+            })
+        } else {
+            None
+        };
+        if pending.is_none() {
+            self.count("skipped", &self.counts.skipped);
+        }
+        pending
+    }
+
+    fn count(&self, agreement: &'static str, n: &AtomicU64) {
+        n.fetch_add(1, Ordering::Relaxed);
+        self.labels.counter(agreement);
+    }
+}
+
+impl Labels {
+    fn counter(&self, agreement: &'static str) {
+        counter!(m::SHADOW_WINDOWS, "model" => self.model.clone(), "serving" => self.serving.clone(),
+            "candidate" => self.candidate.clone(), "agreement" => agreement)
+        .increment(1);
+    }
+}
+
+impl Pending {
+    /// The serving answer is out: hands the pair to the comparing task, never waiting (it has room for every
+    /// window in flight).
+    pub(crate) fn score(self, serving: &Answer, classes: &[String]) {
+        let serving = match &serving.verdict {
+            Verdict::Classified(c) => classes.get(c.class_index).cloned(),
+            Verdict::Flagged(_) => None,
+        };
+        let shadow = self.shadow;
+        let scoring = Scoring {
+            serving,
+            reply: self.reply,
+            _ticket: self.ticket,
+        };
+        if shadow.tally.try_send(scoring).is_err() {
+            shadow.count("unscored", &shadow.counts.unscored);
+        }
+    }
+}
+
+/// Compares each candidate answer with the serving one, in the order they were offered.
+async fn compare(
+    mut rx: mpsc::Receiver<Scoring>,
+    classes: Arc<Vec<String>>,
+    labels: Labels,
+    counts: Arc<Counts>,
+) {
+    while let Some(s) = rx.recv().await {
+        if s.serving.is_none() {
+            // Unscored whatever the candidate says: no need to wait for it.
+            counts.unscored.fetch_add(1, Ordering::Relaxed);
+            labels.counter("unscored");
+            continue;
+        }
+        let candidate = match s.reply.await {
+            Ok(Ok(Answer {
+                verdict: Verdict::Classified(c),
+                ..
+            })) => classes.get(c.class_index).cloned(),
+            _ => None,
+        };
+        let (agreement, n) = match (s.serving, candidate) {
+            (Some(a), Some(b)) => {
+                counter!(m::SHADOW_CONFUSION, "model" => labels.model.clone(),
+                    "serving" => labels.serving.clone(), "candidate" => labels.candidate.clone(),
+                    "serving_class" => a.clone(), "candidate_class" => b.clone())
+                .increment(1);
+                if a == b {
+                    ("agree", &counts.agree)
+                } else {
+                    ("disagree", &counts.disagree)
+                }
+            }
+            _ => ("unscored", &counts.unscored),
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        labels.counter(agreement);
+    }
+}
+
+/// A serving version's shadow, if any: set and cleared while its streams run, read once per window.
+#[derive(Default)]
+pub struct Slot(RwLock<Option<Arc<Shadow>>>);
+
+impl Slot {
+    pub fn get(&self) -> Option<Arc<Shadow>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, shadow: Option<Arc<Shadow>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = shadow;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use tokio::sync::mpsc as tmpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::pipeline::cost::CostModel;
+    use crate::pipeline::deliver::{self, Outgoing, Pending as Waiting, StreamEvent};
+    use crate::pipeline::diagnosis::{Classified, Timing, WindowPlace};
+    use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
+
+    fn classified(class_index: usize) -> Answer {
+        Answer {
+            verdict: Verdict::Classified(Classified {
+                class_index,
+                logits: vec![0.0, 0.0, 0.0],
+                probabilities: vec![0.0, 0.0, 0.0],
+                shrinkage: None,
+                ood_score: None,
+                out_of_distribution: false,
+                uncertain: false,
+            }),
+            timing: Timing::default(),
+        }
+    }
+
+    fn candidate_queue() -> Arc<Scheduler> {
+        Scheduler::new(ScheduleConfig {
+            capacity: 64,
+            reserve: 1,
+            max_wait: Duration::from_secs(60),
+        })
+    }
+
+    fn shadow(queue: &Arc<Scheduler>, in_flight: usize) -> Arc<Shadow> {
+        // The candidate names its classes in another order: agreement is by name, not index.
+        let classes = Arc::new(vec!["inner".into(), "normal".into(), "ball".into()]);
+        let labels = Labels {
+            model: "m".into(),
+            serving: "1".into(),
+            candidate: "2".into(),
+        };
+        let spare = Spare {
+            serving_backlog_below: 8,
+            in_flight,
+        };
+        Shadow::start(queue.flow(SHADOW_CLIENT), labels, classes, spare)
+    }
+
+    async fn settle(shadow: &Shadow, scored: u64) -> Tally {
+        for _ in 0..1000 {
+            let t = shadow.tally();
+            if t.agree + t.disagree + t.unscored >= scored {
+                return t;
+            }
+            tokio::task::yield_now().await;
+        }
+        shadow.tally()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_serving_answers_go_out_while_the_candidate_has_not_answered_and_excess_is_skipped()
+    {
+        let queue = candidate_queue();
+        let shadow = shadow(&queue, 2);
+        let serving_classes = Arc::new(vec!["normal".to_string(), "inner".into(), "ball".into()]);
+        let (tx, rx) = tmpsc::channel(8);
+        let mut offered = 0;
+        for i in 0..5u64 {
+            let pending = shadow.offer(&[i as f32; 4], 0);
+            offered += usize::from(pending.is_some());
+            tx.send(Outgoing::Window {
+                place: WindowPlace {
+                    index: i,
+                    first_sample: i * 4,
+                    last_sample: i * 4 + 3,
+                },
+                arrived: std::time::Instant::now(),
+                answer: Waiting::Ready(classified(1)),
+                severity: None,
+                shadow: pending,
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(offered, 2, "no more than the in-flight limit is offered");
+        assert_eq!(
+            shadow.offer(&[0.0; 4], 8).map(|_| ()),
+            None,
+            "a serving backlog of a batch: skipped"
+        );
+        drop(tx);
+        let events = deliver::ordered(
+            rx,
+            serving_classes,
+            CancellationToken::new(),
+            Arc::default(),
+            Box::new(()),
+        );
+        // The clock is paused: were delivery waiting for the candidate, the timeout would fire first.
+        let got: Vec<_> =
+            tokio::time::timeout(Duration::from_millis(1), events.take(5).collect::<Vec<_>>())
+                .await
+                .expect("serving answers are not held back by the candidate");
+        assert!(got.iter().all(|e| matches!(e, Ok(StreamEvent::Window(_)))));
+        assert_eq!(shadow.tally().skipped, 4);
+
+        // The candidate answers now: the first window like the serving version ("inner"), the second not.
+        let policy = BatchPolicy {
+            max_batch: 2,
+            max_delay: Duration::ZERO,
+            budget: Duration::from_secs(10),
+            cost: Arc::new(CostModel::new(2, &[(1, 1e-3), (2, 1e-3 + 2e-9)])),
+        };
+        let jobs = queue.next_batch(&policy).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            jobs[0].samples,
+            vec![0.0; 4],
+            "the candidate sees the serving window's samples"
+        );
+        let mut jobs = jobs.into_iter();
+        jobs.next().unwrap().reply.send(Ok(classified(0))).unwrap();
+        jobs.next().unwrap().reply.send(Ok(classified(2))).unwrap();
+        let t = settle(&shadow, 2).await;
+        assert_eq!((t.agree, t.disagree, t.unscored, t.skipped), (1, 1, 0, 4));
+        assert_eq!(t.agreement(), Some(0.5));
+        // Both answered: there is room in flight again.
+        assert!(shadow.offer(&[0.0; 4], 0).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_the_serving_version_could_not_judge_or_a_gone_candidate_is_unscored() {
+        let queue = candidate_queue();
+        let shadow = shadow(&queue, 4);
+        let classes = vec!["normal".to_string()];
+        let flagged = Answer::flagged(crate::pipeline::quality::Flagged {
+            flag: crate::pipeline::quality::Flag::Flat,
+            detail: String::new(),
+        });
+        shadow
+            .offer(&[0.0; 4], 0)
+            .unwrap()
+            .score(&flagged, &classes);
+        let pending = shadow.offer(&[0.0; 4], 0).unwrap();
+        pending.score(&classified(0), &classes);
+        // The candidate is unloaded: its queue closes and its last jobs are dropped unanswered.
+        queue.close();
+        let policy = BatchPolicy {
+            max_batch: 4,
+            max_delay: Duration::ZERO,
+            budget: Duration::from_secs(10),
+            cost: Arc::new(CostModel::new(4, &[(1, 1e-3), (4, 1e-3 + 4e-9)])),
+        };
+        drop(queue.next_batch(&policy).await);
+        let t = settle(&shadow, 2).await;
+        assert_eq!((t.agree, t.disagree, t.unscored), (0, 0, 2));
+        assert_eq!(t.agreement(), None);
+    }
+}
