@@ -1,16 +1,19 @@
 """Live: the real server, started with the CPU overlay's settings (every listener on an ephemeral loopback port),
 scraped by a real Prometheus (Debian's binary) loading rules.yml, under real traffic (real-time replays, a flat
-signal, unary calls good and bad, KServe V2 REST infer calls). The Deployment's probes must answer, and every
+signal, unary calls good and bad, KServe V2 REST infer calls), the shipped model served from a repository with a
+candidate version shadowing it. The Deployment's probes must answer, and every
 dashboard query, template variable, recording rule and prometheus-adapter query must return data."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import re
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,6 +54,20 @@ def prometheus_config(metrics_addr: str) -> tuple[dict, dict]:
     (static,) = job["static_configs"]
     static["targets"] = [metrics_addr]
     return config, {"job": job["job_name"], **static["labels"]}
+
+
+CANDIDATE = "99.0.0"
+
+
+def shadowed_repository(card: Path, root: Path) -> Path:
+    """A model repository holding the shipped card at its version and the same network as version CANDIDATE."""
+    shipped = json.loads(card.read_text())
+    for version in (shipped["version"], CANDIDATE):
+        folder = root / shipped["name"] / version
+        folder.mkdir(parents=True)
+        paths = {k: str(card.parent / shipped[k]) for k in ("onnx", "golden") if shipped.get(k)}
+        (folder / "card.json").write_text(json.dumps({**shipped, **paths, "version": version}))
+    return root
 
 
 class Traffic:
@@ -96,12 +113,21 @@ def stack(tmp_path_factory):
     binary()
     tmp = tmp_path_factory.mktemp("live")
     env = pod_configmap_env(render("cpu"))
-    # The pod's model path is the image's; the same card is in models/ here.
-    env["DRSN_MODEL"] = str(REPO / "models" / env["DRSN_MODEL"].removeprefix("/app/models/"))
+    # The pod's model path is the image's; the same card is in models/ here. It serves from a repository beside a
+    # candidate version shadowing it, so that the shadow-scoring panels have data too.
+    card = REPO / "models" / env.pop("DRSN_MODEL").removeprefix("/app/models/")
+    env["DRSN_MODEL_REPOSITORY"] = str(shadowed_repository(card, tmp / "repository"))
+    env["DRSN_MODEL_CONTROL"] = "explicit"
     env["DRSN_DRAIN_TIMEOUT"] = DRAIN_TIMEOUT
     server = Server(env=env)
     prom = traffic = None
     try:
+        shipped = json.loads(card.read_text())
+        loaded = http_post_json(
+            f"http://{server.http_addr}/v2/repository/models/{shipped['name']}/load",
+            {"parameters": {"serve": shipped["version"], "shadow": CANDIDATE}},
+        )
+        assert f"version {CANDIDATE} shadows it" in loaded["result"], loaded
         config, labels = prometheus_config(server.metrics_addr)
         prom = Prometheus(config, tmp)
         flat = tmp / "flat.csv"

@@ -220,10 +220,10 @@ def test_dashboard_query_shape(title, target):
     assert "instance" not in expr, f"{title}: no hard-coded instance"
     for window in re.findall(r"\[([^\]]+)\]", expr):
         assert window == "$__rate_interval", f"{title}: range {window!r} should be $__rate_interval"
-    # Every series selector is filtered by the namespace and pod variables.
+    # Every series selector is filtered by the namespace and pod variables first (other matchers may follow).
     for m in METRIC_RE.finditer(expr):
         rest = expr[m.end() :]
-        assert rest.startswith('{namespace=~"$namespace", pod=~"$pod"}'), f"{title}: {m.group(1)} is not filtered"
+        assert re.match(r'\{namespace=~"\$namespace", pod=~"\$pod"[,}]', rest), f"{title}: {m.group(1)} is not filtered"
 
 
 def test_fleet_dashboard_is_provisioning_ready():
