@@ -98,6 +98,8 @@ fn main() -> std::process::ExitCode {
                 logging::init(false, "warn");
                 if args.fairness {
                     println!("{}", bench::run_fairness(args).await?);
+                } else if args.shadow {
+                    println!("{}", bench::run_shadow(args).await?);
                 } else if let Some(n) = args.memory {
                     println!("{}", bench::run_memory(args, n).await?);
                 } else {

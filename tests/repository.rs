@@ -666,6 +666,18 @@ async fn a_candidate_shadows_the_serving_version_then_is_promoted_and_rolled_bac
         "{reason}"
     );
     assert!(reason.contains("(100.0% agreement)"), "{reason}");
+    // The same tally as numbers, for a script deciding on a promotion.
+    let (_, index) = repository_call(&running, "/v2/repository/index").await;
+    let shadow = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == "4.1.0")
+        .map(|e| e["shadow"].clone())
+        .unwrap();
+    assert_eq!(shadow["of"], "4.0.0", "{shadow}");
+    assert_eq!(shadow["agree"].as_f64(), Some(agree), "{shadow}");
+    assert_eq!(shadow["agreement"].as_f64(), Some(1.0), "{shadow}");
 
     // Promotion: the candidate serves new streams, and the old version shadows it for the way back.
     let (code, body) = load(&running, r#"{"serve": "4.1.0", "shadow": "4.0.0"}"#).await;

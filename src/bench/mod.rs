@@ -1,13 +1,15 @@
 //! `drsn-serve bench`: raw ONNX Runtime throughput in-process and the service's end-to-end throughput over
 //! loopback gRPC, measured one after the other in one run on the same settings, with their ratio; real-time
 //! latency at 64 sensors (phases spread and in phase); and the capacity a user plans with ([`capacity`]). With
-//! `--fairness`, real-time latency beside floods ([`fairness`]). The client runs on its own threads so the
+//! `--fairness`, real-time latency beside floods ([`fairness`]); with `--shadow`, what a shadow candidate costs the
+//! serving answers ([`shadow`]). The client runs on its own threads so the
 //! server's CPU time per window can be told from the client's ([`cpu`]).
 
 pub(crate) mod capacity;
 pub(crate) mod cpu;
 pub(crate) mod fairness;
 pub mod memory;
+pub(crate) mod shadow;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// Measure fairness instead: a real-time sensor's latency alone, beside floods, and after one.
     #[arg(long)]
     pub fairness: bool,
+    /// Measure shadow scoring instead: the serving version's real-time latency and saturated throughput without
+    /// and with a candidate version shadowing it (the model served from a repository as two versions).
+    #[arg(long)]
+    pub shadow: bool,
     /// Measure memory instead: the server's RSS per idle stream (plain and resampled) and with this many
     /// real-time streams (the server runs as a child process).
     #[arg(long)]
@@ -304,6 +310,11 @@ pub async fn run_fairness(args: BenchArgs) -> anyhow::Result<fairness::FairnessR
     running.shutdown();
     running.stopped().await;
     report
+}
+
+/// Runs the shadow-scoring comparison on a server started for it.
+pub async fn run_shadow(args: BenchArgs) -> anyhow::Result<shadow::ShadowReport> {
+    shadow::run(args).await
 }
 
 /// Runs the memory measurement on a server binary started for it (flags passed through: `--model`, `--workers`).

@@ -19,7 +19,7 @@ use crate::telemetry::metrics as m;
 pub const SHADOW_CLIENT: ClientKey = 1 << 62;
 
 /// What the two versions said about the windows the candidate was offered, since the shadow was set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     /// Both judged the window and named the same class.
     pub agree: u64,

@@ -180,7 +180,14 @@ async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Respons
         .map(|(v, role)| {
             let card = &v.model().card;
             let state = if v.ready() { "READY" } else { "UNAVAILABLE" };
-            json!({"name": card.name, "version": card.version, "state": state, "reason": reason(role)})
+            let mut entry =
+                json!({"name": card.name, "version": card.version, "state": state, "reason": reason(role)});
+            // A shadow's tally as numbers too, for scripts deciding on a promotion.
+            if let Role::Shadow { of, tally } = role {
+                entry["shadow"] = json!({"of": of, "agree": tally.agree, "disagree": tally.disagree,
+                    "unscored": tally.unscored, "skipped": tally.skipped, "agreement": tally.agreement()});
+            }
+            entry
         })
         .collect();
     Json(Value::Array(index)).into_response()
