@@ -15,7 +15,7 @@ use drsn_client::samples::WireChoice;
 /// The candidate's version name in the benchmark's repository.
 const CANDIDATE: &str = "bench-candidate";
 /// Rounds of (without, with): alternating keeps a drift of the machine out of the difference.
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 3;
 
 /// Real-time sensor counts measured: a light load and one near half of what the shipped model's replica holds.
 const SENSORS: [usize; 2] = [64, 512];

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use metrics::counter;
+use metrics::{Counter, counter};
 use tokio::sync::mpsc;
 
 use crate::pipeline::diagnosis::{Answer, Verdict};
@@ -38,12 +38,37 @@ impl Tally {
     }
 }
 
-#[derive(Default)]
+/// One outcome's count, and its metric series (registered once: a skipped window costs two atomic adds).
+struct Outcome {
+    n: AtomicU64,
+    series: Counter,
+}
+
+impl Outcome {
+    fn new(labels: &Labels, agreement: &'static str) -> Self {
+        Self {
+            n: AtomicU64::new(0),
+            series: counter!(m::SHADOW_WINDOWS, "model" => labels.model.clone(),
+                "serving" => labels.serving.clone(), "candidate" => labels.candidate.clone(),
+                "agreement" => agreement),
+        }
+    }
+
+    fn add(&self) {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.series.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
 struct Counts {
-    agree: AtomicU64,
-    disagree: AtomicU64,
-    unscored: AtomicU64,
-    skipped: AtomicU64,
+    agree: Outcome,
+    disagree: Outcome,
+    unscored: Outcome,
+    skipped: Outcome,
 }
 
 /// The metric labels of one serving/candidate pair.
@@ -107,7 +132,12 @@ impl Shadow {
     ) -> Arc<Self> {
         let in_flight = spare.in_flight.max(1);
         let (tx, rx) = mpsc::channel(in_flight);
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts {
+            agree: Outcome::new(&labels, "agree"),
+            disagree: Outcome::new(&labels, "disagree"),
+            unscored: Outcome::new(&labels, "unscored"),
+            skipped: Outcome::new(&labels, "skipped"),
+        });
         tokio::spawn(compare(
             rx,
             candidate_classes,
@@ -131,10 +161,10 @@ impl Shadow {
     pub fn tally(&self) -> Tally {
         let c = &self.counts;
         Tally {
-            agree: c.agree.load(Ordering::Relaxed),
-            disagree: c.disagree.load(Ordering::Relaxed),
-            unscored: c.unscored.load(Ordering::Relaxed),
-            skipped: c.skipped.load(Ordering::Relaxed),
+            agree: c.agree.get(),
+            disagree: c.disagree.get(),
+            unscored: c.unscored.get(),
+            skipped: c.skipped.get(),
         }
     }
 
@@ -163,22 +193,9 @@ impl Shadow {
             None
         };
         if pending.is_none() {
-            self.count("skipped", &self.counts.skipped);
+            self.counts.skipped.add();
         }
         pending
-    }
-
-    fn count(&self, agreement: &'static str, n: &AtomicU64) {
-        n.fetch_add(1, Ordering::Relaxed);
-        self.labels.counter(agreement);
-    }
-}
-
-impl Labels {
-    fn counter(&self, agreement: &'static str) {
-        counter!(m::SHADOW_WINDOWS, "model" => self.model.clone(), "serving" => self.serving.clone(),
-            "candidate" => self.candidate.clone(), "agreement" => agreement)
-        .increment(1);
     }
 }
 
@@ -197,7 +214,7 @@ impl Pending {
             _ticket: self.ticket,
         };
         if shadow.tally.try_send(scoring).is_err() {
-            shadow.count("unscored", &shadow.counts.unscored);
+            shadow.counts.unscored.add();
         }
     }
 }
@@ -212,8 +229,7 @@ async fn compare(
     while let Some(s) = rx.recv().await {
         if s.serving.is_none() {
             // Unscored whatever the candidate says: no need to wait for it.
-            counts.unscored.fetch_add(1, Ordering::Relaxed);
-            labels.counter("unscored");
+            counts.unscored.add();
             continue;
         }
         let candidate = match s.reply.await {
@@ -223,22 +239,21 @@ async fn compare(
             })) => classes.get(c.class_index).cloned(),
             _ => None,
         };
-        let (agreement, n) = match (s.serving, candidate) {
+        let outcome = match (s.serving, candidate) {
             (Some(a), Some(b)) => {
                 counter!(m::SHADOW_CONFUSION, "model" => labels.model.clone(),
                     "serving" => labels.serving.clone(), "candidate" => labels.candidate.clone(),
                     "serving_class" => a.clone(), "candidate_class" => b.clone())
                 .increment(1);
                 if a == b {
-                    ("agree", &counts.agree)
+                    &counts.agree
                 } else {
-                    ("disagree", &counts.disagree)
+                    &counts.disagree
                 }
             }
-            _ => ("unscored", &counts.unscored),
+            _ => &counts.unscored,
         };
-        n.fetch_add(1, Ordering::Relaxed);
-        labels.counter(agreement);
+        outcome.add();
     }
 }
 
