@@ -517,6 +517,12 @@ pub enum StartupError {
     },
     #[error("warm-up inference failed: {0}")]
     Warmup(String),
+    #[error(
+        "the model does not reproduce its golden file {path}: {reason}. The ONNX file, the card or the ONNX Runtime \
+         build is not the one the golden file was written with: export the version again (drsntrain writes the \
+         golden file beside its ONNX file), or remove `golden` from the card to skip the check"
+    )]
+    Golden { path: PathBuf, reason: String },
 }
 
 #[cfg(test)]

@@ -29,11 +29,13 @@ fn version(dir: &Path, model: &str, version: &str, edit: impl FnOnce(&mut serde_
         serde_json::from_str(&std::fs::read_to_string(&shipped).unwrap()).unwrap();
     card["name"] = model.into();
     card["version"] = version.into();
-    card["onnx"] = shipped
-        .with_file_name(card["onnx"].as_str().unwrap())
-        .to_str()
-        .unwrap()
-        .into();
+    for file in ["onnx", "golden"] {
+        card[file] = shipped
+            .with_file_name(card[file].as_str().unwrap())
+            .to_str()
+            .unwrap()
+            .into();
+    }
     edit(&mut card);
     let folder = dir.join(model).join(version);
     std::fs::create_dir_all(&folder).unwrap();
@@ -582,6 +584,22 @@ async fn load(running: &server::Running, parameters: &str) -> (u16, serde_json::
     common::http(running.http_addr, "POST", &path, &body).await
 }
 
+/// The shipped golden file with one logit of window 3 moved by 1: what another network would give.
+fn tampered_golden(dir: &Path) -> std::path::PathBuf {
+    use ndarray_npy::{NpzReader, NpzWriter};
+    let shipped = common::model_card().with_file_name("drsn_cw_cwru.golden.npz");
+    let mut npz = NpzReader::new(std::fs::File::open(shipped).unwrap()).unwrap();
+    let windows: ndarray::Array2<f32> = npz.by_name("windows").unwrap();
+    let mut logits: ndarray::Array2<f32> = npz.by_name("logits").unwrap();
+    logits[[3, 2]] += 1.0;
+    let path = dir.join("tampered.golden.npz");
+    let mut out = NpzWriter::new(std::fs::File::create(&path).unwrap());
+    out.add_array("windows", &windows).unwrap();
+    out.add_array("logits", &logits).unwrap();
+    out.finish().unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_shadows_the_serving_version_then_is_promoted_and_rolled_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -591,6 +609,26 @@ async fn a_candidate_shadows_the_serving_version_then_is_promoted_and_rolled_bac
     flags.extend(["--model-control".into(), "explicit".into()]);
     let running = common::start(&flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let addr = common::addr(&running);
+
+    // A candidate whose network does not give its golden file's logits is refused; nothing changes.
+    let golden = tempfile::tempdir().unwrap();
+    let tampered = tampered_golden(golden.path());
+    version(dir.path(), SHIPPED, "4.0.1", |card| {
+        card["golden"] = tampered.to_str().unwrap().into()
+    });
+    let (code, body) = load(&running, "{}").await;
+    assert_eq!(code, 400, "{body}");
+    let why = body["error"].as_str().unwrap();
+    assert!(
+        why.contains("nothing changed") && why.contains("golden file"),
+        "{why}"
+    );
+    assert!(
+        why.contains("window 3 class"),
+        "names the window that differs: {why}"
+    );
+    assert_eq!(role(&running, "4.0.1").await, "not served");
+    std::fs::remove_dir_all(dir.path().join(SHIPPED).join("4.0.1")).unwrap();
 
     // The candidate loads as a shadow: the version serving before goes on serving new streams.
     version(dir.path(), SHIPPED, "4.1.0", |_| {});

@@ -106,7 +106,9 @@ def test_dockerfile_shape():
     assert "USER 65532:65532" in runtime
     assert "EXPOSE 50051 8000 9090" in runtime
     assert 'ENTRYPOINT ["/usr/local/bin/drsn-serve", "serve"]' in runtime
-    assert any(line.startswith("COPY models/*.json models/*.onnx /app/models/") for line in runtime)
+    assert any(
+        line.startswith("COPY models/*.json models/*.onnx models/*.golden.npz /app/models/") for line in runtime
+    ), "the card, its ONNX file and its golden file (the server checks it at start-up)"
     assert not any(line.startswith(("VOLUME", "RUN")) for line in runtime), "runtime writes nothing at build time"
     assert "ENV DRSN_DEVICE=cuda" in " ".join(s["cuda-runtime"])
 

@@ -2,6 +2,7 @@
 //! ONNX Runtime sessions, and opening them ([`open`]). Knows no stream or protocol.
 
 pub mod device;
+pub(crate) mod golden;
 pub mod onnx;
 pub(crate) mod open;
 

@@ -1,5 +1,6 @@
 //! Opening the engine: ONNX Runtime loaded, one session per worker on the device the settings ask for, each warmed
-//! up, and the inference time per batch size measured (the batcher's cost model starts from it).
+//! up, the card's golden file reproduced, and the inference time per batch size measured (the batcher's cost
+//! model starts from it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use metrics::counter;
 
 use crate::engine::device::{Device, Placement};
+use crate::engine::golden;
 use crate::engine::onnx::{self, OnnxSession};
 use crate::error::StartupError;
 use crate::model::card::LoadedModel;
@@ -86,6 +88,11 @@ fn open_blocking(
         for rows in [1, max_batch] {
             run(session, rows)?;
         }
+    }
+    if let Some(path) = &model.golden {
+        let checked = golden::check(&mut sessions[0], model, path, max_batch)?;
+        tracing::info!(golden = %path.display(), windows = checked.windows, max_logit_diff = checked.max_diff,
+            "the model reproduces its golden file");
     }
     let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
         .take_while(|b| *b < max_batch)

@@ -35,6 +35,10 @@ pub struct ModelCard {
     /// class is reported as uncertain.
     #[serde(default)]
     pub ood: Option<Ood>,
+    /// A `.npz` file beside the card with `windows` and the `logits` the exported graph gave them: checked before
+    /// the version serves.
+    #[serde(default)]
+    pub golden: Option<String>,
 }
 
 /// The model's input contract: windows outside it are flagged, not classified.
@@ -155,6 +159,8 @@ pub struct LoadedModel {
     pub card_json: String,
     pub onnx: Vec<u8>,
     pub normalization: Normalization,
+    /// The card's golden file, relative to the card resolved.
+    pub golden: Option<std::path::PathBuf>,
 }
 
 impl LoadedModel {
@@ -253,11 +259,16 @@ impl LoadedModel {
                 actual,
             });
         }
+        let golden = card
+            .golden
+            .as_ref()
+            .map(|g| path.parent().unwrap_or(Path::new(".")).join(g));
         Ok(Self {
             card,
             card_json,
             onnx,
             normalization,
+            golden,
         })
     }
 

@@ -47,7 +47,7 @@ def repository(tmp_path_factory):
     subprocess.run(args, cwd=ROOT / "models" / "training", check=True, capture_output=True)
     shipped = repo / MODEL / CARD["version"]
     shipped.mkdir(parents=True)
-    for name in ("drsn_cw_cwru.json", CARD["onnx"]):
+    for name in ("drsn_cw_cwru.json", CARD["onnx"], CARD["golden"]):
         (shipped / name).symlink_to(ROOT / "models" / name)
     return repo
 
