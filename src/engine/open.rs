@@ -25,10 +25,26 @@ pub struct EngineSettings {
     pub max_batch: Option<usize>,
 }
 
+/// How an engine's sessions are opened, to open one more later on the same device (a shadow lane's).
+#[derive(Clone)]
+pub struct Recipe {
+    env: ort::environment::Environment,
+    device: Device,
+    intra_threads: usize,
+}
+
+impl Recipe {
+    /// Opens a session of `model` as the engine's were opened (blocking: call it off the async threads).
+    pub fn open(&self, model: &LoadedModel) -> Result<OnnxSession, StartupError> {
+        OnnxSession::open(&self.env, model, self.device, self.intra_threads).map(|(s, _)| s)
+    }
+}
+
 /// Sessions ready to serve: one per worker, where they run, and the inference time (s) per batch size measured
 /// while warming up.
 pub struct Engine {
     pub sessions: Vec<OnnxSession>,
+    pub recipe: Recipe,
     pub placement: Placement,
     pub max_batch: usize,
     pub costs: Vec<(usize, f64)>,
@@ -110,6 +126,11 @@ fn open_blocking(
     }
     Ok(Engine {
         sessions,
+        recipe: Recipe {
+            env,
+            device: fixed,
+            intra_threads: settings.intra_threads,
+        },
         placement,
         max_batch,
         costs,

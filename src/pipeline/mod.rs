@@ -92,6 +92,8 @@ pub struct Pipeline {
     batch: usize,
     /// The candidate scoring this version's stream windows, while it is the serving version and has one.
     shadow: Arc<shadow::Slot>,
+    /// Where this version scores another's windows when it is their shadow.
+    lane: shadow::Lane,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -222,10 +224,12 @@ impl Pipeline {
         limits: Limits,
         gate: Arc<Gate>,
         batch: usize,
+        lane: shadow::Lane,
     ) -> Self {
         Self {
             batch: batch.max(1),
             shadow: Arc::default(),
+            lane,
             classes: Arc::new(model.card.classes.clone()),
             model,
             scheduler,
@@ -311,10 +315,10 @@ impl Pipeline {
             serving_backlog_below: self.batch,
             in_flight: 2 * candidate.batch,
         };
-        let flow = candidate.scheduler.flow(shadow::SHADOW_CLIENT);
+        let lane = candidate.lane.clone();
         let classes = candidate.classes.clone();
         self.shadow
-            .set(Some(shadow::Shadow::start(flow, labels, classes, spare)));
+            .set(Some(shadow::Shadow::start(lane, labels, classes, spare)));
         Ok(())
     }
 

@@ -353,29 +353,6 @@ impl Flow {
         }
     }
 
-    /// Queues a window only if the queue has room without any flow's reserve, never waiting: for work that may be
-    /// skipped (a shadow candidate's windows), so that it never takes room a stream would wait for.
-    pub fn try_submit(&self, samples: Vec<f32>) -> Option<Reply> {
-        let s = &self.scheduler;
-        let mut st = s.lock();
-        if st.closed || st.queued >= s.config.capacity {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        st.push(
-            self.id,
-            Job {
-                samples,
-                enqueued: Instant::now(),
-                reply: tx,
-            },
-        );
-        st.record();
-        drop(st);
-        s.work.notify_one();
-        Some(rx)
-    }
-
     /// Windows waiting in the whole queue this flow is in.
     pub fn queue_len(&self) -> usize {
         self.scheduler.queued()

@@ -1,8 +1,10 @@
 //! Shadow scoring: a candidate version scores the same windows as its model's serving version when there is spare
 //! capacity, and the agreement between the two is counted (`drsn_shadow_windows_total`, and the confusion between
 //! their classes). The serving answers never wait for it: a window is offered to the candidate only while the
-//! serving queue holds less than a batch and the candidate has fewer than two of its batches in flight, and the
-//! candidate's answer is compared on a task of its own after the serving answer has gone out.
+//! serving queue holds less than a batch and the candidate has fewer than two of its batches in flight; the
+//! candidate runs them on a lane of its own (one session, one thread at the lowest CPU priority, so the serving
+//! inference threads take the cores first); its answer is compared on a task of its own after the serving answer
+//! has gone out.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -10,13 +12,104 @@ use std::sync::{Arc, RwLock};
 use metrics::{Counter, counter};
 use tokio::sync::mpsc;
 
-use crate::pipeline::diagnosis::{Answer, Verdict};
-use crate::pipeline::schedule::{ClientKey, Flow, Reply};
+use crate::engine::Runner;
+use crate::error::ServeError;
+use crate::pipeline::diagnosis::{Answer, Reading, Timing, Verdict};
+use crate::pipeline::schedule::{Job, Reply};
 use crate::telemetry::metrics as m;
 
-/// The queue key of shadow windows: one client of their own in the candidate's queue, apart from connections
-/// (counted up from 0) and unary calls (counted down from the top).
-pub const SHADOW_CLIENT: ClientKey = 1 << 62;
+/// Name of a shadow lane's inference thread.
+pub const SHADOW_THREAD: &str = "drsn-shadow";
+
+/// The nice value of a shadow lane's thread: the lowest priority, so that it runs on what the serving threads
+/// leave (Linux; elsewhere it runs at normal priority).
+const LANE_NICE: i32 = 19;
+
+/// A candidate version's own inference for shadow windows: one session on one thread, fed by a bounded channel,
+/// apart from the version's queue and batcher (its metrics and cost model stay those of the windows it serves).
+#[derive(Clone)]
+pub struct Lane {
+    tx: crossbeam_channel::Sender<Job>,
+}
+
+impl Lane {
+    /// Starts the lane's thread: at its first window it opens its session with `open` (a version that never
+    /// shadows holds no more than an idle thread), then runs what is waiting, up to `batch` windows at a time,
+    /// until every sender is gone. If the session cannot be opened, every window is answered with an error
+    /// (unscored).
+    pub fn spawn<R: Runner>(
+        open: impl FnOnce() -> Result<R, String> + Send + 'static,
+        reading: Reading,
+        batch: usize,
+        capacity: usize,
+    ) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let batch = batch.max(1);
+        let spawned = std::thread::Builder::new()
+            .name(SHADOW_THREAD.into())
+            .spawn(move || {
+                lower_priority();
+                let mut open = Some(open);
+                let mut runner = Err(());
+                while let Ok(first) = rx.recv() {
+                    if let Some(open) = open.take() {
+                        runner = open().map_err(|e| {
+                            tracing::error!(error = %e,
+                                "the shadow lane cannot open its session; its windows are unscored");
+                        });
+                    }
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter().take(batch - 1));
+                    match &mut runner {
+                        Ok(r) => run(r, jobs, reading),
+                        Err(()) => {
+                            for job in jobs {
+                                let _ = job.reply.send(Err(ServeError::WorkersGone));
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // The receiver went with the closure: every offer is refused and counted as skipped.
+            tracing::error!(error = %e, "cannot start a shadow lane");
+        }
+        Self { tx }
+    }
+}
+
+fn run<R: Runner>(runner: &mut R, jobs: Vec<Job>, reading: Reading) {
+    let started = std::time::Instant::now();
+    let windows: Vec<&[f32]> = jobs.iter().map(|j| j.samples.as_slice()).collect();
+    let result = runner.run(&windows);
+    let timing = Timing {
+        queue_wait: Default::default(),
+        inference: started.elapsed(),
+        batch_size: jobs.len(),
+    };
+    for (row, job) in jobs.into_iter().enumerate() {
+        let answer = match &result {
+            Ok(out) => Ok(reading.answer(out, row, timing)),
+            Err(e) => Err(ServeError::Inference {
+                reason: e.to_string(),
+                resume_from: 0,
+            }),
+        };
+        let _ = job.reply.send(answer);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // On Linux a thread id names one thread to setpriority: only this one is lowered.
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), LANE_NICE) {
+        tracing::warn!(error = %e, "cannot lower the shadow lane's CPU priority; it runs at normal priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// What the two versions said about the windows the candidate was offered, since the shadow was set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,7 +183,7 @@ pub struct Spare {
 
 /// A candidate scoring a serving version's windows.
 pub struct Shadow {
-    flow: Flow,
+    lane: Lane,
     spare: Spare,
     in_flight: Arc<AtomicUsize>,
     counts: Arc<Counts>,
@@ -122,10 +215,10 @@ struct Scoring {
 }
 
 impl Shadow {
-    /// Starts scoring on `flow` (a flow of the candidate's queue); the comparing task runs until the shadow and
-    /// every window offered to it are gone. `candidate_classes` names the candidate's class indices.
+    /// Starts scoring on the candidate's `lane`; the comparing task runs until the shadow and every window offered
+    /// to it are gone. `candidate_classes` names the candidate's class indices.
     pub fn start(
-        flow: Flow,
+        lane: Lane,
         labels: Labels,
         candidate_classes: Arc<Vec<String>>,
         spare: Spare,
@@ -145,7 +238,7 @@ impl Shadow {
             counts.clone(),
         ));
         Arc::new(Self {
-            flow,
+            lane,
             spare,
             in_flight: Arc::new(AtomicUsize::new(0)),
             counts,
@@ -184,7 +277,14 @@ impl Shadow {
                 .is_ok();
         let pending = if taken {
             let ticket = Ticket(self.in_flight.clone());
-            self.flow.try_submit(samples.to_vec()).map(|reply| Pending {
+            let (tx, reply) = tokio::sync::oneshot::channel();
+            let job = Job {
+                samples: samples.to_vec(),
+                enqueued: tokio::time::Instant::now(),
+                reply: tx,
+            };
+            // Full (or gone): skipped, never waited for.
+            self.lane.tx.try_send(job).ok().map(|()| Pending {
                 shadow: self.clone(),
                 reply,
                 ticket,
@@ -280,10 +380,9 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::pipeline::cost::CostModel;
+    use crate::engine::{BatchOutput, InferError};
     use crate::pipeline::deliver::{self, Outgoing, Pending as Waiting, StreamEvent};
-    use crate::pipeline::diagnosis::{Classified, Timing, WindowPlace};
-    use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
+    use crate::pipeline::diagnosis::{Classified, WindowPlace};
 
     fn classified(class_index: usize) -> Answer {
         Answer {
@@ -300,15 +399,13 @@ mod tests {
         }
     }
 
-    fn candidate_queue() -> Arc<Scheduler> {
-        Scheduler::new(ScheduleConfig {
-            capacity: 64,
-            reserve: 1,
-            max_wait: Duration::from_secs(60),
-        })
+    /// A lane whose windows the test answers by hand: it holds the receiving end.
+    fn lane(capacity: usize) -> (Lane, crossbeam_channel::Receiver<Job>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        (Lane { tx }, rx)
     }
 
-    fn shadow(queue: &Arc<Scheduler>, in_flight: usize) -> Arc<Shadow> {
+    fn shadow(lane: Lane, in_flight: usize) -> Arc<Shadow> {
         // The candidate names its classes in another order: agreement is by name, not index.
         let classes = Arc::new(vec!["inner".into(), "normal".into(), "ball".into()]);
         let labels = Labels {
@@ -320,16 +417,17 @@ mod tests {
             serving_backlog_below: 8,
             in_flight,
         };
-        Shadow::start(queue.flow(SHADOW_CLIENT), labels, classes, spare)
+        Shadow::start(lane, labels, classes, spare)
     }
 
     async fn settle(shadow: &Shadow, scored: u64) -> Tally {
-        for _ in 0..1000 {
+        // Up to 5 s (a lane answers from a thread of its own); with the clock paused, at once.
+        for _ in 0..5000 {
             let t = shadow.tally();
             if t.agree + t.disagree + t.unscored >= scored {
                 return t;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         shadow.tally()
     }
@@ -337,8 +435,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_serving_answers_go_out_while_the_candidate_has_not_answered_and_excess_is_skipped()
     {
-        let queue = candidate_queue();
-        let shadow = shadow(&queue, 2);
+        let (lane, jobs) = lane(64);
+        let shadow = shadow(lane, 2);
         let serving_classes = Arc::new(vec!["normal".to_string(), "inner".into(), "ball".into()]);
         let (tx, rx) = tmpsc::channel(8);
         let mut offered = 0;
@@ -382,22 +480,15 @@ mod tests {
         assert_eq!(shadow.tally().skipped, 4);
 
         // The candidate answers now: the first window like the serving version ("inner"), the second not.
-        let policy = BatchPolicy {
-            max_batch: 2,
-            max_delay: Duration::ZERO,
-            budget: Duration::from_secs(10),
-            cost: Arc::new(CostModel::new(2, &[(1, 1e-3), (2, 1e-3 + 2e-9)])),
-        };
-        let jobs = queue.next_batch(&policy).await.unwrap();
-        assert_eq!(jobs.len(), 2);
+        let first = jobs.try_recv().unwrap();
+        let second = jobs.try_recv().unwrap();
         assert_eq!(
-            jobs[0].samples,
+            first.samples,
             vec![0.0; 4],
             "the candidate sees the serving window's samples"
         );
-        let mut jobs = jobs.into_iter();
-        jobs.next().unwrap().reply.send(Ok(classified(0))).unwrap();
-        jobs.next().unwrap().reply.send(Ok(classified(2))).unwrap();
+        first.reply.send(Ok(classified(0))).unwrap();
+        second.reply.send(Ok(classified(2))).unwrap();
         let t = settle(&shadow, 2).await;
         assert_eq!((t.agree, t.disagree, t.unscored, t.skipped), (1, 1, 0, 4));
         assert_eq!(t.agreement(), Some(0.5));
@@ -406,9 +497,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_window_the_serving_version_could_not_judge_or_a_gone_candidate_is_unscored() {
-        let queue = candidate_queue();
-        let shadow = shadow(&queue, 4);
+    async fn a_full_lane_skips_and_a_window_either_side_could_not_judge_is_unscored() {
+        let (lane, jobs) = lane(2);
+        let shadow = shadow(lane, 4);
         let classes = vec!["normal".to_string()];
         let flagged = Answer::flagged(crate::pipeline::quality::Flagged {
             flag: crate::pipeline::quality::Flag::Flat,
@@ -419,18 +510,61 @@ mod tests {
             .unwrap()
             .score(&flagged, &classes);
         let pending = shadow.offer(&[0.0; 4], 0).unwrap();
+        assert!(
+            shadow.offer(&[0.0; 4], 0).is_none(),
+            "the lane holds two: the third is skipped, not waited for"
+        );
         pending.score(&classified(0), &classes);
-        // The candidate is unloaded: its queue closes and its last jobs are dropped unanswered.
-        queue.close();
-        let policy = BatchPolicy {
-            max_batch: 4,
-            max_delay: Duration::ZERO,
-            budget: Duration::from_secs(10),
-            cost: Arc::new(CostModel::new(4, &[(1, 1e-3), (4, 1e-3 + 4e-9)])),
-        };
-        drop(queue.next_batch(&policy).await);
+        // The lane drops its windows unanswered (its thread failed).
+        jobs.try_iter().for_each(drop);
         let t = settle(&shadow, 2).await;
-        assert_eq!((t.agree, t.disagree, t.unscored), (0, 0, 2));
+        assert_eq!((t.agree, t.disagree, t.unscored, t.skipped), (0, 0, 2, 1));
         assert_eq!(t.agreement(), None);
+    }
+
+    /// Answers every window with the class its first sample names.
+    struct ByFirstSample;
+
+    impl Runner for ByFirstSample {
+        fn run(&mut self, windows: &[&[f32]]) -> Result<BatchOutput, InferError> {
+            let mut logits = Vec::new();
+            for w in windows {
+                let mut row = vec![0.0f32; 3];
+                row[w[0] as usize] = 10.0;
+                logits.extend(row);
+            }
+            Ok(BatchOutput {
+                classes: 3,
+                logits,
+                shrinkage: None,
+                ood: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_runs_windows_on_its_own_thread_and_one_without_a_session_leaves_them_unscored()
+    {
+        let reading = Reading {
+            temperature: 1.0,
+            uncertain_below: None,
+            uncertain_above: None,
+        };
+        let serving = vec!["inner".to_string(), "normal".into(), "ball".into()];
+        let working = shadow(Lane::spawn(|| Ok(ByFirstSample), reading, 4, 8), 8);
+        // The serving version said `inner` every time; the lane's network names the class the samples hold.
+        for class in [0usize, 1, 2, 0] {
+            let pending = working.offer(&[class as f32; 4], 0).unwrap();
+            pending.score(&classified(0), &serving);
+        }
+        let t = settle(&working, 4).await;
+        assert_eq!((t.agree, t.disagree, t.unscored), (2, 2, 0), "{t:?}");
+        // A lane that cannot open its session answers with errors: unscored, never agreement.
+        let no_session = || Err::<ByFirstSample, _>("no session".to_string());
+        let broken = shadow(Lane::spawn(no_session, reading, 4, 8), 8);
+        let pending = broken.offer(&[0.0; 4], 0).unwrap();
+        pending.score(&classified(0), &serving);
+        let t = settle(&broken, 1).await;
+        assert_eq!((t.agree, t.disagree, t.unscored), (0, 0, 1), "{t:?}");
     }
 }

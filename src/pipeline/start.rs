@@ -13,6 +13,7 @@ use crate::pipeline::batch::{self, Batcher};
 use crate::pipeline::cost::CostModel;
 use crate::pipeline::diagnosis::Reading;
 use crate::pipeline::schedule::{BatchPolicy, ScheduleConfig, Scheduler};
+use crate::pipeline::shadow;
 use crate::pipeline::spec::Limits;
 use crate::pipeline::{Gate, Pipeline};
 use crate::telemetry::metrics as m;
@@ -53,6 +54,18 @@ pub(crate) fn start(
     gauge!(m::MODEL_STREAMS, "model" => model.card.name.clone(), "version" => model.card.version.clone()).set(0.0);
     let scheduler = Scheduler::new(settings.schedule);
     let batch = cost.efficient_batch().min(engine.max_batch);
+    let reading = Reading {
+        temperature: model.temperature(),
+        uncertain_below: model.uncertain_below(),
+        uncertain_above: model.uncertain_above(),
+    };
+    let (recipe, lane_model) = (engine.recipe.clone(), model.clone());
+    let lane = shadow::Lane::spawn(
+        move || recipe.open(&lane_model).map_err(|e| e.to_string()),
+        reading,
+        batch,
+        2 * batch,
+    );
     let batcher = batch::spawn(
         scheduler.clone(),
         BatchPolicy {
@@ -61,11 +74,7 @@ pub(crate) fn start(
             budget: settings.latency_budget,
             cost,
         },
-        Reading {
-            temperature: model.temperature(),
-            uncertain_below: model.uncertain_below(),
-            uncertain_above: model.uncertain_above(),
-        },
+        reading,
         engine.sessions,
         stop_batcher,
     );
@@ -75,6 +84,7 @@ pub(crate) fn start(
         settings.limits,
         gate,
         batch,
+        lane,
     ));
     Started { pipeline, batcher }
 }
