@@ -45,6 +45,27 @@ pub(crate) struct Load {
     pub max_streams: usize,
 }
 
+impl Load {
+    /// The load for the model's window and hop, with the bench's duration and search limit and the server's budget.
+    pub(crate) fn new(
+        addr: &str,
+        recordings: &[Arc<Vec<f32>>],
+        model: &crate::model::card::LoadedModel,
+        args: &super::BenchArgs,
+        config: &crate::server::config::ServeConfig,
+    ) -> Self {
+        Self {
+            addr: addr.to_owned(),
+            recordings: recordings.to_vec(),
+            window: model.window(),
+            hop: model.card.default_hop,
+            seconds: args.seconds,
+            budget: config.batching.latency_budget,
+            max_streams: args.capacity_max,
+        }
+    }
+}
+
 /// Sensors per connection, as a gateway multiplexes its sensors' streams on one connection.
 pub(crate) const STREAMS_PER_GATEWAY: usize = 64;
 

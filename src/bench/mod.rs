@@ -396,15 +396,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let (service, service_cpu, saturated) = wires.remove(0);
     let (service_i16, service_i16_cpu, _) = wires.remove(0);
-    let load = capacity::Load {
-        addr: addr.clone(),
-        recordings: recordings.clone(),
-        window: model.window(),
-        hop: model.card.default_hop,
-        seconds: args.seconds,
-        budget: config.batching.latency_budget,
-        max_streams: args.capacity_max,
-    };
+    let load = capacity::Load::new(&addr, &recordings, &model, &args, &config);
     eprintln!(
         "measuring 64 real-time sensors, phases spread and in phase, {} s each ...",
         args.seconds

@@ -158,15 +158,7 @@ pub(crate) async fn run(args: super::BenchArgs) -> anyhow::Result<ShadowReport> 
         serving,
     };
     let client = ClientRuntime::new(split.as_ref().map(|s| s.client.as_slice()))?;
-    let load = Load {
-        addr: addr.clone(),
-        recordings: recordings.clone(),
-        window: model.window(),
-        hop: model.card.default_hop,
-        seconds: args.seconds,
-        budget: config.batching.latency_budget,
-        max_streams: args.capacity_max,
-    };
+    let load = Load::new(&addr, &recordings, &model, &args, &config);
     let mut rounds = Vec::new();
     for round in 1..=ROUNDS {
         let mut phases = [Phase::default(), Phase::default()];
