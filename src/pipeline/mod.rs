@@ -313,7 +313,7 @@ impl Pipeline {
         };
         let spare = shadow::Spare {
             serving_backlog_below: self.batch,
-            in_flight: 2 * candidate.batch,
+            in_flight: candidate.lane.in_flight(),
         };
         let lane = candidate.lane.clone();
         let classes = candidate.classes.clone();

@@ -30,6 +30,8 @@ const LANE_NICE: i32 = 19;
 #[derive(Clone)]
 pub struct Lane {
     tx: crossbeam_channel::Sender<Job>,
+    /// Windows it holds at most: two of its batches.
+    in_flight: usize,
 }
 
 impl Lane {
@@ -41,10 +43,10 @@ impl Lane {
         open: impl FnOnce() -> Result<R, String> + Send + 'static,
         reading: Reading,
         batch: usize,
-        capacity: usize,
     ) -> Self {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
         let batch = batch.max(1);
+        let in_flight = 2 * batch;
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(in_flight);
         let spawned = std::thread::Builder::new()
             .name(SHADOW_THREAD.into())
             .spawn(move || {
@@ -74,7 +76,12 @@ impl Lane {
             // The receiver went with the closure: every offer is refused and counted as skipped.
             tracing::error!(error = %e, "cannot start a shadow lane");
         }
-        Self { tx }
+        Self { tx, in_flight }
+    }
+
+    /// The most shadow windows to have queued or running on it at once.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 }
 
@@ -402,7 +409,13 @@ mod tests {
     /// A lane whose windows the test answers by hand: it holds the receiving end.
     fn lane(capacity: usize) -> (Lane, crossbeam_channel::Receiver<Job>) {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Lane { tx }, rx)
+        (
+            Lane {
+                tx,
+                in_flight: capacity,
+            },
+            rx,
+        )
     }
 
     fn shadow(lane: Lane, in_flight: usize) -> Arc<Shadow> {
@@ -551,7 +564,7 @@ mod tests {
             uncertain_above: None,
         };
         let serving = vec!["inner".to_string(), "normal".into(), "ball".into()];
-        let working = shadow(Lane::spawn(|| Ok(ByFirstSample), reading, 4, 8), 8);
+        let working = shadow(Lane::spawn(|| Ok(ByFirstSample), reading, 4), 8);
         // The serving version said `inner` every time; the lane's network names the class the samples hold.
         for class in [0usize, 1, 2, 0] {
             let pending = working.offer(&[class as f32; 4], 0).unwrap();
@@ -561,7 +574,7 @@ mod tests {
         assert_eq!((t.agree, t.disagree, t.unscored), (2, 2, 0), "{t:?}");
         // A lane that cannot open its session answers with errors: unscored, never agreement.
         let no_session = || Err::<ByFirstSample, _>("no session".to_string());
-        let broken = shadow(Lane::spawn(no_session, reading, 4, 8), 8);
+        let broken = shadow(Lane::spawn(no_session, reading, 4), 8);
         let pending = broken.offer(&[0.0; 4], 0).unwrap();
         pending.score(&classified(0), &serving);
         let t = settle(&broken, 1).await;

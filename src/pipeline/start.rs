@@ -64,7 +64,6 @@ pub(crate) fn start(
         move || recipe.open(&lane_model).map_err(|e| e.to_string()),
         reading,
         batch,
-        2 * batch,
     );
     let batcher = batch::spawn(
         scheduler.clone(),

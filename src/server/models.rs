@@ -235,7 +235,6 @@ impl ServedModels {
             .models
             .get(name, "")
             .ok()
-            .filter(|p| p.model().card.name == name)
             .map(|p| p.model().card.version.clone());
         if let Some(v) = &serving_now {
             let hold = Roles {
