@@ -463,19 +463,20 @@ async fn a_bridge_restarted_mid_stream_hands_its_sensors_over_without_losing_a_w
         while by_first.len() < want.len() {
             assert!(
                 Instant::now() < deadline,
-                "{topic}: {} of {} windows; the second bridge logged:\n{}",
+                "{topic}: {} of {} windows; the first bridge logged:\n{}\nthe second bridge logged:\n{}",
                 by_first.len(),
                 want.len(),
+                first.log.lock().unwrap().join("\n"),
                 second.log.lock().unwrap().join("\n")
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
             for v in plant.on(&topic) {
                 let label = v["label"].as_str().unwrap_or("").to_owned();
-                let first = v["first_sample_index"].as_u64().unwrap();
-                if let Some(seen) = by_first.insert(first, label.clone()) {
+                let at = v["first_sample_index"].as_u64().unwrap();
+                if let Some(seen) = by_first.insert(at, label.clone()) {
                     assert_eq!(
                         seen, label,
-                        "window at {first} published twice, differently"
+                        "window at {at} published twice, differently"
                     );
                 }
             }

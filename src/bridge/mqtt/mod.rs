@@ -207,6 +207,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
     let deadline = tokio::time::sleep(CLOSE_DEADLINE);
     tokio::pin!(deadline);
     let mut closed = false;
+    let mut disconnected = false;
     loop {
         tokio::select! {
             () = &mut closing, if !closed => closed = true,
@@ -215,9 +216,13 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
                 return Ok(1);
             }
             event = events.poll() => match event {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(0),
+                // Not gone yet: exiting with the broker's acks unread resets the connection, and the broker may
+                // drop what it had not read yet (the last tails). It closes the connection once it has read the
+                // DISCONNECT, and so every publish before it.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => disconnected = true,
                 Ok(_) => {}
-                Err(_) if closed => return Ok(0),
+                Err(_) if disconnected => return Ok(0),
+                // Down before the DISCONNECT went out: the next poll dials again and sends what is pending.
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             },
         }

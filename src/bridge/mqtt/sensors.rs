@@ -386,6 +386,7 @@ async fn hand_over(
             },
         }),
     };
+    tracing::info!(machine = %task.machine, sensor = %task.sensor, bytes = body.len(), "handing the sensor's tail to the next bridge");
     let _ = task
         .shared
         .mqtt
