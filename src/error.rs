@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Unavailable,
     /// The request names something this server does not have (a model, a model version).
     NotFound,
+    /// The server is set not to do this (a start-up option turns it on).
+    Disabled,
     /// The server failed: not the client's fault.
     Internal,
 }
@@ -50,11 +52,12 @@ impl ErrorKind {
             Self::Cancelled => "cancelled",
             Self::Unavailable => "unavailable",
             Self::NotFound => "not_found",
+            Self::Disabled => "disabled",
             Self::Internal => "internal",
         }
     }
 
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         Self::InvalidInput,
         Self::Unauthenticated,
         Self::Exhausted,
@@ -62,6 +65,7 @@ impl ErrorKind {
         Self::Cancelled,
         Self::Unavailable,
         Self::NotFound,
+        Self::Disabled,
         Self::Internal,
     ];
 }

@@ -474,10 +474,7 @@ async fn a_bridge_restarted_mid_stream_hands_its_sensors_over_without_losing_a_w
                 let label = v["label"].as_str().unwrap_or("").to_owned();
                 let at = v["first_sample_index"].as_u64().unwrap();
                 if let Some(seen) = by_first.insert(at, label.clone()) {
-                    assert_eq!(
-                        seen, label,
-                        "window at {at} published twice, differently"
-                    );
+                    assert_eq!(seen, label, "window at {at} published twice, differently");
                 }
             }
         }

@@ -185,6 +185,18 @@ def test_every_error_case_gets_its_code_and_says_which(server, golden):
         expect_error(lambda c=c, x=x, out=out: c.infer(MODEL, [x], outputs=[out]), bad, "400", '"nope" is not one of')
 
 
+def test_the_repository_index_answers_and_loads_are_refused_while_model_control_is_off(server):
+    for kind, _, c in clients(server):
+        entries = (
+            c.get_model_repository_index(as_json=True)["models"] if kind == "grpc" else c.get_model_repository_index()
+        )
+        assert [(m["name"], m["version"], m["state"]) for m in entries] == [(MODEL, CARD["version"], "READY")]
+        off = "model control is off on this server"
+        expect_error(lambda c=c: c.load_model(MODEL), "StatusCode.FAILED_PRECONDITION", "403", off)
+        expect_error(lambda c=c: c.unload_model(MODEL), "StatusCode.FAILED_PRECONDITION", "403", off)
+    assert tgrpc.InferenceServerClient(server["grpc_addr"]).is_model_ready(MODEL)
+
+
 def rest(server, path, body=None, headers=None):
     req = urllib.request.Request(f"http://{server['http_addr']}{path}", data=body, headers=headers or {})
     try:

@@ -1,6 +1,7 @@
 """A model trained from a plant's own recordings (`drsntrain manifest`) served beside the shipped one from a model
 repository: both in the repository index, the trained one answering exactly as ONNX Runtime runs its exported file
-(over V2 and through the gateway library), and unloaded and loaded again with tritonclient's repository calls."""
+(over V2 and through the gateway library), and unloaded and loaded again with tritonclient's repository calls over
+REST and gRPC."""
 
 import json
 import signal
@@ -11,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from test_conformance import BINARY, CARD, MODEL, ROOT
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
 RATE = 4000
 WINDOW = 256
@@ -112,3 +116,32 @@ def test_a_trained_model_is_unloaded_and_loaded_again(server):
     assert {m["name"] for m in client.get_model_repository_index()} == {MODEL}
     client.load_model(PLANT)
     assert client.is_model_ready(PLANT)
+
+
+def test_the_repository_calls_over_grpc(server):
+    client = tgrpc.InferenceServerClient(server["grpc_addr"])
+    index = client.get_model_repository_index().models
+    assert {(m.name, m.version, m.state) for m in index} == {
+        (MODEL, CARD["version"], "READY"),
+        (PLANT, "1.0.0", "READY"),
+    }
+    assert {m.name: m.reason.split(":")[0] for m in index} == {MODEL: "serving", PLANT: "serving"}
+    client.unload_model(PLANT)
+    assert not client.is_model_ready(PLANT)
+    assert [m.name for m in client.get_model_repository_index().models] == [MODEL]
+    client.load_model(PLANT)
+    assert client.is_model_ready(PLANT)
+    # A model cannot be uploaded here: refused by name, nothing changed.
+    with pytest.raises(InferenceServerException) as e:
+        client.load_model(PLANT, config="{}")
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "repository folder only" in e.value.message()
+    # The roles as string parameters, as the REST load's: a version not loaded cannot shadow; one that is serves.
+    stub = client._client_stub  # tritonclient's generated stub: load_model() sends no parameters but config and files
+    ask = service_pb2.RepositoryModelLoadRequest(model_name=PLANT)
+    ask.parameters["shadow"].string_param = "9.9.9"
+    with pytest.raises(Exception, match="9.9.9"):
+        stub.RepositoryModelLoad(ask)
+    ask = service_pb2.RepositoryModelLoadRequest(model_name=PLANT)
+    ask.parameters["serve"].string_param = "1.0.0"
+    stub.RepositoryModelLoad(ask)
+    assert client.is_model_ready(PLANT, "1.0.0")

@@ -16,6 +16,7 @@ pub(crate) fn code(kind: ErrorKind) -> Code {
         ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Disabled => Code::FailedPrecondition,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -43,6 +44,8 @@ pub(crate) fn error_series() -> Vec<(&'static str, &'static str)> {
         .collect();
     pairs.push((crate::api::auth::REASON, code_name(Code::Unauthenticated)));
     pairs.push(("tensor", code_name(Code::InvalidArgument)));
+    pairs.push(("model_control", code_name(Code::InvalidArgument)));
+    pairs.push(("model_control_off", code_name(Code::FailedPrecondition)));
     pairs
 }
 

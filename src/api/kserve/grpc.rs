@@ -1,6 +1,6 @@
-//! `inference.GRPCInferenceService` (KServe V2 over gRPC) on the drsn.v1 port: health, metadata and ModelInfer with
-//! inputs raw or typed, outputs always raw (`raw_output_contents`, as Triton answers and tritonclient reads); and
-//! the wire check of a ModelInfer request, made before it is decoded.
+//! `inference.GRPCInferenceService` (KServe V2 over gRPC) on the drsn.v1 port: health, metadata, the repository
+//! extension, and ModelInfer with inputs raw or typed, outputs always raw (`raw_output_contents`, as Triton answers
+//! and tritonclient reads); and the wire check of a ModelInfer request, made before it is decoded.
 
 use std::sync::Arc;
 
@@ -12,9 +12,11 @@ use crate::api::grpc::wire::{self, Fields, Value};
 use crate::api::kserve::proto::grpc_inference_service_server::GrpcInferenceService;
 use crate::api::kserve::proto::model_infer_response::InferOutputTensor;
 use crate::api::kserve::proto::model_metadata_response::TensorMetadata;
+use crate::api::kserve::proto::model_repository_parameter::ParameterChoice as Choice;
+use crate::api::kserve::proto::repository_index_response::ModelIndex;
 use crate::api::kserve::proto::{self as pb};
 use crate::api::kserve::tensor::{self, Data, Tensor};
-use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2Error, V2Models};
+use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2Error, V2Models, repository};
 use crate::error::{ServeError, quote};
 
 /// The methods a probe calls without a token.
@@ -112,6 +114,60 @@ impl GrpcInferenceService for InferenceService {
         let span = tracing::info_span!("request", method = "ModelInfer", peer = ?request.remote_addr(),
             model = ?request.get_ref().model_name, model_version = ?request.get_ref().model_version);
         self.infer(request.into_inner()).instrument(span).await
+    }
+
+    /// The repository index: every version served, READY or UNAVAILABLE, with its role in `reason`. One
+    /// repository per server: `repository_name` is not consulted.
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let models = repository::index(&self.0, request.get_ref().ready)
+            .into_iter()
+            .map(|e| ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    /// Loads the versions of a model found in the repository, with `serve` and `shadow` string parameters as the
+    /// REST load's; a version that fails changes nothing and the status says why.
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let r = request.into_inner();
+        let params = r.parameters.into_iter().map(|(key, p)| {
+            let value = match p.parameter_choice {
+                Some(Choice::StringParam(s)) => Ok(s),
+                Some(Choice::BoolParam(b)) => Err(format!("the bool {b}")),
+                Some(Choice::Int64Param(n)) => Err(format!("the number {n}")),
+                Some(Choice::BytesParam(b)) => Err(format!("{} bytes", b.len())),
+                None => Err("an empty value".into()),
+            };
+            (key, value)
+        });
+        let roles = repository::load_roles(params).map_err(status)?;
+        repository::load(&self.0, &r.model_name, roles)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    /// Unloads every version of a model; its open streams end with a resume point. Its parameters
+    /// (tritonclient's `unload_dependents`) change nothing: no model here depends on another.
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        repository::unload(&self.0, &request.get_ref().model_name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub(crate) mod grpc;
 pub mod proto;
+pub mod repository;
 pub(crate) mod rest;
 pub(crate) mod tensor;
 
@@ -40,6 +41,15 @@ pub enum V2Error {
     Tensor(String),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A repository load or unload asked of a server whose model control is off.
+    #[error(
+        "model control is off on this server: start it with --model-control explicit (and --model-repository) \
+         to load and unload models"
+    )]
+    ControlOff,
+    /// A repository load or unload that changed nothing, and why.
+    #[error("{0}")]
+    Control(String),
 }
 
 impl V2Error {
@@ -48,13 +58,16 @@ impl V2Error {
         match self {
             Self::Tensor(_) => "tensor",
             Self::Serve(e) => e.reason(),
+            Self::ControlOff => "model_control_off",
+            Self::Control(_) => "model_control",
         }
     }
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Tensor(_) => ErrorKind::InvalidInput,
+            Self::Tensor(_) | Self::Control(_) => ErrorKind::InvalidInput,
             Self::Serve(e) => e.kind(),
+            Self::ControlOff => ErrorKind::Disabled,
         }
     }
 

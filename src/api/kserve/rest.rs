@@ -27,9 +27,9 @@ use crate::api::auth::Tokens;
 use crate::api::connection::{ConnInfo, ReadDeadline};
 use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
-use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error, V2Models};
+use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error, V2Models, repository};
 use crate::error::{ErrorKind, ServeError, quote};
-use crate::pipeline::models::{Role, Roles};
+
 use crate::telemetry::metrics;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -127,6 +127,7 @@ fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Disabled => StatusCode::FORBIDDEN,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -168,22 +169,25 @@ fn admit(ctx: &Ctx, headers: &HeaderMap, name: &str, version: &str) -> Result<Ar
 }
 
 /// The repository extension's index (Triton's and MLServer's `POST /v2/repository/index`): every model version
-/// served, READY or UNAVAILABLE.
-async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Response {
+/// served, READY or UNAVAILABLE (only READY ones for `{"ready": true}`), a shadow's tally as numbers too.
+async fn repository_index(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
     }
-    let index: Vec<Value> = ctx
-        .v2
-        .all()
-        .iter()
-        .map(|(v, role)| {
-            let card = &v.model().card;
-            let state = if v.ready() { "READY" } else { "UNAVAILABLE" };
-            let mut entry =
-                json!({"name": card.name, "version": card.version, "state": state, "reason": reason(role)});
-            // A shadow's tally as numbers too, for scripts deciding on a promotion.
-            if let Role::Shadow { of, tally } = role {
+    let ready_only = match json_body(&body) {
+        Ok(v) => v.get("ready").and_then(Value::as_bool).unwrap_or(false),
+        Err(err) => return error(err),
+    };
+    let index: Vec<Value> = repository::index(&ctx.v2, ready_only)
+        .into_iter()
+        .map(|e| {
+            let mut entry = json!({"name": e.name, "version": e.version, "state": e.state, "reason": e.reason});
+            // For scripts deciding on a promotion.
+            if let Some((of, tally)) = e.shadow {
                 entry["shadow"] = json!({"of": of, "agree": tally.agree, "disagree": tally.disagree,
                     "unscored": tally.unscored, "skipped": tally.skipped, "agreement": tally.agreement()});
             }
@@ -193,24 +197,13 @@ async fn repository_index(State(ctx): State<Ctx>, headers: HeaderMap) -> Respons
     Json(Value::Array(index)).into_response()
 }
 
-/// A version's role in the index's `reason` (the extension leaves the text to the server).
-fn reason(role: &Role) -> String {
-    match role {
-        Role::Serving => "serving: streams and requests that name no version get it".into(),
-        Role::Loaded => "loaded: only streams and requests that name this version get it".into(),
-        Role::Shadow { of, tally } => {
-            let agreement = tally
-                .agreement()
-                .map_or("no window judged by both yet".into(), |a| {
-                    format!("{:.1}% agreement", a * 100.0)
-                });
-            format!(
-                "shadow of version {of}: {} windows agreed, {} disagreed, {} unscored, {} skipped for want of \
-                 spare capacity ({agreement})",
-                tally.agree, tally.disagree, tally.unscored, tally.skipped
-            )
-        }
+/// A repository request's JSON body; an empty body is `{}`.
+fn json_body(body: &[u8]) -> Result<Value, V2Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
     }
+    serde_json::from_slice(body)
+        .map_err(|e| V2Error::Control(format!("the request's body is not JSON: {e}")))
 }
 
 /// `POST /v2/repository/models/{name}/load`: the versions of `name` in the repository that are not served yet are
@@ -223,66 +216,50 @@ async fn repository_load(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    match load_roles(&body) {
-        Ok(roles) => control(&ctx, &headers, name, Some(roles)).await,
-        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({ "error": why }))).into_response(),
+    if let Some(r) = refuse(&ctx, &headers) {
+        return r;
     }
-}
-
-/// The roles a load request asks for: `parameters.serve` and `parameters.shadow`, both optional.
-fn load_roles(body: &[u8]) -> Result<Roles, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Roles::default());
+    let roles =
+        json_body(&body).and_then(|v| {
+            let params = match v.get("parameters") {
+                Some(Value::Object(map)) => map.clone(),
+                _ => Default::default(),
+            };
+            repository::load_roles(params.into_iter().filter(|(_, v)| !v.is_null()).map(
+                |(k, v)| {
+                    let value = match v {
+                        Value::String(s) => Ok(s),
+                        other => Err(other.to_string()),
+                    };
+                    (k, value)
+                },
+            ))
+        });
+    match roles {
+        Ok(roles) => done(&name, repository::load(&ctx.v2, &name, roles).await),
+        Err(err) => error(err),
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the load request's body is not JSON: {e}"))?;
-    let parameters = value.get("parameters").cloned().unwrap_or(Value::Null);
-    let field = |key: &str, clear: &str| -> Result<Option<Option<String>>, String> {
-        match parameters.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(v)) if v.is_empty() || v == clear => Ok(Some(None)),
-            Some(Value::String(v)) => Ok(Some(Some(v.clone()))),
-            Some(other) => Err(format!(
-                "parameters.{key} must be a version string (or \"{clear}\"), not {other}"
-            )),
-        }
-    };
-    Ok(Roles {
-        serve: field("serve", "newest")?,
-        shadow: field("shadow", "none")?,
-    })
 }
 
 /// `POST /v2/repository/models/{name}/unload`: every version of `name` stops taking new streams and requests; its
-/// open streams end with a resume point (clients resume on the newest version left).
+/// open streams end with a resume point (clients resume on the newest version left). Its parameters
+/// (tritonclient's `unload_dependents`) change nothing: no model here depends on another.
 async fn repository_unload(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    control(&ctx, &headers, name, None).await
-}
-
-/// Loads `name` with `roles`, or unloads it when `None`.
-async fn control(ctx: &Ctx, headers: &HeaderMap, name: String, load: Option<Roles>) -> Response {
-    if let Some(r) = refuse(ctx, headers) {
+    if let Some(r) = refuse(&ctx, &headers) {
         return r;
     }
-    let Some(control) = ctx.v2.control() else {
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({"error": "model control is off on this server: start it with --model-control explicit \
-                 (and --model-repository) to load and unload models"})),
-        )
-            .into_response();
-    };
-    let done = match load {
-        Some(roles) => control.load(&name, roles).await,
-        None => control.unload(&name).await,
-    };
-    match done {
+    done(&name, repository::unload(&ctx.v2, &name).await)
+}
+
+/// A load's or unload's answer: what changed, or why nothing did.
+fn done(name: &str, result: Result<String, V2Error>) -> Response {
+    match result {
         Ok(what) => Json(json!({"name": name, "result": what})).into_response(),
-        Err(why) => (StatusCode::BAD_REQUEST, Json(json!({"error": why}))).into_response(),
+        Err(err) => error(err),
     }
 }
 
