@@ -198,11 +198,22 @@ pub struct Shadow {
     tally: mpsc::Sender<Scoring>,
 }
 
-/// A window offered to the candidate, until the serving answer is known.
-pub(crate) struct Pending {
+/// A window offered to the candidate, until the serving answer is known. Dropped unscored (the serving side failed,
+/// or the stream went before its answer), it is counted as unscored: every window offered is accounted for.
+pub(crate) struct Pending(Option<Offered>);
+
+struct Offered {
     shadow: Arc<Shadow>,
     reply: Reply,
     ticket: Ticket,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(o) = &self.0 {
+            o.shadow.counts.unscored.add();
+        }
+    }
 }
 
 /// One shadow window in flight, counted down however it ends.
@@ -291,10 +302,12 @@ impl Shadow {
                 reply: tx,
             };
             // Full (or gone): skipped, never waited for.
-            self.lane.tx.try_send(job).ok().map(|()| Pending {
-                shadow: self.clone(),
-                reply,
-                ticket,
+            self.lane.tx.try_send(job).ok().map(|()| {
+                Pending(Some(Offered {
+                    shadow: self.clone(),
+                    reply,
+                    ticket,
+                }))
             })
         } else {
             None
@@ -309,16 +322,23 @@ impl Shadow {
 impl Pending {
     /// The serving answer is out: hands the pair to the comparing task, never waiting (it has room for every
     /// window in flight).
-    pub(crate) fn score(self, serving: &Answer, classes: &[String]) {
+    pub(crate) fn score(mut self, serving: &Answer, classes: &[String]) {
+        let Some(Offered {
+            shadow,
+            reply,
+            ticket,
+        }) = self.0.take()
+        else {
+            return;
+        };
         let serving = match &serving.verdict {
             Verdict::Classified(c) => classes.get(c.class_index).cloned(),
             Verdict::Flagged(_) => None,
         };
-        let shadow = self.shadow;
         let scoring = Scoring {
             serving,
-            reply: self.reply,
-            _ticket: self.ticket,
+            reply,
+            _ticket: ticket,
         };
         if shadow.tally.try_send(scoring).is_err() {
             shadow.counts.unscored.add();
@@ -533,6 +553,10 @@ mod tests {
         let t = settle(&shadow, 2).await;
         assert_eq!((t.agree, t.disagree, t.unscored, t.skipped), (0, 0, 2, 1));
         assert_eq!(t.agreement(), None);
+        // The serving side failed (or the stream went) before its answer: the offered window is still counted.
+        drop(shadow.offer(&[0.0; 4], 0).unwrap());
+        let t = settle(&shadow, 3).await;
+        assert_eq!((t.agree, t.disagree, t.unscored, t.skipped), (0, 0, 3, 1));
     }
 
     /// Answers every window with the class its first sample names.

@@ -528,6 +528,7 @@ def cmd_manifest(args) -> None:
         snrs_db=snrs,
         repeats=args.repeats,
         runs_dir=Path(args.runs_dir) if args.runs_dir else None,
+        golden_windows=args.golden_windows,
         overwrite=args.overwrite,
         command=" ".join(["python -m drsntrain", *args.argv]),
     )
@@ -636,6 +637,11 @@ def main(argv: list[str] | None = None) -> int:
     mf.add_argument("--no-folds", action="store_true", help="the time split only: no folds, no calibration")
     mf.add_argument("--no-ood", action="store_true", help="no ood_score output")
     mf.add_argument("--runs-dir", help="keep every run here and reuse it on a rerun (default: a temporary folder)")
+    mf.add_argument(
+        "--golden-windows",
+        type=int,
+        help="at most this many windows in the golden file, spread over the classes (default: 3 per class)",
+    )
     mf.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     mf.set_defaults(func=cmd_manifest)
     args = parser.parse_args(argv)

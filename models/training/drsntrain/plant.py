@@ -75,6 +75,7 @@ class Options:
     snrs_db: tuple[float, ...] = (-4.0, -8.0)  # Gaussian noise cells of the study (besides clean)
     repeats: int = 2  # noise realisations per cell and window
     runs_dir: Path | None = None  # keeps every run (checkpoint, result) and resumes; default: a temporary folder
+    golden_windows: int | None = None  # at most this many windows in the golden file; default: 3 per class
     overwrite: bool = False
     command: str | None = None
 
@@ -389,7 +390,10 @@ def build(manifest_path: str | Path, repository: str | Path, name: str, version:
     for what, value in (("name", name), ("version", version)):
         if not valid_name(value):
             raise ManifestError(f"--{what} {value!r}: 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -, not starting with '.'")
-    for what, value in (("epochs", options.epochs), ("seeds", options.seeds), ("repeats", options.repeats)):
+    counts = [("epochs", options.epochs), ("seeds", options.seeds), ("repeats", options.repeats)]
+    if options.golden_windows is not None:
+        counts.append(("golden-windows", options.golden_windows))
+    for what, value in counts:
         if value < 1:
             raise ManifestError(f"--{what} {value}: at least 1")
     target = Path(repository) / name / version
@@ -543,7 +547,10 @@ def write_version(
     x_test, _ = split_windows(recordings, "test", window)
     check = export_checked(model, onnx_path, metadata, ood[0] if ood else None, x_test)
     golden = folder / f"{stem}.golden.npz"
-    write_golden(onnx_path, *golden_windows(recordings, window), golden)
+    picked = golden_windows(recordings, window)
+    if options.golden_windows is not None:
+        picked = fewer_golden(*picked, options.golden_windows)
+    write_golden(onnx_path, *picked, golden)
     card = {
         **serving_card(model, name, version, onnx_path, list(manifest.classes), rate, ood[1] if ood else None),
         "input_range": input_range(recordings, window, unit=options.unit),
@@ -557,6 +564,23 @@ def write_version(
     write_card(folder / f"{stem}.json", card)
     write_report(folder / "report.md", card, folds, manifest, options.command)
     return card
+
+
+def fewer_golden(
+    windows: np.ndarray, labels: np.ndarray, snr_db: np.ndarray, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At most `limit` of golden_windows' windows (a window of 8192 float32 samples is 32 KB), spread over the
+    classes: every class's first clean window, then every class's noisy one, then the second clean ones; kept in
+    golden_windows' order."""
+    noisy = ~np.isnan(snr_db)
+    seen: dict[tuple[int, bool], int] = {}
+    rounds = []
+    for label, is_noisy in zip(labels.tolist(), noisy.tolist(), strict=True):
+        k = seen.get((label, is_noisy), 0)
+        seen[(label, is_noisy)] = k + 1
+        rounds.append(2 * k + is_noisy)  # clean #1, noisy #1, clean #2, ...
+    keep = np.sort(np.lexsort((labels, rounds))[:limit])
+    return windows[keep], labels[keep], snr_db[keep]
 
 
 def publish(staging: Path, target: Path, overwrite: bool) -> None:
