@@ -72,6 +72,7 @@ fn start(runners: Vec<Fake>, max_batch: usize, delay_ms: u64) -> (Arc<Scheduler>
             uncertain_below: None,
             uncertain_above: None,
         },
+        batch::Meters::new("test", "1"),
         runners,
         CancellationToken::new(),
     );

@@ -123,6 +123,18 @@ async fn disconnect_frees_the_stream_and_metrics_pass_promtool() {
             "{family} missing from the scrape"
         );
     }
+    // Each model's classes and batch costs under its own name (and version): several models may serve at once.
+    let (name, version) = ("drsn-cw-cwru", common::model_version());
+    for series in [
+        format!("drsn_predictions_total{{model=\"{name}\",class=\"normal\"}}"),
+        format!("drsn_inference_seconds_count{{model=\"{name}\",version=\"{version}\"}}"),
+        format!("drsn_batch_size_count{{model=\"{name}\",version=\"{version}\"}}"),
+    ] {
+        assert!(
+            common::metric(&exposition, &series).is_some(),
+            "{series} missing from the scrape"
+        );
+    }
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

@@ -95,10 +95,15 @@ struct Bridge {
 
 impl Bridge {
     fn start(server: &str, port: u16, client_id: &str) -> Self {
+        Self::start_with(server, port, client_id, &[])
+    }
+
+    fn start_with(server: &str, port: u16, client_id: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_drsn-serve"))
             .args(["bridge", "mqtt", "--log-format", "json", "--addr", server])
             .args(["--mqtt-url", &format!("mqtt://127.0.0.1:{port}")])
             .args(["--mqtt-client-id", client_id])
+            .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -492,4 +497,62 @@ async fn a_bridge_restarted_mid_stream_hands_its_sensors_over_without_losing_a_w
         );
     }
     second.wait_for("going on from the previous bridge's tail", 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_streams_on_the_model_it_names_and_names_one_not_served_on_the_error_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start(port, dir.path());
+    let server = ServerProcess::spawn(&["--workers", "1"]);
+    let version = common::model_version();
+    let named = [
+        "--model",
+        "drsn-cw-cwru",
+        "--model-version",
+        version.as_str(),
+    ];
+    let bridge = Bridge::start_with(&server.addr, port, "bridge-m", &named);
+    let plant = Plant::connect(port, "plant-m").await;
+    let values = signal(0);
+    let want = common::windows_in(values.len(), common::window(), common::hop());
+    for at in (0..values.len()).step_by(CHUNK) {
+        let end = (at + CHUNK).min(values.len());
+        plant
+            .publish("pump-7", "de", &raw(at, &values[at..end], false))
+            .await;
+    }
+    let got = plant.windows("drsn/result/pump-7/de", want, &bridge).await;
+    assert!(
+        got.iter()
+            .all(|v| v["model_name"] == "drsn-cw-cwru" && v["model_version"] == version.as_str()),
+        "{got:?}"
+    );
+    drop(bridge);
+    // A model the server does not serve: the sensor's error topic says so, by name.
+    let _other = Bridge::start_with(
+        &server.addr,
+        port,
+        "bridge-n",
+        &["--model", "no-such-model"],
+    );
+    plant
+        .publish("fan-2", "accel", &raw(0, &values[..CHUNK * 3], false))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let errors = plant.on("drsn/error/fan-2/accel");
+        if errors.iter().any(|e| {
+            e["error"]
+                .as_str()
+                .is_some_and(|t| t.contains("no-such-model"))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error naming the model: {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

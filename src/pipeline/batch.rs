@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use metrics::histogram;
+use metrics::{Histogram, histogram};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,26 @@ impl Batcher {
     }
 }
 
+/// The batching histograms of one model version (`model`, `version` labels: what each version's batches cost),
+/// registered once.
+#[derive(Clone)]
+pub struct Meters {
+    batch_size: Histogram,
+    inference: Histogram,
+    queue_wait: Histogram,
+}
+
+impl Meters {
+    pub fn new(model: &str, version: &str) -> Self {
+        let labels = [("model", model.to_owned()), ("version", version.to_owned())];
+        Self {
+            batch_size: histogram!(m::BATCH_SIZE, &labels),
+            inference: histogram!(m::INFERENCE, &labels),
+            queue_wait: histogram!(m::QUEUE_WAIT, &labels),
+        }
+    }
+}
+
 struct Batch {
     jobs: Vec<Job>,
     /// When the batch left the queue (on the runtime's clock, which tests pause).
@@ -50,6 +70,7 @@ pub fn spawn<R: Runner>(
     scheduler: Arc<Scheduler>,
     cut: BatchPolicy,
     reading: Reading,
+    meters: Meters,
     runners: Vec<R>,
     stop: CancellationToken,
 ) -> Batcher {
@@ -63,12 +84,12 @@ pub fn spawn<R: Runner>(
         .filter_map(|(i, mut runner)| {
             let batch_rx = batch_rx.clone();
             let (alive, gone, scheduler) = (alive.clone(), workers_gone.clone(), scheduler.clone());
-            let cost = cut.cost.clone();
+            let (cost, meters) = (cut.cost.clone(), meters.clone());
             std::thread::Builder::new()
                 .name(format!("{INFER_THREAD}-{i}"))
                 .spawn(move || {
                     while let Ok(batch) = batch_rx.recv() {
-                        if !run_batch(&mut runner, batch, reading, &cost) {
+                        if !run_batch(&mut runner, batch, reading, &cost, &meters) {
                             tracing::error!(
                                 worker = i,
                                 "inference device failed; this worker stops"
@@ -125,21 +146,27 @@ async fn form_batches(
 }
 
 /// Runs one batch and answers each window; false when the device failed and the worker must stop.
-fn run_batch<R: Runner>(runner: &mut R, batch: Batch, reading: Reading, cost: &CostModel) -> bool {
+fn run_batch<R: Runner>(
+    runner: &mut R,
+    batch: Batch,
+    reading: Reading,
+    cost: &CostModel,
+    meters: &Meters,
+) -> bool {
     let started = Instant::now();
     let windows: Vec<&[f32]> = batch.jobs.iter().map(|j| j.samples.as_slice()).collect();
     let result = runner.run(&windows);
     let inference = started.elapsed();
     let size = batch.jobs.len();
-    histogram!(m::BATCH_SIZE).record(size as f64);
-    histogram!(m::INFERENCE).record(inference.as_secs_f64());
+    meters.batch_size.record(size as f64);
+    meters.inference.record(inference.as_secs_f64());
     match result {
         Ok(out) => {
             cost.observe(size, inference);
             let formed = batch.formed;
             for (row, job) in batch.jobs.into_iter().enumerate() {
                 let queue_wait = formed.saturating_duration_since(job.enqueued);
-                histogram!(m::QUEUE_WAIT).record(queue_wait.as_secs_f64());
+                meters.queue_wait.record(queue_wait.as_secs_f64());
                 let timing = Timing {
                     queue_wait,
                     inference,

@@ -72,6 +72,8 @@ pub(crate) type EventStream =
 
 struct Deliverer {
     rx: mpsc::Receiver<Outgoing>,
+    /// The model's name, whose `classes` these are.
+    model: Arc<str>,
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     /// The client sample from which a reconnecting client would get the first window not yet cut.
@@ -86,6 +88,7 @@ struct Deliverer {
 /// `ReaderFailed` if the reader stopped without saying why (a bug), never with a silent OK.
 pub(crate) fn ordered(
     rx: mpsc::Receiver<Outgoing>,
+    model: Arc<str>,
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     progress: Arc<AtomicU64>,
@@ -93,6 +96,7 @@ pub(crate) fn ordered(
 ) -> EventStream {
     let state = Deliverer {
         rx,
+        model,
         classes,
         drain_expired,
         progress,
@@ -140,6 +144,7 @@ pub(crate) fn ordered(
                     .map(|a| {
                         StreamEvent::Window(WindowDiagnosis::deliver(
                             "stream",
+                            &st.model,
                             place,
                             a,
                             severity,
@@ -199,6 +204,7 @@ mod tests {
     fn events(rx: mpsc::Receiver<Outgoing>, progress: u64) -> EventStream {
         ordered(
             rx,
+            "m".into(),
             Arc::new(vec!["a".into(), "b".into()]),
             CancellationToken::new(),
             Arc::new(AtomicU64::new(progress)),

@@ -172,9 +172,11 @@ pub struct WindowDiagnosis {
 }
 
 impl WindowDiagnosis {
-    /// Builds the delivered item and counts it in the metrics (`api`: "stream" or "unary").
+    /// Builds the delivered item and counts it in the metrics (`api`: "stream" or "unary"; `model`: the model's
+    /// name, whose `classes` these are).
     pub fn deliver(
         api: &'static str,
+        model: &str,
         place: WindowPlace,
         answer: Answer,
         severity: Option<Severity>,
@@ -192,6 +194,7 @@ impl WindowDiagnosis {
                 let label = classes.get(c.class_index).map_or("", String::as_str);
                 m::record_classified(
                     api,
+                    model,
                     label,
                     c.uncertain,
                     c.out_of_distribution,

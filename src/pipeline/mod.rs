@@ -381,6 +381,7 @@ impl Pipeline {
         slot.flow = Some(flow.clone());
         let events = deliver::ordered(
             rx,
+            card.name.as_str().into(),
             self.classes.clone(),
             self.gate.drain.expired.clone(),
             progress.clone(),
@@ -512,7 +513,15 @@ impl Pipeline {
                     first_sample: 0,
                     last_sample: last,
                 };
-                WindowDiagnosis::deliver(api, place, a, severity, total, &self.classes)
+                WindowDiagnosis::deliver(
+                    api,
+                    &self.model.card.name,
+                    place,
+                    a,
+                    severity,
+                    total,
+                    &self.classes,
+                )
             })
             .collect())
     }

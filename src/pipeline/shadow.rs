@@ -499,6 +499,7 @@ mod tests {
         drop(tx);
         let events = deliver::ordered(
             rx,
+            "m".into(),
             serving_classes,
             CancellationToken::new(),
             Arc::default(),

@@ -74,6 +74,7 @@ pub(crate) fn start(
             cost,
         },
         reading,
+        batch::Meters::new(&model.card.name, &model.card.version),
         engine.sessions,
         stop_batcher,
     );

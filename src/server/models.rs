@@ -435,9 +435,9 @@ fn load_model(
         let endings: Vec<&'static str> = std::iter::once("ok")
             .chain(ErrorKind::ALL.iter().map(|k| k.label()))
             .collect();
-        m::zero_series(&c.classes, &status::error_series(), &endings);
+        m::zero_series(&c.name, &c.classes, &status::error_series(), &endings);
     } else {
-        m::show_classes(&c.classes);
+        m::show_classes(&c.name, &c.classes);
     }
     Ok(model)
 }

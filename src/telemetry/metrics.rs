@@ -131,13 +131,14 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
 /// Creates the counters that dashboards and alerts read at zero, so rates work from the first window: windows by
 /// API, flags by reason, predictions by class, errors by reason and the code each maps to.
 /// A model loaded while the server runs: its classes' series appear, at their current value (zero when new).
-pub(crate) fn show_classes(classes: &[String]) {
+pub(crate) fn show_classes(model: &str, classes: &[String]) {
     for class in classes {
-        counter!(PREDICTIONS, "class" => class.clone()).increment(0);
+        counter!(PREDICTIONS, "model" => model.to_owned(), "class" => class.clone()).increment(0);
     }
 }
 
 pub(crate) fn zero_series(
+    model: &str,
     classes: &[String],
     error_codes: &[(&'static str, &'static str)],
     endings: &[&'static str],
@@ -159,7 +160,7 @@ pub(crate) fn zero_series(
         }
     }
     for class in classes {
-        counter!(PREDICTIONS, "class" => class.clone()).absolute(0);
+        counter!(PREDICTIONS, "model" => model.to_owned(), "class" => class.clone()).absolute(0);
     }
     for (reason, code) in error_codes {
         counter!(ERRORS, "reason" => *reason, "code" => *code).absolute(0);
@@ -385,6 +386,7 @@ pub(crate) fn record_error(reason: &'static str, code: &'static str) {
 /// Records a delivered window that got a class.
 pub(crate) fn record_classified(
     api: &'static str,
+    model: &str,
     label: &str,
     uncertain: bool,
     out_of_distribution: bool,
@@ -392,7 +394,7 @@ pub(crate) fn record_classified(
     latency: Duration,
 ) {
     counter!(WINDOWS_DIAGNOSED, "api" => api).increment(1);
-    counter!(PREDICTIONS, "class" => label.to_owned()).increment(1);
+    counter!(PREDICTIONS, "model" => model.to_owned(), "class" => label.to_owned()).increment(1);
     if uncertain {
         counter!(WINDOWS_UNCERTAIN, "api" => api).increment(1);
     }

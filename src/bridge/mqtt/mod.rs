@@ -75,6 +75,19 @@ pub struct MqttArgs {
     /// Payload bytes all sensors' queues may hold together; beyond, messages are refused as a backlog.
     #[arg(long, env = "DRSN_MQTT_MAX_QUEUED_BYTES", default_value_t = 256 << 20)]
     pub max_queued_bytes: usize,
+    /// The model that diagnoses every sensor's stream (a model of the server's --model-repository); empty: the
+    /// server's default model.
+    #[arg(long, env = "DRSN_MQTT_MODEL", default_value = "")]
+    pub model: String,
+    /// Pins the model's version; empty: its serving version, taken afresh at each resume (so streams follow a
+    /// rolling model update).
+    #[arg(
+        long,
+        env = "DRSN_MQTT_MODEL_VERSION",
+        default_value = "",
+        requires = "model"
+    )]
+    pub model_version: String,
     /// A sensor silent this long has its stream finished.
     #[arg(long, env = "DRSN_MQTT_SENSOR_IDLE", value_parser = humantime::parse_duration, default_value = "10m")]
     pub sensor_idle: Duration,
@@ -112,6 +125,7 @@ pub async fn run(args: MqttArgs) -> anyhow::Result<i32> {
         mqtt: mqtt.clone(),
         prefix: args.topic_prefix.clone(),
         options: drsn_client::Options::default(),
+        model: (args.model.clone(), args.model_version.clone()),
         idle: args.sensor_idle,
         closing: Default::default(),
     });

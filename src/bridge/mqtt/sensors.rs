@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub(crate) mqtt: AsyncClient,
     pub(crate) prefix: String,
     pub(crate) options: Options,
+    /// The model and version every stream names (empty: the server's default, its serving version).
+    pub(crate) model: (String, String),
     /// A sensor silent this long has its stream finished (its results flushed) and its task ended.
     pub(crate) idle: Duration,
     /// The bridge is closing: each sensor hands its tail to the next bridge.
@@ -322,6 +324,7 @@ fn open(
     let mut sensor = Sensor::new(machine, sensor_id, raw.sample_rate_hz);
     sensor.channels = u32::from(raw.channels);
     sensor.first_sample_index = raw.first_sample_index;
+    (sensor.model, sensor.model_version) = shared.model.clone();
     if let Samples::I16 { scale, offset, .. } = raw.samples {
         sensor.adc = Some(Adc {
             scale,
