@@ -717,6 +717,52 @@ async fn a_candidate_shadows_the_serving_version_then_is_promoted_and_rolled_bac
     assert_eq!(shadow["agree"].as_f64(), Some(agree), "{shadow}");
     assert_eq!(shadow["agreement"].as_f64(), Some(1.0), "{shadow}");
 
+    // Unary (and V2) windows are shadowed too: each window of a call that names no version is accounted for.
+    let unary: Vec<proto::Window> = common::recordings()
+        .iter()
+        .take(4)
+        .map(|(_, r)| proto::Window {
+            samples: Some(proto::window::Samples::F32le(
+                r[..common::window()]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            )),
+        })
+        .collect();
+    let mut client = DiagnosisClient::connect(addr.clone()).await.unwrap();
+    let answered = client
+        .diagnose(DiagnoseRequest {
+            windows: unary.clone(),
+            model: SHIPPED.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answered.results.iter().all(|r| r.model_version == "4.0.0"));
+    let before = agree + disagree + unscored + skipped;
+    let mut after = [0.0; 4];
+    for _ in 0..100 {
+        let metrics = common::scrape(&running).await;
+        after = ["agree", "disagree", "unscored", "skipped"]
+            .map(|a| common::metric(&metrics, &series(a)).unwrap_or(0.0));
+        if after.iter().sum::<f64>() >= before + unary.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        after.iter().sum::<f64>(),
+        before + unary.len() as f64,
+        "{after:?}"
+    );
+    assert_eq!((after[1], after[2]), (0.0, 0.0), "{after:?}");
+    assert!(
+        after[0] > agree,
+        "the candidate scored unary windows: {after:?}"
+    );
+
     // Promotion: the candidate serves new streams, and the old version shadows it for the way back.
     let (code, body) = load(&running, r#"{"serve": "4.1.0", "shadow": "4.0.0"}"#).await;
     assert_eq!(code, 200, "{body}");

@@ -488,15 +488,31 @@ impl Pipeline {
             .next_unary
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let flow = self.scheduler.flow(client);
+        // The candidate scores the same windows as streams' when there is room; offered before they are queued, as
+        // a stream's are (a window dropped unscored below is counted as unscored).
+        let mut shadows = match self.shadow.get() {
+            Some(s) => to_run
+                .iter()
+                .map(|w| s.offer(w, flow.queue_len()))
+                .collect(),
+            None => Vec::new(),
+        }
+        .into_iter();
         let mut replies = flow.submit_all(to_run)?.into_iter();
         let mut answers = Vec::with_capacity(n);
         for f in flagged {
             let answer = match f {
                 Some(f) => Answer::flagged(f),
-                None => match replies.next() {
-                    Some(reply) => reply.await.unwrap_or(Err(ServeError::WorkersGone))?,
-                    None => return Err(ServeError::WorkersGone),
-                },
+                None => {
+                    let answer = match replies.next() {
+                        Some(reply) => reply.await.unwrap_or(Err(ServeError::WorkersGone))?,
+                        None => return Err(ServeError::WorkersGone),
+                    };
+                    if let Some(Some(pending)) = shadows.next() {
+                        pending.score(&answer, &self.classes);
+                    }
+                    answer
+                }
             };
             answers.push(answer);
         }
