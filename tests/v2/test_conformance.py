@@ -4,48 +4,22 @@ to in-process ONNX Runtime on the golden windows, flagged windows, and every err
 
 import json
 import os
-import signal
-import subprocess
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from support import CARD, MODEL, ROOT, WINDOW, running
 from tritonclient.utils import InferenceServerException
-
-ROOT = Path(__file__).resolve().parents[2]
-# Where cargo put the release binary: the Makefile exports DRSN_SERVE_BIN (it follows CARGO_TARGET_DIR).
-BINARY = Path(
-    os.environ.get("DRSN_SERVE_BIN")
-    or Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release" / "drsn-serve"
-)
-CARD = json.loads((ROOT / "models" / "drsn_cw_cwru.json").read_text())
-MODEL = CARD["name"]
-WINDOW = CARD["input"]["window"]
 
 
 @pytest.fixture(scope="module")
 def server():
-    """The server binary on ephemeral ports; its addresses from the SERVING log line."""
-    if not BINARY.exists():
-        pytest.fail(f"{BINARY} is missing: run `make build` (make test builds it first)")
-    args = [str(BINARY), "serve", "--model", str(ROOT / "models" / "drsn_cw_cwru.json"), "--log-format", "json"]
-    args += ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    addrs = None
-    for line in proc.stderr:
-        if "SERVING" in line:
-            fields = json.loads(line)["fields"]
-            addrs = {k: fields[k] for k in ("grpc_addr", "http_addr", "metrics_addr")}
-            break
-    assert addrs, "the server did not start"
-    yield addrs
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    with running(["--model", str(ROOT / "models" / "drsn_cw_cwru.json")]) as addrs:
+        yield addrs
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ repository: both in the repository index, the trained one answering exactly as O
 REST and gRPC."""
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from test_conformance import BINARY, CARD, MODEL, ROOT
+from support import CARD, MODEL, ROOT, running
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -58,20 +57,9 @@ def repository(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repository):
-    args = [str(BINARY), "serve", "--model-repository", str(repository), "--default-model", MODEL]
-    args += ["--model-control", "explicit", "--log-format", "json", "--workers", "1"]
-    args += ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    addrs = None
-    for line in proc.stderr:
-        if "SERVING" in line:
-            fields = json.loads(line)["fields"]
-            addrs = {k: fields[k] for k in ("grpc_addr", "http_addr")}
-            break
-    assert addrs, "the server did not start"
-    yield addrs
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    args = ["--model-repository", str(repository), "--default-model", MODEL, "--model-control", "explicit"]
+    with running([*args, "--workers", "1"]) as addrs:
+        yield addrs
 
 
 def plant_card(repository: Path) -> dict:

@@ -346,3 +346,24 @@ def test_fine_tuning_a_version_on_fewer_classes(version, dataset):
     assert card["outputs"] == {"logits": "logits", "shrinkage": "shrinkage"}
     assert card["training"]["init_from"]["classifier"] == "re-initialised (3 -> 2 classes)"
     assert card["training"]["recipe"]["lr"] == 0.01
+
+
+def test_golden_windows_caps_the_golden_file_over_every_class(version, capsys):
+    folder, args = version
+    capped = [*args[: args.index("1.0.0")], "1.2.0", *args[args.index("1.0.0") + 1 :], "--golden-windows", "4"]
+    assert main(capped) == 0  # the stored runs, exported again
+    card = json.loads((folder.parent / "1.2.0" / "plant_pump.json").read_text())
+    golden = dict(np.load(folder.parent / "1.2.0" / card["golden"]))
+    with np.load(folder / "plant_pump.golden.npz") as full:
+        assert len(full["windows"]) > 4
+        # The first window of every class clean, then a noisy one: a subset of the full file, in its order.
+        clean = np.isnan(golden["snr_db"])
+        assert list(golden["labels"][clean]) == [0, 1, 2] and (~clean).sum() == 1
+        rows = [int(np.flatnonzero((full["windows"] == w).all(1))[0]) for w in golden["windows"]]
+        assert rows == sorted(rows)
+        assert np.array_equal(golden["logits"], full["logits"][rows])
+    logits = ort_outputs(ort_session(folder.parent / "1.2.0" / card["onnx"]), golden["windows"])[0]
+    assert np.abs(logits - golden["logits"]).max() <= 1e-5
+    capsys.readouterr()
+    assert main([*capped[: capped.index("1.2.0")], "1.3.0", *capped[capped.index("1.2.0") + 1 : -1], "0"]) == 2
+    assert "--golden-windows 0: at least 1" in capsys.readouterr().err
