@@ -29,7 +29,6 @@ use crate::api::grpc::status::{code, code_name};
 use crate::api::kserve::tensor::{self, Data, Tensor};
 use crate::api::kserve::{EXTENSIONS, SERVER_NAME, V2, V2Error, V2Models, repository};
 use crate::error::{ErrorKind, ServeError, quote};
-
 use crate::telemetry::metrics;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -219,26 +218,32 @@ async fn repository_load(
     if let Some(r) = refuse(&ctx, &headers) {
         return r;
     }
-    let roles =
-        json_body(&body).and_then(|v| {
-            let params = match v.get("parameters") {
-                Some(Value::Object(map)) => map.clone(),
-                _ => Default::default(),
-            };
-            repository::load_roles(params.into_iter().filter(|(_, v)| !v.is_null()).map(
-                |(k, v)| {
-                    let value = match v {
-                        Value::String(s) => Ok(s),
-                        other => Err(other.to_string()),
-                    };
-                    (k, value)
-                },
-            ))
-        });
+    let roles = json_body(&body).and_then(|v| repository::load_roles(parameters(v)?));
     match roles {
         Ok(roles) => done(&name, repository::load(&ctx.v2, &name, roles).await),
         Err(err) => error(err),
     }
+}
+
+/// A repository request's `parameters` as the extension's neutral form: a string, or another value described.
+fn parameters(body: Value) -> Result<Vec<(String, repository::Param)>, V2Error> {
+    let map = match body.get("parameters") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map.clone(),
+        Some(other) => {
+            return Err(V2Error::Control(format!(
+                "`parameters` must be an object, not {other}"
+            )));
+        }
+    };
+    Ok(map
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, Ok(s)),
+            other => (k, Err(other.to_string())),
+        })
+        .collect())
 }
 
 /// `POST /v2/repository/models/{name}/unload`: every version of `name` stops taking new streams and requests; its
