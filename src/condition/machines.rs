@@ -80,9 +80,12 @@ fn headline(sensors: &BTreeMap<String, Entry>) -> Option<Headline> {
 /// The sensor that sets a machine's condition: the worst condition, then the worst zone (ties: the first id).
 fn worst(sensors: &BTreeMap<String, Entry>) -> Option<(&String, &Entry)> {
     let rank = |e: &Entry| (e.view.snapshot.condition, e.view.snapshot.worst_zone);
-    sensors
-        .iter()
-        .max_by(|a, b| rank(a.1).cmp(&rank(b.1)).then_with(|| b.0.cmp(a.0)))
+    // The map iterates in id order, so keeping the first of equals is the tie rule, with no id compared (this runs
+    // twice for every window a machine's sensors deliver).
+    sensors.iter().fold(None, |best, (id, e)| match best {
+        Some((_, b)) if rank(e) <= rank(b) => best,
+        _ => Some((id, e)),
+    })
 }
 
 /// One change, numbered.
@@ -362,7 +365,15 @@ impl Registry {
         machine_id: &str,
         edit: impl FnOnce(&mut BTreeMap<String, Entry>),
     ) {
-        let sensors = inner.machines.entry(machine_id.to_owned()).or_default();
+        // Looked up before inserting: the id is copied only for a machine not yet known, not on every window.
+        if !inner.machines.contains_key(machine_id) {
+            inner
+                .machines
+                .insert(machine_id.to_owned(), BTreeMap::new());
+        }
+        let Some(sensors) = inner.machines.get_mut(machine_id) else {
+            return;
+        };
         let before = headline(sensors);
         edit(sensors);
         let after = headline(sensors);

@@ -16,6 +16,7 @@ use crate::pipeline::diagnosis::{Answer, WindowDiagnosis, WindowPlace};
 use crate::pipeline::schedule::Reply;
 use crate::pipeline::severity::Severity;
 use crate::pipeline::shadow;
+use crate::telemetry::metrics::WindowMeters;
 
 /// A gap or overlap in a stream's sample indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +73,9 @@ pub(crate) type EventStream =
 
 struct Deliverer {
     rx: mpsc::Receiver<Outgoing>,
-    /// The model's name, whose `classes` these are.
-    model: Arc<str>,
+    /// The stream's model's per-window series.
+    meters: WindowMeters,
+    /// The model's classes (a shadow candidate's answers are compared by name).
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     /// The client sample from which a reconnecting client would get the first window not yet cut.
@@ -88,7 +90,7 @@ struct Deliverer {
 /// `ReaderFailed` if the reader stopped without saying why (a bug), never with a silent OK.
 pub(crate) fn ordered(
     rx: mpsc::Receiver<Outgoing>,
-    model: Arc<str>,
+    meters: WindowMeters,
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     progress: Arc<AtomicU64>,
@@ -96,7 +98,7 @@ pub(crate) fn ordered(
 ) -> EventStream {
     let state = Deliverer {
         rx,
-        model,
+        meters,
         classes,
         drain_expired,
         progress,
@@ -143,13 +145,11 @@ pub(crate) fn ordered(
                 answer
                     .map(|a| {
                         StreamEvent::Window(WindowDiagnosis::deliver(
-                            "stream",
-                            &st.model,
+                            &st.meters,
                             place,
                             a,
                             severity,
                             arrived.elapsed(),
-                            &st.classes,
                         ))
                     })
                     .map_err(|e| match e {
@@ -202,10 +202,11 @@ mod tests {
     }
 
     fn events(rx: mpsc::Receiver<Outgoing>, progress: u64) -> EventStream {
+        let classes = vec!["a".to_owned(), "b".to_owned()];
         ordered(
             rx,
-            "m".into(),
-            Arc::new(vec!["a".into(), "b".into()]),
+            WindowMeters::new("stream", "m", &classes),
+            Arc::new(classes),
             CancellationToken::new(),
             Arc::new(AtomicU64::new(progress)),
             Box::new(()),

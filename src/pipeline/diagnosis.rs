@@ -172,16 +172,13 @@ pub struct WindowDiagnosis {
 }
 
 impl WindowDiagnosis {
-    /// Builds the delivered item and counts it in the metrics (`api`: "stream" or "unary"; `model`: the model's
-    /// name, whose `classes` these are).
-    pub fn deliver(
-        api: &'static str,
-        model: &str,
+    /// Builds the delivered item and counts it in `meters` (its API's and model's series).
+    pub(crate) fn deliver(
+        meters: &m::WindowMeters,
         place: WindowPlace,
         answer: Answer,
         severity: Option<Severity>,
         total: Duration,
-        classes: &[String],
     ) -> Self {
         // A window the model cannot judge (flat, clipped, out of range) has no trustworthy amplitude either; a shed
         // one was measured before it waited.
@@ -190,19 +187,14 @@ impl WindowDiagnosis {
             _ => severity,
         };
         match &answer.verdict {
-            Verdict::Classified(c) => {
-                let label = classes.get(c.class_index).map_or("", String::as_str);
-                m::record_classified(
-                    api,
-                    model,
-                    label,
-                    c.uncertain,
-                    c.out_of_distribution,
-                    c.noise_score(),
-                    total,
-                );
-            }
-            Verdict::Flagged(f) => m::record_flagged(api, f.flag.reason(), total),
+            Verdict::Classified(c) => meters.classified(
+                c.class_index,
+                c.uncertain,
+                c.out_of_distribution,
+                c.noise_score(),
+                total,
+            ),
+            Verdict::Flagged(f) => meters.flagged(f.flag.reason(), total),
         }
         Self {
             place,

@@ -381,7 +381,7 @@ impl Pipeline {
         slot.flow = Some(flow.clone());
         let events = deliver::ordered(
             rx,
-            card.name.as_str().into(),
+            m::WindowMeters::new("stream", &card.name, &self.classes),
             self.classes.clone(),
             self.gate.drain.expired.clone(),
             progress.clone(),
@@ -519,6 +519,7 @@ impl Pipeline {
         // Every window is answered before any is counted as delivered.
         let last = self.model.window() as u64 - 1;
         let total = arrived.elapsed();
+        let meters = m::WindowMeters::new(api, &self.model.card.name, &self.classes);
         Ok(answers
             .into_iter()
             .zip(severities)
@@ -529,15 +530,7 @@ impl Pipeline {
                     first_sample: 0,
                     last_sample: last,
                 };
-                WindowDiagnosis::deliver(
-                    api,
-                    &self.model.card.name,
-                    place,
-                    a,
-                    severity,
-                    total,
-                    &self.classes,
-                )
+                WindowDiagnosis::deliver(&meters, place, a, severity, total)
             })
             .collect())
     }

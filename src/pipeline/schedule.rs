@@ -16,7 +16,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use metrics::gauge;
+use metrics::{Gauge, gauge};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -87,6 +87,22 @@ struct State {
     queued: usize,
     next_flow: u64,
     closed: bool,
+    gauges: QueueGauges,
+}
+
+/// The queue's gauges, looked up once: they are set on every window queued and every batch taken.
+struct QueueGauges {
+    depth: Gauge,
+    clients: Gauge,
+}
+
+impl Default for QueueGauges {
+    fn default() -> Self {
+        Self {
+            depth: gauge!(m::QUEUE_DEPTH),
+            clients: gauge!(m::QUEUE_CLIENTS),
+        }
+    }
 }
 
 struct FlowQueue {
@@ -156,8 +172,8 @@ impl State {
     }
 
     fn record(&self) {
-        gauge!(m::QUEUE_DEPTH).set(self.queued as f64);
-        gauge!(m::QUEUE_CLIENTS).set(self.ring.len() as f64);
+        self.gauges.depth.set(self.queued as f64);
+        self.gauges.clients.set(self.ring.len() as f64);
     }
 }
 

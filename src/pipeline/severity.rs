@@ -112,8 +112,10 @@ pub struct Severity {
 struct Spectrum {
     fft: Arc<dyn RealToComplex<f32>>,
     taper: Vec<f32>,
-    /// Per spectrum bin: (bin, weight) with weight = 2 / (N Σw²) / (2πf)², in (mm/s)² per |X|² of the sample unit.
-    band: Vec<(usize, f64)>,
+    /// The band's first spectrum bin; its bins are consecutive.
+    first_bin: usize,
+    /// Per band bin: weight = 2 / (N Σw²) / (2πf)², in (mm/s)² per |X|² of the sample unit.
+    weights: Vec<f64>,
     input: Vec<f32>,
     spectrum: Vec<Complex<f32>>,
     scratch: Vec<Complex<f32>>,
@@ -130,41 +132,72 @@ impl Spectrum {
             .collect();
         let power: f64 = taper.iter().map(|w| f64::from(*w) * f64::from(*w)).sum();
         let resolution = rate_hz / len as f64;
-        let band: Vec<(usize, f64)> = (1..len / 2)
-            .map(|k| (k, k as f64 * resolution))
-            .filter(|(_, f)| (BAND_HZ.0..=BAND_HZ.1).contains(f))
-            .map(|(k, f)| {
-                let per_hz = to_m_s2 * 1000.0 / (2.0 * std::f64::consts::PI * f);
-                (k, 2.0 / (len as f64 * power) * per_hz * per_hz)
+        let bins: Vec<usize> = (1..len / 2)
+            .filter(|k| (BAND_HZ.0..=BAND_HZ.1).contains(&(*k as f64 * resolution)))
+            .collect();
+        let weights = bins
+            .iter()
+            .map(|k| {
+                let per_hz =
+                    to_m_s2 * 1000.0 / (2.0 * std::f64::consts::PI * *k as f64 * resolution);
+                2.0 / (len as f64 * power) * per_hz * per_hz
             })
             .collect();
         // Bins no wider than 10 Hz, or the band's low end (and the 1/f weighting there) would be guessed.
-        (resolution <= BAND_HZ.0 && band.len() >= 4).then(|| Self {
+        (resolution <= BAND_HZ.0 && bins.len() >= 4).then(|| Self {
             input: fft.make_input_vec(),
             spectrum: fft.make_output_vec(),
             scratch: fft.make_scratch_vec(),
             fft,
             taper,
-            band,
+            first_bin: bins[0],
+            weights,
         })
     }
 
-    /// Mean square velocity, (mm/s)², of `samples` (exactly the FFT's length), about their mean.
-    fn power<'a>(&mut self, samples: impl Iterator<Item = &'a f32> + Clone) -> Option<f64> {
-        let mean = samples.clone().map(|x| f64::from(*x)).sum::<f64>() / self.taper.len() as f64;
-        let mean = mean as f32;
-        for ((slot, w), x) in self.input.iter_mut().zip(&self.taper).zip(samples) {
-            *slot = (x - mean) * w;
+    /// Mean square velocity, (mm/s)², of channel `channel` of interleaved `frames` (exactly the FFT's length of
+    /// frames), about its mean.
+    fn power(&mut self, frames: &[f32], channel: usize, channels: usize) -> Option<f64> {
+        if frames.len() != self.input.len() * channels {
+            return None;
+        }
+        if channels == 1 {
+            self.input.copy_from_slice(frames);
+        } else {
+            for (slot, x) in self
+                .input
+                .iter_mut()
+                .zip(frames.iter().skip(channel).step_by(channels))
+            {
+                *slot = *x;
+            }
+        }
+        // Eight independent sums so that the loop vectorises (one running sum is a chain of dependent adds).
+        let mut lanes = [0f64; 8];
+        let blocks = self.input.chunks_exact(8);
+        let rest: f64 = blocks.remainder().iter().map(|x| f64::from(*x)).sum();
+        for block in blocks {
+            for (lane, x) in lanes.iter_mut().zip(block) {
+                *lane += f64::from(*x);
+            }
+        }
+        let mean = ((lanes.iter().sum::<f64>() + rest) / self.input.len() as f64) as f32;
+        for (x, w) in self.input.iter_mut().zip(&self.taper) {
+            *x = (*x - mean) * w;
         }
         self.fft
             .process_with_scratch(&mut self.input, &mut self.spectrum, &mut self.scratch)
             .ok()?;
-        Some(
-            self.band
-                .iter()
-                .map(|(k, weight)| f64::from(self.spectrum[*k].norm_sqr()) * weight)
-                .sum(),
-        )
+        let band = self
+            .spectrum
+            .get(self.first_bin..self.first_bin + self.weights.len())?;
+        let mut lanes = [0f64; 4];
+        for (bins, weights) in band.chunks(4).zip(self.weights.chunks(4)) {
+            for ((lane, x), w) in lanes.iter_mut().zip(bins).zip(weights) {
+                *lane += f64::from(x.norm_sqr()) * w;
+            }
+        }
+        Some(lanes.iter().sum())
     }
 }
 
@@ -225,7 +258,7 @@ impl VelocityMeter {
         }
         let mut worst = 0f64;
         for c in 0..channels {
-            worst = worst.max(self.whole.power(window.iter().skip(c).step_by(channels))?);
+            worst = worst.max(self.whole.power(window, c, channels)?);
         }
         finite_root(worst)
     }
@@ -243,11 +276,11 @@ impl VelocityMeter {
         let first = match self.cached.take() {
             Some((at, powers)) if at == index && powers.len() == channels => powers,
             _ => (0..channels)
-                .map(|c| halves.power(window[..split].iter().skip(c).step_by(channels)))
+                .map(|c| halves.power(&window[..split], c, channels))
                 .collect::<Option<Vec<_>>>()?,
         };
         let second = (0..channels)
-            .map(|c| halves.power(window[split..].iter().skip(c).step_by(channels)))
+            .map(|c| halves.power(&window[split..], c, channels))
             .collect::<Option<Vec<_>>>()?;
         let worst = first
             .iter()

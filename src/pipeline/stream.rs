@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use metrics::counter;
+use metrics::{Counter, counter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,8 @@ pub struct StreamSession {
     progress: Arc<AtomicU64>,
     /// The model version's shadow candidate, while it has one.
     shadow: Arc<shadow::Slot>,
+    /// `drsn_samples_received_total`, looked up once rather than for every chunk.
+    samples_received: Counter,
 }
 
 /// What a stream holds of the model version serving it.
@@ -81,6 +83,7 @@ impl StreamSession {
             drain_expired,
             progress,
             shadow,
+            samples_received: counter!(m::SAMPLES_RECEIVED),
         }
     }
 
@@ -108,7 +111,8 @@ impl StreamSession {
         rails: Option<quality::Rails>,
         arrived: Instant,
     ) -> Result<(), Ended> {
-        counter!(m::SAMPLES_RECEIVED).increment((samples.len() / self.spec.channels) as u64);
+        self.samples_received
+            .increment((samples.len() / self.spec.channels) as u64);
         self.rails = rails.filter(|_| !self.framer.resamples());
         if let Err(reason) = self.framer.push(first, samples) {
             return self.resampler_failed(reason).await;

@@ -1,6 +1,8 @@
 //! Cuts one stream into sliding windows: checks sample-index continuity, resamples to the model's rate, and
 //! emits a window of the model's length every `hop` samples, with the stream sample range it covers.
 
+use std::collections::VecDeque;
+
 use crate::pipeline::resample::StreamResampler;
 
 /// A window ready for the model, with where it came from in the client's stream.
@@ -39,8 +41,9 @@ pub(crate) struct Framer {
     origin: u64,
     /// Client index the next chunk should start at; `None` before the first chunk.
     expected: Option<u64>,
-    /// Model-rate frames of the current segment not yet behind every future window.
-    buf: Vec<f32>,
+    /// Model-rate frames of the current segment not yet behind every future window. A ring: frames behind every
+    /// window leave from its front without moving the rest.
+    buf: VecDeque<f32>,
     /// Segment-relative model-rate index of `buf`'s first frame.
     buf_start: u64,
     /// Segment-relative model-rate index of the next window's first frame.
@@ -74,7 +77,7 @@ impl Framer {
             in_per_out,
             origin: 0,
             expected: None,
-            buf: Vec::new(),
+            buf: VecDeque::new(),
             buf_start: 0,
             next_start: 0,
             next_index: 0,
@@ -155,9 +158,9 @@ impl Framer {
             Some(rs) => {
                 self.scratch.clear();
                 rs.push(frames, &mut self.scratch)?;
-                self.buf.extend_from_slice(&self.scratch);
+                self.buf.extend(&self.scratch);
             }
-            None => self.buf.extend_from_slice(frames),
+            None => self.buf.extend(frames),
         }
         Ok(())
     }
@@ -166,7 +169,7 @@ impl Framer {
         if let Some(rs) = self.resampler.as_mut() {
             self.scratch.clear();
             rs.finish(&mut self.scratch)?;
-            self.buf.extend_from_slice(&self.scratch);
+            self.buf.extend(&self.scratch);
         }
         Ok(())
     }
@@ -201,12 +204,26 @@ impl Framer {
             index: self.next_index,
             first_sample: self.client_index(self.next_start),
             last_sample: self.client_index(self.next_start + self.window as u64 - 1),
-            samples: self.buf[offset..offset + self.window * ch].to_vec(),
+            samples: copy_range(&self.buf, offset, self.window * ch),
         };
         self.next_index += 1;
         self.next_start += self.hop as u64;
         Some(cut)
     }
+}
+
+/// `len` values of `ring` from `from`, in one or two slice copies (the ring may wrap inside the range).
+fn copy_range(ring: &VecDeque<f32>, from: usize, len: usize) -> Vec<f32> {
+    let (a, b) = ring.as_slices();
+    let mut out = Vec::with_capacity(len);
+    if from < a.len() {
+        let end = (from + len).min(a.len());
+        out.extend_from_slice(&a[from..end]);
+        out.extend_from_slice(&b[..len - (end - from)]);
+    } else {
+        out.extend_from_slice(&b[from - a.len()..from - a.len() + len]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use axum::http::header::CONTENT_TYPE;
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -383,34 +384,65 @@ pub(crate) fn record_error(reason: &'static str, code: &'static str) {
     counter!(ERRORS, "reason" => reason, "code" => code).increment(1);
 }
 
-/// Records a delivered window that got a class.
-pub(crate) fn record_classified(
+/// The per-window series of one API and model, looked up once (a stream's or request's life) rather than by name
+/// and labels for every window delivered.
+pub(crate) struct WindowMeters {
     api: &'static str,
-    model: &str,
-    label: &str,
-    uncertain: bool,
-    out_of_distribution: bool,
-    noise_score: Option<f32>,
-    latency: Duration,
-) {
-    counter!(WINDOWS_DIAGNOSED, "api" => api).increment(1);
-    counter!(PREDICTIONS, "model" => model.to_owned(), "class" => label.to_owned()).increment(1);
-    if uncertain {
-        counter!(WINDOWS_UNCERTAIN, "api" => api).increment(1);
-    }
-    if out_of_distribution {
-        counter!(WINDOWS_OUT_OF_DISTRIBUTION, "api" => api).increment(1);
-    }
-    if let Some(score) = noise_score {
-        histogram!(NOISE_SCORE).record(score as f64);
-    }
-    histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
+    diagnosed: Counter,
+    uncertain: Counter,
+    out_of_distribution: Counter,
+    noise_score: Histogram,
+    latency: Histogram,
+    /// `drsn_predictions_total{model, class}` per class index.
+    predictions: Vec<Counter>,
 }
 
-/// Records a delivered window that came back without a class.
-pub(crate) fn record_flagged(api: &'static str, reason: &'static str, latency: Duration) {
-    counter!(WINDOWS_FLAGGED, "api" => api, "reason" => reason).increment(1);
-    histogram!(WINDOW_LATENCY, "api" => api).record(latency.as_secs_f64());
+impl WindowMeters {
+    pub(crate) fn new(api: &'static str, model: &str, classes: &[String]) -> Self {
+        Self {
+            api,
+            diagnosed: counter!(WINDOWS_DIAGNOSED, "api" => api),
+            uncertain: counter!(WINDOWS_UNCERTAIN, "api" => api),
+            out_of_distribution: counter!(WINDOWS_OUT_OF_DISTRIBUTION, "api" => api),
+            noise_score: histogram!(NOISE_SCORE),
+            latency: histogram!(WINDOW_LATENCY, "api" => api),
+            predictions: classes
+                .iter()
+                .map(|c| counter!(PREDICTIONS, "model" => model.to_owned(), "class" => c.clone()))
+                .collect(),
+        }
+    }
+
+    /// Records a delivered window that got class `class_index`.
+    pub(crate) fn classified(
+        &self,
+        class_index: usize,
+        uncertain: bool,
+        out_of_distribution: bool,
+        noise_score: Option<f32>,
+        latency: Duration,
+    ) {
+        self.diagnosed.increment(1);
+        if let Some(c) = self.predictions.get(class_index) {
+            c.increment(1);
+        }
+        if uncertain {
+            self.uncertain.increment(1);
+        }
+        if out_of_distribution {
+            self.out_of_distribution.increment(1);
+        }
+        if let Some(score) = noise_score {
+            self.noise_score.record(score as f64);
+        }
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    /// Records a delivered window that came back without a class.
+    pub(crate) fn flagged(&self, reason: &'static str, latency: Duration) {
+        counter!(WINDOWS_FLAGGED, "api" => self.api, "reason" => reason).increment(1);
+        self.latency.record(latency.as_secs_f64());
+    }
 }
 
 /// Series rendered at each scrape from state the recorder does not hold (the per-machine series).
