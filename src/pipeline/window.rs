@@ -185,6 +185,9 @@ impl Framer {
     }
 
     fn client_index(&self, model_index: u64) -> u64 {
+        if self.resampler.is_none() {
+            return self.origin.saturating_add(model_index);
+        }
         self.origin
             .saturating_add((model_index as f64 * self.in_per_out).round() as u64)
     }
