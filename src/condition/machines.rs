@@ -491,6 +491,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sensors_equally_bad_name_the_machine_by_the_first_id() {
+        let r = registry();
+        let mut handles = Vec::new();
+        for id in ["c", "a", "b"] {
+            handles.push(r.attach(
+                "fan-2",
+                id,
+                classes(),
+                snapshot(Condition::Fault, Some(1), Some(Zone::B)),
+            ));
+        }
+        let (_, machines) = r.list();
+        assert_eq!(
+            machines[0].sensor_id, "a",
+            "attached c, a, b: a comes first"
+        );
+        // A worse zone outranks the order of ids.
+        r.update(
+            &handles[0],
+            snapshot(Condition::Fault, Some(1), Some(Zone::C)),
+        );
+        assert_eq!(r.list().1[0].sensor_id, "c");
+    }
+
+    #[tokio::test]
     async fn watchers_get_a_snapshot_then_changes_and_resume_from_a_revision() {
         let r = registry();
         let a = r.attach(

@@ -431,6 +431,26 @@ mod tests {
     }
 
     #[test]
+    fn a_range_is_copied_out_of_a_ring_that_wraps() {
+        // Capacity 8, head moved to 6: values 0..8 lie as [6, 7] at the back and [0..6] at the front of memory.
+        let mut ring: VecDeque<f32> = VecDeque::with_capacity(8);
+        ring.extend([-1.0; 6]);
+        ring.extend(ramp(0, 2).iter());
+        ring.drain(..6);
+        ring.extend(ramp(2, 6).iter());
+        assert!(!ring.as_slices().1.is_empty(), "the ring wraps");
+        for from in 0..8 {
+            for len in 0..=8 - from {
+                assert_eq!(
+                    copy_range(&ring, from, len),
+                    ramp(from as u64, len),
+                    "{from}+{len}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn windows_are_cut_lazily_so_a_tiny_hop_does_not_pile_up_copies() {
         let mut f = Framer::new(2048, 1, 1, None);
         f.push(0, ramp(0, 65_536)).unwrap();
