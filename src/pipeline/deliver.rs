@@ -74,7 +74,7 @@ pub(crate) type EventStream =
 struct Deliverer {
     rx: mpsc::Receiver<Outgoing>,
     /// The stream's model's per-window series.
-    meters: WindowMeters,
+    meters: Arc<WindowMeters>,
     /// The model's classes (a shadow candidate's answers are compared by name).
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
@@ -90,7 +90,7 @@ struct Deliverer {
 /// `ReaderFailed` if the reader stopped without saying why (a bug), never with a silent OK.
 pub(crate) fn ordered(
     rx: mpsc::Receiver<Outgoing>,
-    meters: WindowMeters,
+    meters: Arc<WindowMeters>,
     classes: Arc<Vec<String>>,
     drain_expired: CancellationToken,
     progress: Arc<AtomicU64>,
@@ -205,7 +205,7 @@ mod tests {
         let classes = vec!["a".to_owned(), "b".to_owned()];
         ordered(
             rx,
-            WindowMeters::new("stream", "m", &classes),
+            Arc::new(WindowMeters::new("stream", "m", &classes)),
             Arc::new(classes),
             CancellationToken::new(),
             Arc::new(AtomicU64::new(progress)),

@@ -94,6 +94,8 @@ pub struct Pipeline {
     shadow: Arc<shadow::Slot>,
     /// Where this version scores another's windows when it is their shadow.
     lane: shadow::Lane,
+    /// Its per-window series for each API in [`m::APIS`], looked up once.
+    meters: Vec<Arc<m::WindowMeters>>,
 }
 
 /// A stream's place on the server, held from before its `open` until it ends: a global slot, a slot on its
@@ -231,12 +233,34 @@ impl Pipeline {
             shadow: Arc::default(),
             lane,
             classes: Arc::new(model.card.classes.clone()),
+            meters: m::APIS
+                .iter()
+                .map(|api| {
+                    Arc::new(m::WindowMeters::new(
+                        api,
+                        &model.card.name,
+                        &model.card.classes,
+                    ))
+                })
+                .collect(),
             model,
             scheduler,
             limits,
             gate,
             retire: CancellationToken::new(),
             readers: TaskTracker::new(),
+        }
+    }
+
+    /// This version's per-window series for `api`.
+    fn meters(&self, api: &'static str) -> Arc<m::WindowMeters> {
+        match self.meters.iter().find(|m| m.api() == api) {
+            Some(meters) => meters.clone(),
+            None => Arc::new(m::WindowMeters::new(
+                api,
+                &self.model.card.name,
+                &self.classes,
+            )),
         }
     }
 
@@ -381,7 +405,7 @@ impl Pipeline {
         slot.flow = Some(flow.clone());
         let events = deliver::ordered(
             rx,
-            m::WindowMeters::new("stream", &card.name, &self.classes),
+            self.meters("stream"),
             self.classes.clone(),
             self.gate.drain.expired.clone(),
             progress.clone(),
@@ -519,7 +543,7 @@ impl Pipeline {
         // Every window is answered before any is counted as delivered.
         let last = self.model.window() as u64 - 1;
         let total = arrived.elapsed();
-        let meters = m::WindowMeters::new(api, &self.model.card.name, &self.classes);
+        let meters = self.meters(api);
         Ok(answers
             .into_iter()
             .zip(severities)

@@ -499,7 +499,7 @@ mod tests {
         drop(tx);
         let events = deliver::ordered(
             rx,
-            m::WindowMeters::new("stream", "m", &serving_classes),
+            Arc::new(m::WindowMeters::new("stream", "m", &serving_classes)),
             serving_classes,
             CancellationToken::new(),
             Arc::default(),

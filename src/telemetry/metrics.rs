@@ -384,8 +384,8 @@ pub(crate) fn record_error(reason: &'static str, code: &'static str) {
     counter!(ERRORS, "reason" => reason, "code" => code).increment(1);
 }
 
-/// The per-window series of one API and model, looked up once (a stream's or request's life) rather than by name
-/// and labels for every window delivered.
+/// The per-window series of one API and model version, looked up once (when the version is loaded) rather than by
+/// name and labels for every window delivered.
 pub(crate) struct WindowMeters {
     api: &'static str,
     diagnosed: Counter,
@@ -411,6 +411,11 @@ impl WindowMeters {
                 .map(|c| counter!(PREDICTIONS, "model" => model.to_owned(), "class" => c.clone()))
                 .collect(),
         }
+    }
+
+    /// The API these series are labelled with.
+    pub(crate) fn api(&self) -> &'static str {
+        self.api
     }
 
     /// Records a delivered window that got class `class_index`.
